@@ -1,0 +1,52 @@
+"""Spiking neurons (multi-step over ``[T, ...]``) and their surrogate gradients."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import SpikeformerError
+from .nodes import IF, LIF, NEURONS, PLIF, BaseNode
+from .surrogate import ATan, Sigmoid, Surrogate, build_surrogate
+
+NeuronFactory = Callable[..., nn.Module]
+
+
+def neuron_factory(spec: Any = "lif", **defaults: Any) -> NeuronFactory:
+    """Turn a neuron description into a factory ``f(**overrides) -> nn.Module``.
+
+    ``spec`` may be a factory/class already (returned as a partial with ``defaults``), a name ('lif', 'if',
+    'plif') or a dict ``{'type': 'lif', 'tau': 2.0, ...}``. Models call the factory with the per-layer overrides
+    they need (e.g. ``v_threshold=0.5`` on the attention neuron), so a user's own multi-step module plugs in
+    without editing model code.
+    """
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        kind = str(spec.pop("type", "lif")).lower()
+        if kind not in NEURONS:
+            raise SpikeformerError(f"unknown neuron type {kind!r}; choose one of {sorted(NEURONS)}")
+        return functools.partial(_build, NEURONS[kind], {**defaults, **spec})
+    if callable(spec):
+        return functools.partial(_build, spec, defaults)
+    raise SpikeformerError(f"cannot build a neuron from {spec!r}; pass 'lif', 'if', 'plif', a dict or a class")
+
+
+def _build(cls, defaults: dict, **overrides) -> nn.Module:
+    # Model code passes LIF-style keywords; map them onto the neurons that spell them differently.
+    kwargs = {**defaults, **overrides}
+    if cls is PLIF and "tau" in kwargs:
+        kwargs["init_tau"] = kwargs.pop("tau")
+    if cls is IF:
+        kwargs.pop("tau", None)
+        kwargs.pop("decay_input", None)
+    return cls(**kwargs)
+
+
+__all__ = [
+    "ATan", "BaseNode", "IF", "LIF", "PLIF", "Sigmoid", "Surrogate", "build_surrogate", "neuron_factory",
+    "NeuronFactory",
+]
