@@ -1,0 +1,143 @@
+"""The model registry: every published configuration under one name, also visible to ``timm.create_model``.
+
+A family file declares a ``default_cfgs`` table (input size, T, classes, normalisation, published accuracy and
+parameter count) and one small function per configuration decorated with :func:`register_model`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from ..errors import SpikeformerError, suggest
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+# timm reads pretrained configs from the registering module's ``default_cfgs``; the functions we hand to timm
+# live here, so this table holds the timm-compatible part of each config.
+default_cfgs: dict[str, dict] = {}
+
+_TIMM_KEYS = ("input_size", "num_classes", "mean", "std", "crop_pct", "interpolation", "first_conv", "classifier")
+
+
+@dataclass
+class ModelInfo:
+    """What the registry knows about one configuration."""
+
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    input_size: tuple[int, int, int]
+    T: int
+    num_classes: int
+    dataset: str  # the data the published row was trained on (a name of spikeformer.data)
+    published: dict[str, float] = field(default_factory=dict)  # dataset -> top-1 %
+    paper_params_m: Optional[float] = None  # parameter count printed in the paper, in millions
+    paper: str = ""
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    crop_pct: float = 1.0
+    interpolation: str = "bicubic"
+    first_conv: str = ""
+    classifier: str = "head"
+    notes: str = ""
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "builder"}
+        return d
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def cfg(**kwargs) -> dict:
+    """A ``default_cfgs`` entry; see :class:`ModelInfo` for the keys."""
+    return kwargs
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register ``fn`` (named after the configuration) with spikeformer and with timm.
+
+    The configuration's metadata comes from ``default_cfgs[fn.__name__]`` in the family's module.
+    """
+    name = fn.__name__
+    module = sys.modules[fn.__module__]
+    table = getattr(module, "default_cfgs", {})
+    if name not in table:
+        raise RuntimeError(f"{fn.__module__}.default_cfgs has no entry for {name}")
+    meta = dict(table[name])
+    family = meta.pop("family", fn.__module__.rsplit(".", 1)[-1])
+    info = ModelInfo(name=name, family=family, builder=fn, **meta)
+    _REGISTRY[name] = info
+
+    @functools.wraps(fn)
+    def timm_entry(pretrained: bool = False, **kwargs):
+        for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(k, None)
+        if pretrained:
+            raise SpikeformerError(
+                f"{name}: no weights are downloaded; pass checkpoint_path=PATH to load a local checkpoint"
+            )
+        return _build(info, kwargs)
+
+    timm_entry.__module__ = __name__
+    default_cfgs[name] = {k: getattr(info, k) for k in _TIMM_KEYS if getattr(info, k)}
+    default_cfgs[name]["paper_name"] = info.paper
+    try:
+        from timm.models import register_model as timm_register
+
+        timm_register(timm_entry)
+    except ImportError:  # pragma: no cover - timm is a declared dependency
+        pass
+    return fn
+
+
+def _build(info: ModelInfo, overrides: dict) -> nn.Module:
+    kwargs = dict(overrides)
+    kwargs.setdefault("num_classes", info.num_classes)
+    kwargs.setdefault("T", info.T)
+    try:
+        model = info.builder(**kwargs)
+    except TypeError as e:
+        raise SpikeformerError(f"{info.name}: bad model option ({e})") from None
+    model.pretrained_cfg = info.as_dict()
+    model.default_cfg = model.pretrained_cfg
+    model.model_name = info.name
+    return model
+
+
+def get_model_info(name: str) -> ModelInfo:
+    if name not in _REGISTRY:
+        raise SpikeformerError(
+            f"unknown model {name!r}.{suggest(name, _REGISTRY)} Run 'spikeformer models' for the full list."
+        )
+    return _REGISTRY[name]
+
+
+def list_models(pattern: str = "*", family: Optional[str] = None) -> list[str]:
+    """Names of the registered models matching a shell-style ``pattern``, optionally of one ``family``."""
+    return sorted(
+        n for n, i in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (family is None or i.family == family)
+    )
+
+
+def create_model(name: str, checkpoint_path: Optional[str] = None, **overrides: Any) -> nn.Module:
+    """Build a registered model; ``overrides`` replace config values (``num_classes``, ``T``, ``neuron``, ...).
+
+    ``checkpoint_path`` loads weights: one of our ``.safetensors`` checkpoints, or an official checkpoint of the
+    family (``.pth``/``.pth.tar``, read with ``weights_only=True``), remapped by the family's
+    ``checkpoint_filter_fn``.
+    """
+    info = get_model_info(name)
+    model = _build(info, overrides)
+    if checkpoint_path is not None:
+        from ..convert.checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint_path)
+    return model
