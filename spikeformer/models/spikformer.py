@@ -149,9 +149,12 @@ class Spikformer(nn.Module):
         T: int = 4,
         neuron: Any = "lif",
         img_size: int | None = None,  # accepted for timm compatibility; the network is size-agnostic
+        pool_stages: Sequence[int] | None = None,  # which SPS stages end in a max-pool (default: the variant's)
     ):
         super().__init__()
-        v = VARIANTS[variant]
+        v = dict(VARIANTS[variant])
+        if pool_stages is not None:
+            v["pool_stages"] = tuple(pool_stages)
         make = neuron_factory(neuron, **LIF_DEFAULTS)
         self.variant, self.T, self.in_chans, self.num_classes = variant, T, in_chans, num_classes
         self.embed_dim = self.num_features = embed_dim
@@ -241,6 +244,11 @@ default_cfgs = {
         mean=(0.0,), std=(1.0,), first_conv="patch_embed.proj_conv",
         notes="the embedded default: CIFAR-style Spikformer sized for scikit-learn's 8x8 digits upsampled to 16x16",
     ),
+    "spikformer_dvs_digits_1_64": cfg(
+        input_size=(2, 32, 32), T=8, num_classes=10, dataset="events-digits", paper=_PAPER,
+        mean=(0.0, 0.0), std=(1.0, 1.0), first_conv="patch_embed.proj_conv",
+        notes="DVS-variant Spikformer sized for the emulated-DVS digits (2x32x32 event frames, 16 tokens)",
+    ),
 }
 
 
@@ -294,3 +302,10 @@ def spikformer_dvs_2_256(**kw):
 def spikformer_digits_1_64(**kw):
     kw.setdefault("in_chans", 1)
     return _create("cifar", embed_dim=64, depth=1, num_heads=4, **kw)
+
+
+@register_model
+def spikformer_dvs_digits_1_64(**kw):
+    kw.setdefault("in_chans", 2)
+    kw.setdefault("pool_stages", (1, 2, 3))
+    return _create("dvs", embed_dim=64, depth=1, num_heads=4, **kw)

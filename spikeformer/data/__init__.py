@@ -1,0 +1,13 @@
+"""Datasets: the embedded digits (static and emulated-DVS), event-camera datasets, static image datasets."""
+
+import importlib
+import pkgutil
+
+from .registry import DatasetInfo, build_dataset, get_dataset_info, list_datasets, register_dataset
+
+# Every dataset module in this package registers itself on import.
+for _m in pkgutil.iter_modules(__path__):
+    if not _m.name.startswith("_") and _m.name != "registry" and not _m.ispkg:
+        importlib.import_module(f"{__name__}.{_m.name}")
+
+__all__ = ["DatasetInfo", "build_dataset", "get_dataset_info", "list_datasets", "register_dataset"]
