@@ -1,0 +1,317 @@
+"""MA-SNN: the plug-in attention layers on controlled inputs, the Gesture network and Att-Res-SNN."""
+
+import math
+import re
+
+import pytest
+import torch
+
+import spikeformer
+from spikeformer.errors import SpikeformerError
+from spikeformer.layers.masnn import CA, CSA, SA, TA, TCA, TCSA, TSA, build_attention
+from spikeformer.models.masnn import MALIF, MS_LIF, AttResBlock, AttResNet, Rectangle, checkpoint_filter_fn
+from spikeformer.neurons import LIF, neuron_factory
+
+torch.set_num_threads(1)
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def fill(module, value):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(value)
+
+
+# -- attention on controlled inputs ----------------------------------------------------------------------------
+
+def test_ta_constant_input_gives_the_analytic_gate():
+    # T=4, t_ratio=2 -> MLP 4 -> 2 -> 4. W1 = 0.25, W2 = 0.5, input constant c=2 (avg = max = 2 per step):
+    # hidden = relu(4 * 0.25 * 2) = 2, out = 2 * 0.5 * 2 = 2 per step; avg + max branches -> 4; gate sigmoid(4).
+    ta = TA(T=4, t_ratio=2)
+    assert ta.ta.mlp[0].weight.shape == (2, 4)
+    with torch.no_grad():
+        ta.ta.mlp[0].weight.fill_(0.25)
+        ta.ta.mlp[2].weight.fill_(0.5)
+    x = torch.full((4, 2, 3, 5, 5), 2.0)
+    gate = ta.ta(x)
+    assert gate.shape == (4, 2, 1, 1, 1)
+    torch.testing.assert_close(gate, torch.full_like(gate, 1 / (1 + math.exp(-4.0))))
+    torch.testing.assert_close(ta(x), x * (1 / (1 + math.exp(-4.0))))
+
+
+def test_ta_gates_differ_per_time_step():
+    # Identity MLP (ratio 1): step t holds the constant t+1, so s_t = sigmoid(2 (t+1)); one gate per step.
+    T = 5
+    ta = TA(T=T, t_ratio=1)
+    with torch.no_grad():
+        ta.ta.mlp[0].weight.copy_(torch.eye(T))
+        ta.ta.mlp[2].weight.copy_(torch.eye(T))
+    x = torch.arange(1.0, T + 1).view(T, 1, 1, 1, 1).expand(T, 2, 4, 3, 3).contiguous()
+    gate = ta.ta(x).flatten()
+    expected = torch.sigmoid(2 * torch.arange(1.0, T + 1)).repeat_interleave(2)
+    torch.testing.assert_close(gate, expected)
+    assert len(set(gate[::2].tolist())) == T
+    # a randomly initialised TA also gives each step its own weight when the steps differ
+    torch.manual_seed(0)
+    g = TA(T=T, t_ratio=1).ta(torch.randn(T, 2, 4, 3, 3))
+    assert g.shape == (T, 2, 1, 1, 1) and g[:, 0].flatten().unique().numel() == T
+
+
+def test_ta_on_fully_connected_features():
+    ta = TA(T=6, t_ratio=3)
+    x = torch.randn(6, 4, 10)
+    assert ta.ta(x).shape == (6, 4, 1)
+    assert ta(x).shape == x.shape
+
+
+def test_ca_constant_input_and_broadcast_over_time():
+    # C=8, c_ratio=4 -> 8 -> 2 -> 8, W1 = 0.1, W2 = -0.2, c = 3: hidden = relu(8*0.1*3) = 2.4,
+    # out = 2 * 2.4 * -0.2 = -0.96; two branches -> sigmoid(-1.92) for every channel.
+    ca = CA(channels=8, c_ratio=4)
+    with torch.no_grad():
+        ca.ca.mlp[0].weight.fill_(0.1)
+        ca.ca.mlp[2].weight.fill_(-0.2)
+    x = torch.full((3, 2, 8, 4, 4), 3.0)
+    gate = ca.ca(x)
+    assert gate.shape == (1, 2, 8, 1, 1)
+    torch.testing.assert_close(gate, torch.full_like(gate, 1 / (1 + math.exp(1.92))))
+    # one weight per (sample, channel), shared by every time step and pixel
+    torch.manual_seed(0)
+    ca = CA(channels=8, c_ratio=1)
+    x = torch.randn(3, 2, 8, 4, 4)
+    g = ca.ca(x)
+    torch.testing.assert_close(ca(x), torch.relu(x * g))
+    assert g[0, 0].unique().numel() == 8 and not torch.allclose(g[0, 0], g[0, 1])
+
+
+def test_sa_constant_input_gives_the_analytic_map():
+    # All-ones 3x3 kernel on the two pooled maps (both = c = 0.5) with zero padding: interior 9*2*c = 9,
+    # edge 6*2*c = 6, corner 4*2*c = 4.
+    sa = SA()
+    fill(sa, 1.0)
+    x = torch.full((4, 2, 3, 5, 6), 0.5)
+    gate = sa.sa(x)
+    assert gate.shape == (1, 2, 1, 5, 6)
+    m = gate[0, 0, 0]
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    assert m[2, 2].item() == pytest.approx(sig(9.0))
+    assert m[0, 3].item() == pytest.approx(sig(6.0))
+    assert m[0, 0].item() == pytest.approx(sig(4.0))
+    assert m[4, 5].item() == pytest.approx(sig(4.0))
+    # pooled over time and channels: one map per sample, the same for every step and channel
+    out = sa(x)
+    torch.testing.assert_close(out, x * gate.expand_as(x))
+
+
+def test_sa_pools_jointly_over_time_and_channels():
+    # The mean and max run over all T*C planes: a single hot pixel in one (t, c) plane lifts the map at that
+    # pixel for every time step.
+    sa = SA()
+    with torch.no_grad():
+        sa.sa.conv.weight.zero_()
+        sa.sa.conv.weight[0, 1, 1, 1] = 1.0  # centre tap of the max map
+    x = torch.zeros(3, 1, 2, 4, 4)
+    x[2, 0, 1, 1, 3] = 5.0
+    gate = sa.sa(x)[0, 0, 0]
+    assert gate[1, 3].item() == pytest.approx(1 / (1 + math.exp(-5.0)))
+    assert torch.all(gate[torch.arange(4) != 1] == 0.5)
+
+
+def test_tcsa_chains_t_then_c_then_s_and_ends_with_relu():
+    torch.manual_seed(0)
+    att = TCSA(T=4, channels=8, t_ratio=2, c_ratio=4)
+    x = torch.randn(4, 2, 8, 5, 5)
+    y = x * att.ta(x)
+    y = y * att.ca(y)
+    y = y * att.sa(y)
+    torch.testing.assert_close(att(x), torch.relu(y))
+    # gates are positive, so negative currents are all removed by the final ReLU
+    assert torch.all(att(-x.abs()) == 0)
+    # parameters: TA 2*4*2, CA 2*8*2, SA 2*9
+    assert n_params(att) == 16 + 32 + 18
+
+
+@pytest.mark.parametrize("kind,params", [("TA", 16), ("CA", 32), ("SA", 18), ("TCA", 48), ("TSA", 34), ("CSA", 50),
+                                         ("TCSA", 66)])
+def test_attention_variants_shapes_and_params(kind, params):
+    att = build_attention(kind, T=4, channels=8, t_ratio=2, c_ratio=4)
+    assert n_params(att) == params
+    x = torch.randn(4, 2, 8, 6, 6, requires_grad=True)
+    y = att(x)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_attention_errors():
+    with pytest.raises(SpikeformerError, match="T=4"):
+        TA(T=4)(torch.randn(5, 2, 3, 4, 4))
+    with pytest.raises(SpikeformerError, match="8 channels"):
+        CA(channels=8)(torch.randn(4, 2, 3, 4, 4))
+    with pytest.raises(SpikeformerError, match="unknown MA-SNN attention"):
+        build_attention("XYZ", 4, 8)
+    assert build_attention("no", 4, 8) is None
+    assert isinstance(build_attention("tcsa", 4, 8), TCSA)
+    assert isinstance(build_attention("TCA", 4, 8), TCA) and isinstance(build_attention("TSA", 4, 8), TSA)
+    assert isinstance(build_attention("CSA", 4, 8), CSA)
+
+
+# -- the MA-SNN neuron -----------------------------------------------------------------------------------------
+
+def test_malif_dynamics_and_rectangular_surrogate():
+    # u = h + x; s = [u >= 0.3]; h = 0.3 * (s * 0.3 + (1 - s) * u). Input 0.2 every step:
+    # u1 = 0.2 (no spike, h = 0.06), u2 = 0.26 (no, h = 0.078), u3 = 0.278 (no, h = 0.0834), u4 = 0.2834 (no) ...
+    # converges to 0.2 / 0.7 = 0.2857 < 0.3: never fires. Input 0.25: u1 = .25, u2 = .325 fires, then h = .09,
+    # u3 = .34 fires again.
+    n = MALIF()
+    assert n(torch.full((6, 1), 0.2)).sum() == 0
+    torch.testing.assert_close(n(torch.full((3, 1), 0.25)).flatten(), torch.tensor([0.0, 1.0, 1.0]))
+    r = Rectangle(0.5)
+    torch.testing.assert_close(r.grad(torch.tensor([-0.3, -0.2, 0.0, 0.24, 0.26])),
+                               torch.tensor([0.0, 2.0, 2.0, 2.0, 0.0]))
+
+
+# -- MA-SNN network for DVS128 Gesture -------------------------------------------------------------------------
+
+# Official Gesture net, T=60, c_ratio=8, t_ratio=5 (TA hidden 60//5 = 12 -> 2*60*12 = 1440 per TA):
+#   conv 2->64 (3x3, bias) 1,216 + BN 128 | conv 64->128 73,856 + BN 256 | conv 128->128 147,584 + BN 256
+#   FC 8192->256 2,097,408 + BN1d 512 | FC 256->11 2,827 + BN1d 22                         = 2,324,065 ('no')
+#   CA: 2*64*8 + 2*128*16 * 2 = 9,216;  SA: 3 * 18 = 54;  TA: 5 layers * 1,440 = 7,200 (FC layers get TA when
+#   the attention contains T). The official code (run outside the repo) builds the same numbers.
+GESTURE_BASE = 1216 + 128 + 73856 + 256 + 147584 + 256 + 2097408 + 512 + 2827 + 22
+GESTURE_PARAMS = {
+    "no": GESTURE_BASE,
+    "TA": GESTURE_BASE + 7200,
+    "CA": GESTURE_BASE + 9216,
+    "SA": GESTURE_BASE + 54,
+    "TCA": GESTURE_BASE + 7200 + 9216,
+    "TSA": GESTURE_BASE + 7200 + 54,
+    "CSA": GESTURE_BASE + 9216 + 54,
+    "TCSA": GESTURE_BASE + 7200 + 9216 + 54,
+}
+
+
+@pytest.mark.parametrize("attention", list(GESTURE_PARAMS))
+def test_gesture_param_counts(attention):
+    m = spikeformer.create_model("masnn_dvs_gesture", attention=attention)
+    assert n_params(m) == GESTURE_PARAMS[attention]
+    assert GESTURE_PARAMS["TCSA"] == 2_340_535
+
+
+def test_gesture_forward_backward():
+    torch.manual_seed(0)
+    m = spikeformer.create_model("masnn_dvs_gesture")  # TCSA, T=60
+    x = (torch.rand(60, 1, 2, 32, 32) < 0.2).float()
+    y = m(x)
+    assert y.shape == (1, 11)
+    assert torch.all((y >= 0) & (y <= 1))  # firing rates of the output layer
+    torch.nn.functional.mse_loss(y, torch.nn.functional.one_hot(torch.tensor([3]), 11).float()).backward()
+    for name in ("features.0.attn.ta.mlp.0.weight", "features.2.attn.ca.mlp.2.weight",
+                 "features.1.attn.sa.conv.weight", "fc0.attn.ta.mlp.0.weight", "features.0.conv.weight"):
+        assert m.get_parameter(name).grad.abs().sum() > 0, name
+    with pytest.raises(SpikeformerError, match="T=60"):
+        m(torch.rand(16, 1, 2, 32, 32))
+
+
+def test_gesture_checkpoint_filter():
+    # An official-format state dict (DataParallel prefix stripped by the loader): module names and the
+    # 1x1x1 Conv3d / Conv1d attention kernels.
+    m = spikeformer.create_model("masnn_dvs_gesture", T=10, t_ratio=5)
+    ours = {k: v.clone() for k, v in m.state_dict().items()}
+    official = {}
+    rules = [(r"^features\.(\d)\.conv\.", r"convAttLIF\1.conv2d."),
+             (r"^features\.(\d)\.bn\.", r"convAttLIF\1.BNLayer."),
+             (r"^features\.(\d)\.attn\.", r"convAttLIF\1.attention."),
+             (r"^fc(\d)\.fc\.", r"FC\1.linear."),
+             (r"^fc(\d)\.bn\.", r"FC\1.BNLayer."),
+             (r"^fc(\d)\.attn\.", r"FC\1.attention."),
+             (r"\.mlp\.", ".sharedMLP.")]
+    for k, v in ours.items():
+        ok = k
+        for a, b in rules:
+            ok = re.sub(a, b, ok)
+        if ".sharedMLP." in ok:
+            v = v[..., None] if ok.startswith("FC") else v[..., None, None, None]
+        official[ok] = v.clone() + 1
+    assert "convAttLIF0.attention.ta.sharedMLP.0.weight" in official
+    assert official["convAttLIF0.attention.ta.sharedMLP.0.weight"].shape == (2, 10, 1, 1, 1)
+    assert official["FC1.attention.ta.sharedMLP.2.weight"].shape == (10, 2, 1)
+    mapped = checkpoint_filter_fn(official, m)
+    m.load_state_dict(mapped, strict=True)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, ours[k] + 1)
+
+
+# -- Att-Res-SNN -----------------------------------------------------------------------------------------------
+
+def att_resnet_params(layers, c_ratio=8):
+    """Att(CSA)-MS-ResNet, counted from the architecture: stem conv7x7 3->64 + BN; per block two 3x3 convs
+    and BNs, CSA (2*C*(C/8) channel MLP + 18 spatial conv) and, on the first block of each stage (stride 2),
+    a 1x1 conv + BN shortcut; fc 512 -> 1000."""
+    total, c = 3 * 64 * 49 + 2 * 64, 64
+    for width, n in zip((64, 128, 256, 512), layers):
+        for i in range(n):
+            total += c * width * 9 + width * width * 9 + 4 * width + 2 * width * (width // c_ratio) + 18
+            if i == 0:
+                total += c * width + 2 * width
+            c = width
+    return total + 512 * 1000 + 1000
+
+
+def test_resnet104_param_count():
+    m = spikeformer.create_model("masnn_resnet104")
+    # 78,369,598: the number the official resnet104() builds too (checked outside the repo).
+    assert n_params(m) == att_resnet_params((3, 8, 32, 8)) == 78_369_598
+    assert m.T == 1
+
+
+def test_resnet104_forward_backward():
+    torch.manual_seed(0)
+    m = spikeformer.create_model("masnn_resnet104", num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    y = m(x)
+    assert y.shape == (1, 10)
+    y.sum().backward()
+    assert m.stem_conv.weight.grad.abs().sum() > 0
+    assert m.layer4[-1].attn.ca.mlp[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("attention", ["no", "TA", "CA", "SA", "TCA", "TSA", "CSA", "TCSA"])
+def test_att_res_block_variants(attention):
+    torch.manual_seed(0)
+    blk = AttResBlock(16, 32, 2, T=4, neuron=neuron_factory(LIF, surrogate=Rectangle(1.0), **MS_LIF),
+                      attention=attention, c_ratio=8, t_ratio=2)
+    assert (blk.attn is None) == (attention == "no")
+    assert blk.bn1.weight[0].item() == 0.5 and blk.bn2.weight[0].item() == pytest.approx(0.1)
+    x = torch.randn(4, 2, 16, 8, 8, requires_grad=True)
+    y = blk(x)
+    assert y.shape == (4, 2, 32, 4, 4)
+    y.sum().backward()
+    assert x.grad.abs().sum() > 0
+    # identity shortcut when shape is kept
+    blk2 = AttResBlock(32, 32, 1, T=4, neuron=neuron_factory(LIF, **MS_LIF), attention=attention, t_ratio=2)
+    assert blk2.shortcut is None
+
+
+def test_resnet_checkpoint_filter():
+    m = AttResNet(layers=(1, 2, 1, 1), num_classes=5, T=1)
+    ours = {k: v.clone() for k, v in m.state_dict().items()}
+    official = {}
+    for k, v in ours.items():
+        ok = k.replace("stem_conv.", "conv1.0.").replace("stem_bn.", "conv1.1.bn.")
+        for i in range(1, 5):
+            ok = ok.replace(f"layer{i}.", f"conv{i + 1}_x.")
+        ok = (ok.replace(".conv1.", ".residual_function.1.").replace(".bn1.", ".residual_function.2.bn.")
+              .replace(".conv2.", ".residual_function.4.").replace(".bn2.", ".residual_function.5.bn.")
+              .replace(".attn.", ".residual_function.6.attention.").replace(".mlp.", ".sharedMLP.")
+              .replace(".shortcut.conv.", ".shortcut.1.").replace(".shortcut.bn.", ".shortcut.2.bn."))
+        if ".sharedMLP." in ok:
+            v = v[..., None, None, None]
+        official[ok] = v.clone() - 1
+    assert "conv3_x.1.residual_function.6.attention.ca.sharedMLP.0.weight" in official
+    m.load_state_dict(checkpoint_filter_fn(official, m), strict=True)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, ours[k] - 1)
