@@ -1,0 +1,414 @@
+"""Spikeformer: "Spikeformer: A Novel Architecture for Training High-Performance Low-Latency Spiking Neural
+Network" (Yudong Li, Yunlin Lei, Xu Yang; arXiv 2211.10686).
+
+Built as the official code (``Loydian/Spikeformer``, ``*/spikeformer.py``) builds it; the paper's two named parts are
+
+* the **Convolutional Tokenizer**: SEW-ResNet blocks (conv-BN-neuron twice; shortcut identity, or AvgPool(stride)
+  then 1x1 conv-BN-neuron when the stride or width changes; outputs ADDed, so tokens are small integers, not
+  binary), widths and strides per variant; no class token;
+* **spatio-temporal attention**, as TimeSformer's divided space-time attention: per block
+  ``x += temporal_fc(TAttn(LN(x)))`` (softmax MHSA over the T tokens of each position; ``temporal_fc`` starts at
+  zero so the branch is inert at init), ``x += SAttn(LN(x))`` (softmax MHSA over the N tokens of each time step),
+  ``x += MLP(LN(x))`` with ``MLP = Linear -> neuron -> Linear`` whose neuron integrates over time.
+
+Q/K/V are real-valued LayerNorm outputs: there is no neuron inside attention. Learned spatial ``pos_embed``
+(nearest-resized when the token grid changes) and temporal ``time_embed`` (zero init; nearest-resized when T
+changes) are added after the tokenizer. The head pools all T*N tokens with a learned softmax weighting
+(CCT's sequence pooling) and classifies the pooled vector once. Neurons: PLIF (init_tau 2, detach_reset,
+Sigmoid(4) surrogate) on DVS; the parametric LIAF (:class:`spikeformer.layers.liaf.PLIAF`, analog ``ReLU(H)``
+output) on ImageNet.
+
+Stochastic depth keeps the official code's masks: the temporal branch drops per (sample, position), the spatial
+branch per (sample, time step), the MLP branch per time step (shared by the batch), because the official
+``DropPath`` sees the tensors in those layouts. :func:`checkpoint_filter_fn` maps official state dicts onto this
+module.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import trunc_normal_
+
+from ..errors import SpikeformerError
+from ..layers import expand_time, seq_apply
+from ..layers.liaf import PLIAF
+from ..neurons import neuron_factory
+from .registry import IMAGENET_MEAN, IMAGENET_STD, cfg, register_model
+
+PLIF_DEFAULTS = dict(tau=2.0, detach_reset=True)  # MultiStepParametricLIFNode(detach_reset=True); tau -> init_tau
+_LOCAL_NEURONS = {"pliaf": PLIAF, "liaf": PLIAF}
+
+
+def _make_neuron_factory(neuron: Any):
+    """``neuron_factory`` with the family defaults, plus the names 'pliaf'/'liaf' for :class:`PLIAF`."""
+    if isinstance(neuron, str):
+        neuron = {"type": neuron}
+    if isinstance(neuron, dict) and str(neuron.get("type", "")).lower() in _LOCAL_NEURONS:
+        neuron = dict(neuron)
+        neuron["init_tau"] = neuron.pop("tau", neuron.get("init_tau", PLIF_DEFAULTS["tau"]))
+        cls = _LOCAL_NEURONS[str(neuron.pop("type")).lower()]
+        return neuron_factory(cls, **{"detach_reset": True, **neuron})
+    if neuron is PLIAF:
+        return neuron_factory(PLIAF, init_tau=PLIF_DEFAULTS["tau"], detach_reset=True)
+    return neuron_factory(neuron, **PLIF_DEFAULTS)
+
+
+def tokenizer_widths(in_chans: int, embed_dim: int, n_blocks: int, paired: bool) -> list[int]:
+    """The official Tokenizer's width rule.
+
+    ``paired=False`` (an int stride in the official code): widths ``D/2^(n-1), ..., D/2, D``;
+    ``paired=True`` (a stride list): two blocks per stage, ``D/2^(n/2-1)`` twice, ..., ``D`` twice.
+    """
+    if not paired:
+        return [in_chans] + [embed_dim // 2 ** (n_blocks - i - 1) for i in range(n_blocks - 1)] + [embed_dim]
+    widths = [in_chans]
+    for i in range(n_blocks // 2 - 1):
+        widths += [embed_dim // 2 ** (n_blocks // 2 - i - 1)] * 2
+    return widths + [embed_dim, embed_dim]
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool, mask_shape: Sequence[int]) -> torch.Tensor:
+    """Stochastic depth with an explicit mask shape (1 = shared along that dim)."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = (keep + torch.rand(tuple(mask_shape), dtype=x.dtype, device=x.device)).floor_()
+    return x.div(keep) * mask
+
+
+class ConvBNNeuron(nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> neuron on ``[T, B, C, H, W]`` (the official ``conv`` helper)."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int, padding: int, neuron):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel_size, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.neuron = neuron()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neuron(seq_apply(lambda y: self.bn(self.conv(y)), x))
+
+
+class SEWBlock(nn.Module):
+    """SEW-ResNet block with ADD connect: ``conv1 -> conv2`` plus identity or ``AvgPool -> 1x1 conv``."""
+
+    def __init__(self, cin: int, cout: int, stride: int, kernel_size: int, neuron):
+        super().__init__()
+        pad = kernel_size // 2
+        self.stride = stride
+        self.conv1 = ConvBNNeuron(cin, cout, kernel_size, stride, pad, neuron)
+        self.conv2 = ConvBNNeuron(cout, cout, kernel_size, 1, pad, neuron)
+        self.shortcut = ConvBNNeuron(cin, cout, 1, 1, 0, neuron) if (stride != 1 or cin != cout) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.conv1(x))
+        if self.shortcut is None:
+            return out + x
+        if self.stride != 1:
+            x = seq_apply(lambda y: F.avg_pool2d(y, self.stride, self.stride), x)
+        return out + self.shortcut(x)
+
+
+class ConvTokenizer(nn.Module):
+    """The Convolutional Tokenizer: SEW blocks with per-block strides; ``[T,B,C,H,W] -> [T,B,D,H',W']``."""
+
+    def __init__(self, widths: Sequence[int], strides: Sequence[int], kernel_size: int, neuron):
+        super().__init__()
+        if len(widths) != len(strides) + 1:
+            raise SpikeformerError(
+                f"tokenizer needs one stride per block: got {len(widths) - 1} blocks and strides {list(strides)}"
+            )
+        self.strides, self.kernel_size = list(strides), kernel_size
+        self.blocks = nn.Sequential(
+            *[SEWBlock(widths[i], widths[i + 1], s, kernel_size, neuron) for i, s in enumerate(strides)]
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid for an input of ``height x width``."""
+        pad = self.kernel_size // 2
+        for s in self.strides:
+            height = (height + 2 * pad - self.kernel_size) // s + 1
+            width = (width + 2 * pad - self.kernel_size) // s + 1
+        return height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class Attention(nn.Module):
+    """ViT multi-head softmax self-attention over ``[B, L, D]``: qkv without bias, proj with bias."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise SpikeformerError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim**-0.5, softmax, as the official code
+        return self.proj(x.transpose(1, 2).reshape(B, L, C))
+
+
+class Mlp(nn.Module):
+    """``Linear -> neuron -> Linear`` on ``[T, B, N, D]``; the neuron runs over T."""
+
+    def __init__(self, dim: int, hidden: int, neuron):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.neuron = neuron()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.neuron(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Divided space-time attention block on tokens ``[T, B, N, D]``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, neuron, drop_path: float = 0.0):
+        super().__init__()
+        self.temporal_norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.temporal_attn = Attention(dim, num_heads)
+        self.temporal_fc = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), neuron)
+        self.drop_path = drop_path
+
+    def temporal(self, x: torch.Tensor) -> torch.Tensor:
+        """The temporal branch before ``temporal_fc``: attention over T for every (sample, position)."""
+        T, B, N, D = x.shape
+        xt = x.permute(1, 2, 0, 3).reshape(B * N, T, D)
+        y = self.temporal_attn(self.temporal_norm1(xt)).reshape(B, N, T, D).permute(2, 0, 1, 3)
+        return drop_path(y, self.drop_path, self.training, (1, B, N, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, N, D = x.shape
+        x = x + self.temporal_fc(self.temporal(x))
+        xs = self.attn(self.norm1(x.reshape(T * B, N, D))).reshape(T, B, N, D)
+        x = x + drop_path(xs, self.drop_path, self.training, (T, B, 1, 1))
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training, (T, 1, 1, 1))
+
+
+class Spikeformer(nn.Module):
+    """Spikeformer (Li et al.): convolutional tokenizer, space-time attention blocks, sequence-pooling head.
+
+    Args:
+        tokenizer_widths: channels ``[in_chans, w1, ..., D]`` of the SEW blocks (see :func:`tokenizer_widths`).
+        tokenizer_strides: one stride per SEW block.
+        kernel_size: tokenizer kernel (padding ``k // 2``).
+        img_size: input resolution the ``pos_embed`` grid is built for (other sizes are resized, nearest).
+        T: time steps; images are repeated T times, frames ``[T, B, C, H, W]`` are used as they are.
+        neuron: 'plif' (DVS default), 'pliaf' (ImageNet), or any spec/factory accepted by ``neuron_factory``.
+    """
+
+    def __init__(
+        self,
+        tokenizer_widths: Sequence[int] = (2, 64, 64, 128, 128, 256, 256),
+        tokenizer_strides: Sequence[int] = (2, 1, 2, 1, 2, 1),
+        kernel_size: int = 3,
+        in_chans: int | None = None,
+        num_classes: int = 10,
+        embed_dim: int | None = None,
+        depth: int = 7,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        T: int = 4,
+        img_size: int | Sequence[int] = 128,
+        drop_path_rate: float = 0.1,
+        neuron: Any = "plif",
+    ):
+        super().__init__()
+        widths = list(tokenizer_widths)
+        if in_chans is not None:
+            widths[0] = in_chans
+        if embed_dim is not None and embed_dim != widths[-1]:
+            raise SpikeformerError(
+                f"embed_dim={embed_dim} must equal the last tokenizer width {widths[-1]}; pass tokenizer_widths"
+            )
+        embed_dim = widths[-1]
+        make = _make_neuron_factory(neuron)
+        self.T, self.in_chans, self.num_classes = T, widths[0], num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+
+        self.patch_embed = ConvTokenizer(widths, tokenizer_strides, kernel_size, make)
+        self.grid = self.patch_embed.grid(*self.img_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], embed_dim))
+        self.time_embed = nn.Parameter(torch.zeros(1, T, embed_dim))
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, make, dpr[i]) for i in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.attention_pool = nn.Linear(embed_dim, 1)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        trunc_normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for blk in self.blocks:  # TimeSformer's zero init: the temporal branch starts as the identity
+            nn.init.zeros_(blk.temporal_fc.weight)
+            nn.init.zeros_(blk.temporal_fc.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {"pos_embed", "time_embed"}
+
+    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+        if (h, w) == self.grid:
+            return self.pos_embed
+        D = self.embed_dim
+        pe = self.pos_embed.transpose(1, 2).reshape(1, D, *self.grid)
+        return F.interpolate(pe, size=(h, w), mode="nearest").flatten(2).transpose(1, 2)
+
+    def _time_embed(self, T: int) -> torch.Tensor:
+        if T == self.time_embed.shape[1]:
+            return self.time_embed[0]
+        return F.interpolate(self.time_embed.transpose(1, 2), size=T, mode="nearest").transpose(1, 2)[0]
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> embedded tokens ``[T, B, N, D]`` (tokenizer + spatial and temporal embeddings)."""
+        x = expand_time(x, self.T, self.in_chans)
+        x = self.patch_embed(x)  # [T, B, D, H', W']
+        T, B, D, h, w = x.shape
+        x = x.flatten(3).transpose(-1, -2) + self._pos_embed(h, w)
+        return x + self._time_embed(T)[:, None, None, :]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` -> pooled features ``[B, D]``."""
+        x = self.tokens(x)
+        for blk in self.blocks:
+            x = blk(x)
+        T, B, N, D = x.shape
+        x = self.norm(x).permute(1, 2, 0, 3).reshape(B, N * T, D)
+        w = self.attention_pool(x).softmax(dim=1)  # [B, N*T, 1]: one weight per token over space and time
+        return (w.transpose(1, 2) @ x).squeeze(1)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+_MLP_NAMES = {"0": "fc1", "1": "neuron", "2": "fc2"}
+
+
+def _map_official_key(k: str) -> str:
+    m = re.match(r"^patch_embed\.conv_layers\.(\d+)\.(residual_function\.([01])|shortcut\.1)\.(0\.0|0\.1|1)\.(.+)$", k)
+    if m:
+        blk, branch, idx, part, rest = m.groups()
+        name = "shortcut" if branch.startswith("shortcut") else f"conv{int(idx) + 1}"
+        part = {"0.0": "conv", "0.1": "bn", "1": "neuron"}[part]
+        return f"patch_embed.blocks.{blk}.{name}.{part}.{rest}"
+    m = re.match(r"^(blocks\.\d+)\.mlp\.mlp\.(\d)\.(?:0\.)?(.+)$", k)
+    if m:
+        blk, idx, rest = m.groups()
+        return f"{blk}.mlp.{_MLP_NAMES[idx]}.{rest}"
+    return k
+
+
+def checkpoint_filter_fn(state_dict: dict, model: Spikeformer) -> dict:
+    """Map an official Spikeformer state_dict (``Loydian/Spikeformer``) onto :class:`Spikeformer`.
+
+    Strips the wrapper's ``model.`` prefix (and the ``module`` level that SpikingJelly releases up to about
+    0.0.0.0.4 put inside ``SeqToANNContainer``; 0.0.0.0.10/0.0.0.0.12 have none), then renames the tokenizer's
+    nested ``Sequential`` indices to ``conv1``/``conv2``/``shortcut`` . ``conv``/``bn``/``neuron`` and the MLP's
+    to ``fc1``/``neuron``/``fc2``; transformer and head names are unchanged. Our own state dicts pass through untouched.
+    """
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith("model."):
+            k = k[len("model."):]
+        k = k.replace(".module.", ".")
+        out[_map_official_key(k)] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------- registry
+_PAPER = ("Spikeformer: A Novel Architecture for Training High-Performance Low-Latency Spiking Neural Network "
+          "(Li, Lei, Yang; arXiv 2211.10686)")
+_DVS = dict(mean=(0.0, 0.0), std=(1.0, 1.0), family="spikeformer", paper=_PAPER,
+            first_conv="patch_embed.blocks.0.conv1.conv")
+
+default_cfgs = {
+    "spikeformer_dvs_cifar10": cfg(
+        input_size=(2, 128, 128), T=4, num_classes=10, dataset="cifar10-dvs", published={"cifar10-dvs": 81.4},
+        notes="official PLIF_spikeformer_7_3x2x3; 8,792,993 params as built by the official code; "
+        "trained with label smoothing 0.14 and the repo's DVS augmentation", **_DVS,
+    ),
+    "spikeformer_dvs_gesture": cfg(
+        input_size=(2, 128, 128), T=16, num_classes=11, dataset="dvs128-gesture",
+        published={"dvs128-gesture": 98.96},
+        notes="official PLIF_spikeformer_7_5x3x1 (k=5 tokenizer); 9,279,900 params as built by the official code",
+        **_DVS,
+    ),
+    "spikeformer_imagenet": cfg(
+        input_size=(3, 224, 224), T=4, num_classes=1000, dataset="imagenet", published={"imagenet": 78.31},
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875, interpolation="bilinear", family="spikeformer",
+        paper=_PAPER, first_conv="patch_embed.blocks.0.conv1.conv",
+        notes="official PLIAF_spikeformer_7_3x2x4: parametric LIAF neurons (analog ReLU output), so no layer "
+        "is spike-driven; 39,320,836 params as built by the official code",
+    ),
+    "spikeformer_dvs_digits": cfg(
+        input_size=(2, 32, 32), T=8, num_classes=10, dataset="events-digits",
+        notes="small Spikeformer for the emulated-DVS digits (2x32x32 event frames, 8x8 tokens); not a paper config",
+        **_DVS,
+    ),
+}
+
+
+def _create(**kwargs) -> Spikeformer:
+    return Spikeformer(**kwargs)
+
+
+@register_model
+def spikeformer_dvs_cifar10(**kw):
+    in_chans = kw.pop("in_chans", 2)
+    kw.setdefault("img_size", 128)
+    return _create(tokenizer_widths=tokenizer_widths(in_chans, 256, 6, paired=True),
+                   tokenizer_strides=(2, 1, 2, 1, 2, 1), kernel_size=3, depth=7, num_heads=4, mlp_ratio=2, **kw)
+
+
+@register_model
+def spikeformer_dvs_gesture(**kw):
+    in_chans = kw.pop("in_chans", 2)
+    kw.setdefault("img_size", 128)
+    return _create(tokenizer_widths=tokenizer_widths(in_chans, 256, 3, paired=False),
+                   tokenizer_strides=(2, 2, 2), kernel_size=5, depth=7, num_heads=4, mlp_ratio=2, **kw)
+
+
+@register_model
+def spikeformer_imagenet(**kw):
+    in_chans = kw.pop("in_chans", 3)
+    kw.setdefault("img_size", 224)
+    kw.setdefault("neuron", "pliaf")
+    return _create(tokenizer_widths=tokenizer_widths(in_chans, 512, 8, paired=True),
+                   tokenizer_strides=(2, 1, 2, 1, 2, 1, 2, 1), kernel_size=3, depth=7, num_heads=8, mlp_ratio=3,
+                   **kw)
+
+
+@register_model
+def spikeformer_dvs_digits(**kw):
+    in_chans = kw.pop("in_chans", 2)
+    kw.setdefault("img_size", 32)
+    return _create(tokenizer_widths=(in_chans, 32, 64), tokenizer_strides=(2, 2), kernel_size=3, depth=2,
+                   num_heads=2, mlp_ratio=2, **kw)
