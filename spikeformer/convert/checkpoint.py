@@ -7,6 +7,7 @@ with ``torch.load(weights_only=True)``, unwrapped, and passed through the family
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -92,7 +93,9 @@ def load_state_dict_file(path: str | os.PathLike, use_ema: bool = False) -> tupl
             raise SpikeformerError(f"{path}: not a readable safetensors file ({e}); is it truncated?") from None
         return sd, read_metadata(path).get("format") == FORMAT_TAG
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # timm's CheckpointSaver also stores the argparse.Namespace of the run; allow exactly that one class.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for code objects, RuntimeError/EOFError for truncation
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpikeformerError(
