@@ -111,3 +111,18 @@ def test_checkpoint_round_trip(tmp_path):
     bad.write_bytes((tmp_path / "w.safetensors").read_bytes()[:1000])
     with pytest.raises(SpikeformerError, match="truncated"):
         spikeformer.create_model("spikformer_digits_1_64", checkpoint_path=str(bad))
+
+
+def test_cifar_token_bn_rounds_like_the_official_transposed_bn():
+    # The official CIFAR model runs BatchNorm1d on x.transpose(-1, -2); a one-ulp difference can flip a spike.
+    from spikeformer.layers import TokenBN
+
+    torch.manual_seed(0)
+    bn = TokenBN(48, transposed=True)
+    ref = torch.nn.BatchNorm1d(48)
+    x = torch.randn(8, 64, 48) * 3
+    torch.testing.assert_close(bn(x), ref(x.transpose(-1, -2)).transpose(-1, -2), atol=0, rtol=0)
+    m = spikeformer.create_model("spikformer_cifar_4_256")
+    assert all(b.transposed for b in m.modules() if isinstance(b, TokenBN))
+    assert not any(b.transposed for b in spikeformer.create_model("spikformer_dvs_2_256").modules()
+                   if isinstance(b, TokenBN))

@@ -17,10 +17,12 @@ remapped by :func:`checkpoint_filter_fn`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from timm.layers import trunc_normal_
 
 from ..layers import TokenBN, expand_time, seq_apply
@@ -73,18 +75,19 @@ class SPS(nn.Module):
 class SSA(nn.Module):
     """Spiking Self Attention on tokens ``[T, B, N, D]``."""
 
-    def __init__(self, dim: int, num_heads: int, neuron, scale: float = 0.125, qkv_bias: bool = False):
+    def __init__(self, dim: int, num_heads: int, neuron, scale: float = 0.125, qkv_bias: bool = False,
+                 bn_transposed: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.scale = num_heads, scale
         for n in ("q", "k", "v"):
             setattr(self, f"{n}_linear", nn.Linear(dim, dim, bias=qkv_bias))
-            setattr(self, f"{n}_bn", TokenBN(dim))
+            setattr(self, f"{n}_bn", TokenBN(dim, transposed=bn_transposed))
             setattr(self, f"{n}_lif", neuron())
         self.attn_lif = neuron(v_threshold=0.5)
         self.proj_linear = nn.Linear(dim, dim)
-        self.proj_bn = TokenBN(dim)
+        self.proj_bn = TokenBN(dim, transposed=bn_transposed)
         self.proj_lif = neuron()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,13 +107,13 @@ class SSA(nn.Module):
 class MLP(nn.Module):
     """Linear-BN-LIF twice (the official 1x1 convolutions, as Linear on tokens)."""
 
-    def __init__(self, dim: int, hidden: int, neuron):
+    def __init__(self, dim: int, hidden: int, neuron, bn_transposed: bool = False):
         super().__init__()
         self.fc1_linear = nn.Linear(dim, hidden)
-        self.fc1_bn = TokenBN(hidden)
+        self.fc1_bn = TokenBN(hidden, transposed=bn_transposed)
         self.fc1_lif = neuron()
         self.fc2_linear = nn.Linear(hidden, dim)
-        self.fc2_bn = TokenBN(dim)
+        self.fc2_bn = TokenBN(dim, transposed=bn_transposed)
         self.fc2_lif = neuron()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,20 +122,42 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio, neuron, scale, qkv_bias):
+    def __init__(self, dim, num_heads, mlp_ratio, neuron, scale, qkv_bias, bn_transposed=False):
         super().__init__()
-        self.attn = SSA(dim, num_heads, neuron, scale, qkv_bias)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), neuron)
+        self.attn = SSA(dim, num_heads, neuron, scale, qkv_bias, bn_transposed)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), neuron, bn_transposed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(x)
         return x + self.mlp(x)
 
 
+@contextlib.contextmanager
+def _frozen_bn_stats(module: nn.Module):
+    """Recomputing a block in backward must not update BatchNorm running statistics a second time."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            saved.append((m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()))
+            m.momentum = 0.0  # running = 1 * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, momentum, nbt in saved:
+            m.momentum = momentum
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
+
+
+def _recompute_contexts(block: nn.Module):
+    return contextlib.nullcontext(), _frozen_bn_stats(block)
+
+
 VARIANTS = {
-    "imagenet": dict(pool_stages=(0, 1, 2, 3), scale=0.125, qkv_bias=False, init_all_linear=False),
-    "cifar": dict(pool_stages=(2, 3), scale=0.125, qkv_bias=True, init_all_linear=True),
-    "dvs": dict(pool_stages=(0, 1, 2, 3), scale=0.25, qkv_bias=False, init_all_linear=False),
+    # bn_transposed: the official CIFAR code applies BatchNorm1d to transposed tokens; match its rounding exactly.
+    "imagenet": dict(pool_stages=(0, 1, 2, 3), scale=0.125, qkv_bias=False, init_all_linear=False, bn_transposed=False),
+    "cifar": dict(pool_stages=(2, 3), scale=0.125, qkv_bias=True, init_all_linear=True, bn_transposed=True),
+    "dvs": dict(pool_stages=(0, 1, 2, 3), scale=0.25, qkv_bias=False, init_all_linear=False, bn_transposed=False),
 }
 
 
@@ -150,6 +175,7 @@ class Spikformer(nn.Module):
         neuron: Any = "lif",
         img_size: int | None = None,  # accepted for timm compatibility; the network is size-agnostic
         pool_stages: Sequence[int] | None = None,  # which SPS stages end in a max-pool (default: the variant's)
+        checkpoint_blocks: bool = False,  # recompute each block in backward: less memory, ~1/3 more compute
     ):
         super().__init__()
         v = dict(VARIANTS[variant])
@@ -157,10 +183,12 @@ class Spikformer(nn.Module):
             v["pool_stages"] = tuple(pool_stages)
         make = neuron_factory(neuron, **LIF_DEFAULTS)
         self.variant, self.T, self.in_chans, self.num_classes = variant, T, in_chans, num_classes
+        self.checkpoint_blocks = bool(checkpoint_blocks)
         self.embed_dim = self.num_features = embed_dim
         self.patch_embed = SPS(in_chans, embed_dim, make, v["pool_stages"])
         self.block = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, make, v["scale"], v["qkv_bias"]) for _ in range(depth)
+            Block(embed_dim, num_heads, mlp_ratio, make, v["scale"], v["qkv_bias"], v["bn_transposed"])
+            for _ in range(depth)
         )
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         for m in self.modules():
@@ -175,7 +203,10 @@ class Spikformer(nn.Module):
         x = self.patch_embed(x)
         x = x.flatten(3).transpose(-1, -2)  # [T, B, N, D]
         for blk in self.block:
-            x = blk(x)
+            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False, context_fn=lambda b=blk: _recompute_contexts(b))
+            else:
+                x = blk(x)
         return x.mean(2)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
