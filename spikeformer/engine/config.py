@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_every": 1,
     "checkpoint_every": 0,  # also checkpoint every N optimizer steps (0: only at the end of each epoch)
     "stop_after": None,  # end this invocation after N epochs as if interrupted; --resume continues
+    "max_steps": None,  # end training after N optimizer steps (smoke tests), then evaluate
     "out": None,  # run directory; default runs/<model>-<data>-<time>
     "report": True,  # write report.html at the end of training
     "device": "auto",  # auto | cpu | cuda

@@ -313,10 +313,13 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
             correct += (logits.argmax(1) == y).sum().item()
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%", lr=f"{lr:.2e}")
+            if cfg["max_steps"] and state["step"] >= cfg["max_steps"]:
+                break
         loss_sum, correct, seen = D.all_reduce_sum([loss_sum, correct, seen], info)
         state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
         epochs_run += 1
-        last_epoch = epoch + 1 == total_epochs
+        out_of_steps = bool(cfg["max_steps"]) and state["step"] >= cfg["max_steps"]
+        last_epoch = epoch + 1 == total_epochs or out_of_steps
         if (epoch + 1) % cfg["eval_every"] == 0 or last_epoch:
             eval_model = ema.module if ema is not None else model
             metrics = evaluate(eval_model, test_set, cfg, info, progress)
@@ -344,6 +347,8 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
                           f"top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%", flush=True)
         elif info.is_main:
             save_training_state(run_dir, "last", model, optimizer, state, ema, scaler, meta)
+        if out_of_steps:
+            break
         if cfg["stop_after"] and epochs_run >= cfg["stop_after"] and not last_epoch:
             if info.is_main and progress:
                 print(f"stopped after {epochs_run} epoch(s) as asked (stop_after); continue with --resume {run_dir}")
