@@ -52,7 +52,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
             step = json.loads(ptr.read_text())["step"]
         except (OSError, ValueError, KeyError):
             step = 0
-        if step >= 8 and step % (1437 // 64):  # mid-epoch, after at least two step checkpoints
+        if step >= 8 and step % (1437 // 32):  # mid-epoch, after at least two step checkpoints
             break
         assert proc.poll() is None, "training ended before it could be killed"
         time.sleep(0.05)

@@ -24,8 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "model_kwargs": {},
     "data_kwargs": {},
     # schedule
-    "epochs": 30,
-    "batch_size": 64,  # global batch: split evenly across torchrun processes
+    "epochs": 15,
+    "batch_size": 32,  # global batch: split evenly across torchrun processes
     "accum_steps": 1,
     "optimizer": "adamw",  # adamw | adam | sgd | lamb
     "lr": 3e-3,

@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from . import _kernels
 from .surrogate import Surrogate
 
 
@@ -61,13 +62,13 @@ def initial_membrane(x_t: torch.Tensor, spec: NeuronSpec) -> torch.Tensor:
     return torch.full_like(x_t, v0)
 
 
-def _state_dtype(x: torch.Tensor) -> torch.dtype:
-    # The membrane integrates in fp32 even when the synaptic input is bf16/fp16 (autocast): spikes stay exact
-    # and thresholds are not blurred by low-precision accumulation.
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+_state_dtype = _kernels.state_dtype
 
 
 class _MultiStepNeuron(torch.autograd.Function):
+    """The reference kernel: the equations above step by step, one op each. The fused kernels in
+    ``_kernels.py`` are tested against it (``multi_step(..., impl="reference")``)."""
+
     @staticmethod
     def forward(ctx, x_seq, k, v0, spec: NeuronSpec, surrogate: Surrogate):
         sdt = _state_dtype(x_seq)
@@ -132,15 +133,24 @@ def multi_step(
     surrogate: Surrogate,
     k: Optional[torch.Tensor] = None,
     v0: Optional[torch.Tensor] = None,
+    impl: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a neuron layer over ``x_seq`` ``[T, ...]``; returns ``(spikes [T, ...], final membrane [...])``.
 
     ``k`` is the learnable decay rate ``1/tau`` of a parametric LIF (a 0-dim tensor), ``None`` otherwise.
     ``v0`` is the initial membrane (default: ``V_reset``, or 0 for soft reset).
+    ``impl``: ``None`` picks the fused kernel for the device (``_kernels.select_kernel``; same spikes, gradients
+    within fp32 rounding); ``"reference"`` runs the plain step-by-step loop.
     """
     if v0 is None:
         v0 = initial_membrane(x_seq[0], spec).to(_state_dtype(x_seq))
-    return _MultiStepNeuron.apply(x_seq, k, v0, spec, surrogate)
+    if impl == "reference":
+        return _MultiStepNeuron.apply(x_seq, k, v0, spec, surrogate)
+    if impl is not None:
+        from ..errors import SpikeformerError
+
+        raise SpikeformerError(f"unknown neuron kernel impl={impl!r}; use None (fused) or 'reference'")
+    return _kernels.select_kernel(x_seq)(x_seq, k, v0, spec, surrogate)
 
 
 def single_step(x: torch.Tensor, v: torch.Tensor, spec: NeuronSpec, surrogate: Surrogate, k=None):

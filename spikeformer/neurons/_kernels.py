@@ -1,0 +1,198 @@
+"""Fused multi-step neuron kernels and the point where a device picks one.
+
+:func:`select_kernel` is the dispatch point: it maps a device type to an autograd function with the signature
+``apply(x_seq, k, v0, spec, surrogate) -> (spikes, final membrane)``. Only the pure-PyTorch kernel below is
+registered (it runs on every device PyTorch supports); a compiled kernel (e.g. a Triton one for CUDA) can be added
+with :func:`register_kernel` without touching the neurons or the models.
+
+The pure-PyTorch kernel gives the same spikes and final membrane as the plain loop in ``functional.py`` bit for
+bit, and gradients within fp32 rounding. What makes it fast on CPU:
+
+* forward writes each step's charge straight into the saved ``H`` buffer with in-place ops, resets with one
+  ``where`` into one of two preallocated membrane buffers (no per-step allocation, which on CPU means fresh
+  pages), and produces the spikes in one pass over all T after the loop;
+* backward computes everything that does not depend on the recursion (surrogate gradient times ``dL/dS``, the
+  reset masks) in whole-``[T, ...]`` passes; the reverse-time loop only does
+  ``gH[t] = a[t] + keep * gH[t+1] * dV/dH[t]`` into the same buffer, which then becomes ``dL/dX``;
+* saved state is ``H`` alone (``[T, ...]`` in the state dtype, fp32 under autocast); spikes, reset masks and
+  membranes are recomputed from it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+
+from .surrogate import ATan, Sigmoid, Surrogate
+
+
+def state_dtype(x: torch.Tensor) -> torch.dtype:
+    # The membrane integrates in fp32 even when the synaptic input is bf16/fp16 (autocast): spikes stay exact
+    # and thresholds are not blurred by low-precision accumulation.
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _surrogate_grad_(d: torch.Tensor, sur: Surrogate) -> torch.Tensor:
+    """``sur.grad(d)``, computed in place in ``d`` for the built-in surrogates (same operation order, same bits)."""
+    if type(sur) is Sigmoid:
+        a = sur.alpha
+        s = d.mul_(a).sigmoid_()
+        one_minus = torch.sub(1.0, s)
+        return s.mul_(a).mul_(one_minus)
+    if type(sur) is ATan:
+        a = sur.alpha
+        return d.mul_(math.pi / 2.0 * a).pow_(2).add_(1.0).reciprocal_().mul_(a / 2.0)
+    return sur.grad(d)
+
+
+def _pow2(x: float) -> bool:
+    m, _ = math.frexp(x)
+    return x > 0 and m == 0.5
+
+
+class TorchMultiStep(torch.autograd.Function):
+    """The pure-PyTorch fused kernel (any device)."""
+
+    @staticmethod
+    def forward(ctx, x_seq, k, v0, spec, surrogate):
+        sdt = state_dtype(x_seq)
+        T = x_seq.shape[0]
+        vth = spec.v_threshold
+        vr = 0.0 if spec.v_reset is None else spec.v_reset
+        kk = None if k is None else k.to(sdt)
+        # x / tau == x * (1/tau) exactly when tau is a power of two, and then v + (x - v) / tau is one fused
+        # add-with-alpha (the product is exact, so an FMA rounds the same as the separate ops)
+        fused_rate = spec.leaky and kk is None and _pow2(spec.tau) and spec.decay_input and vr == 0.0
+        h_seq = torch.empty(x_seq.shape, dtype=sdt, device=x_seq.device)
+        bufs = (torch.empty_like(h_seq[0]), torch.empty_like(h_seq[0]))
+        below = torch.empty(h_seq.shape[1:], dtype=torch.bool, device=x_seq.device)
+        vr_t = torch.tensor(vr, dtype=sdt, device=x_seq.device)
+        v = v0.to(sdt)
+        for t in range(T):
+            h, x = h_seq[t], x_seq[t]
+            # charge, written into H[t]; each line is one op of functional._charge, in the same order
+            if not spec.leaky:
+                torch.add(v, x, out=h)
+            elif fused_rate:
+                torch.sub(x, v, out=h)
+                h.mul_(1.0 / spec.tau).add_(v)
+            elif spec.decay_input:
+                torch.sub(x, v if vr == 0.0 else v - vr, out=h)
+                h.div_(spec.tau) if kk is None else h.mul_(kk)
+                h.add_(v)
+            else:
+                torch.sub(v, vr, out=h) if vr != 0.0 else h.copy_(v)
+                h.div_(spec.tau) if kk is None else h.mul_(kk)
+                torch.sub(v, h, out=h)
+                h.add_(x)
+            # fire and reset: V = H where H < V_th, else vr (hard) or H - V_th (soft); equal to H(1-S) + vr S
+            torch.lt(h, vth, out=below)
+            nv = bufs[t % 2]
+            if spec.v_reset is None:
+                torch.sub(h, vth, out=nv)
+                torch.where(below, h, nv, out=nv)
+            else:
+                torch.where(below, h, vr_t, out=nv)
+            v = nv
+        spikes = torch.ge(h_seq, vth).to(x_seq.dtype)
+        ctx.save_for_backward(h_seq, kk if kk is not None else h_seq.new_empty(0), v0)
+        ctx.spec, ctx.surrogate, ctx.has_k, ctx.x_dtype = spec, surrogate, k is not None, x_seq.dtype
+        return spikes, v.clone()  # the final membrane must not alias the ping-pong buffers
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_v_last):
+        h_seq, kk, v0 = ctx.saved_tensors
+        spec, sur, has_k = ctx.spec, ctx.surrogate, ctx.has_k
+        T, sdt = h_seq.shape[0], h_seq.dtype
+        vth = spec.v_threshold
+        vr = 0.0 if spec.v_reset is None else spec.v_reset
+        if spec.leaky:
+            k = kk if has_k else 1.0 / spec.tau
+            keep = 1.0 - k  # dH[t+1]/dV[t]
+            in_gain = k if spec.decay_input else 1.0  # dH[t]/dX[t]
+        else:
+            keep, in_gain = 1.0, 1.0
+        gs = torch.zeros_like(h_seq) if grad_spikes is None else grad_spikes.to(sdt)
+
+        # a[t] = dL/dS[t] * sg(H[t] - V_th) for all T at once, in the buffer that becomes dL/dH, then dL/dX.
+        # For the sigmoid surrogate, sg = alpha s (1 - s): one sigmoid_backward pass gives a / alpha, and when
+        # dV/dH does not involve sg (detach_reset) the whole recursion runs in units of 1/alpha and alpha is
+        # folded into the final input gain.
+        z = torch.sub(h_seq, vth)
+        scale, sg = 1.0, None
+        if type(sur) is Sigmoid and spec.detach_reset:
+            s = z.mul_(sur.alpha).sigmoid_()
+            g = torch.ops.aten.sigmoid_backward(gs, s)
+            del s, z
+            scale = sur.alpha
+        else:
+            sg = _surrogate_grad_(z, sur)
+            g = torch.mul(gs, sg)
+            if spec.detach_reset:
+                sg = None
+        del gs
+
+        # dV[t]/dH[t]: 1 - S (hard, detach), 1 (soft, detach), 1 - S + (vr - H) sg (hard), 1 - V_th sg (soft)
+        below = torch.lt(h_seq, vth) if spec.v_reset is not None else None
+
+        def dv_dh(t):
+            if spec.detach_reset:
+                return below[t] if below is not None else None
+            if spec.v_reset is None:
+                return torch.mul(sg[t], -vth).add_(1.0)
+            return below[t].to(sdt).add_(torch.sub(vr, h_seq[t]).mul_(sg[t]))
+
+        # reverse time: dL/dH[t] = a[t] + (dL/dH[t+1] * keep) * dV/dH[t]
+        gv = None
+        if grad_v_last is not None:
+            gv = grad_v_last.to(sdt, copy=True)
+            if scale != 1.0:
+                gv.div_(scale)
+        buf = torch.empty_like(h_seq[0])
+        for t in range(T - 1, -1, -1):
+            if gv is not None:
+                m = dv_dh(t)
+                if m is not None:
+                    torch.mul(gv, m, out=buf)
+                    gv = buf
+                g[t].add_(gv)
+            gv = torch.mul(g[t], keep, out=buf)
+        grad_v0 = gv.mul(scale).to(v0.dtype) if ctx.needs_input_grad[2] else None
+
+        grad_k = None
+        if has_k:
+            # dH[t]/dk = X[t] - (V[t-1] - vr) = (H[t] - V[t-1]) / k (decay_input), -(V[t-1] - vr) otherwise
+            v_prev = torch.empty_like(h_seq)
+            v_prev[0] = v0.to(sdt)
+            if T > 1:
+                hp = h_seq[:-1]
+                if spec.v_reset is None:
+                    torch.where(hp >= vth, hp - vth, hp, out=v_prev[1:])
+                else:
+                    v_prev[1:].copy_(hp).masked_fill_(hp >= vth, vr)
+            if spec.decay_input:
+                dh_dk = torch.sub(h_seq, v_prev).div_(kk)
+            else:
+                dh_dk = torch.sub(v_prev, vr).neg_()
+            grad_k = (g * dh_dk).sum().mul_(scale).to(kk.dtype)
+
+        gain = in_gain * scale
+        if not (isinstance(gain, float) and gain == 1.0):
+            g.mul_(gain)
+        return g.to(ctx.x_dtype), grad_k, grad_v0, None, None
+
+
+_KERNELS: Dict[str, Callable] = {}
+
+
+def register_kernel(device_type: str, fn: Callable) -> None:
+    """Register ``fn(x_seq, k, v0, spec, surrogate) -> (spikes, v_last)`` (an autograd-aware callable) for a
+    device type such as ``'cuda'``; it then replaces the pure-PyTorch kernel there."""
+    _KERNELS[device_type] = fn
+
+
+def select_kernel(x_seq: torch.Tensor) -> Callable:
+    """The kernel for ``x_seq``'s device: a registered one, else the pure-PyTorch kernel."""
+    return _KERNELS.get(x_seq.device.type, TorchMultiStep.apply)

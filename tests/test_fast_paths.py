@@ -1,0 +1,178 @@
+"""Every fast path against the reference path: the fused neuron kernel, activation checkpointing, bf16 autocast."""
+
+import pytest
+import torch
+
+import spikeformer
+from spikeformer.data import build_dataset
+from spikeformer.neurons import ATan, IF, LIF, PLIF, Sigmoid
+from spikeformer.neurons import _kernels
+from spikeformer.neurons import functional as F
+from spikeformer.neurons.nodes import BaseNode
+from spikeformer.errors import SpikeformerError
+from spikeformer.models.spikformer import Spikformer
+
+CASES = [
+    (kind, v_reset, sur, detach, decay, tau)
+    for kind in ("lif", "if", "plif")
+    for v_reset in (0.0, None, -0.3)
+    for sur in ("sigmoid", "atan")
+    for detach in (False, True)
+    for decay in ((True, False) if kind != "if" else (True,))
+    for tau in ((2.0, 1.7) if kind == "lif" else (2.0,))
+]
+
+
+def _spec_and_rate(kind, v_reset, detach, decay, tau):
+    if kind == "if":
+        return F.NeuronSpec(0.8, v_reset, detach, True, False, None), None
+    if kind == "plif":
+        return F.NeuronSpec(0.8, v_reset, detach, decay, True, None), torch.tensor(0.3).sigmoid().requires_grad_()
+    return F.NeuronSpec(0.8, v_reset, detach, decay, True, tau), None
+
+
+@pytest.mark.parametrize("kind,v_reset,sur,detach,decay,tau", CASES)
+def test_fused_kernel_matches_reference(kind, v_reset, sur, detach, decay, tau):
+    torch.manual_seed(len(CASES) + CASES.index((kind, v_reset, sur, detach, decay, tau)))
+    surrogate = Sigmoid(4.0) if sur == "sigmoid" else ATan(2.0)
+    spec, k = _spec_and_rate(kind, v_reset, detach, decay, tau)
+    x = (torch.randn(6, 4, 33) * 1.5 + 0.4).requires_grad_()
+    v0 = (torch.randn(4, 33) * 0.3).requires_grad_()
+    gs, gv = torch.randn(6, 4, 33), torch.randn(4, 33)
+    out = {}
+    for impl in ("reference", None):
+        leaves = [x, v0] + ([k] if k is not None else [])
+        s, v = F.multi_step(x, spec, surrogate, k, v0, impl=impl)
+        grads = torch.autograd.grad((s * gs).sum() + (v * gv).sum(), leaves)
+        out[impl] = (s, v, grads)
+    (s_ref, v_ref, g_ref), (s, v, g) = out["reference"], out[None]
+    assert 0.05 < s_ref.mean().item() < 0.95
+    torch.testing.assert_close(s, s_ref, atol=0, rtol=0)  # spikes: bit-identical
+    torch.testing.assert_close(v, v_ref, atol=0, rtol=0)  # final membrane: bit-identical
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_kernel_without_state_grads_and_long_T():
+    torch.manual_seed(1)
+    spec, sur = F.NeuronSpec(1.0, 0.0, True, True, True, 2.0), Sigmoid(4.0)
+    x = (torch.randn(16, 2, 50) + 0.8).requires_grad_()
+    gs = torch.randn(16, 2, 50)
+    grads = []
+    for impl in ("reference", None):
+        s, _ = F.multi_step(x, spec, sur, impl=impl)
+        grads.append((s, torch.autograd.grad((s * gs).sum(), x)[0]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=0, rtol=0)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-6, rtol=1e-5)
+
+
+def test_fused_kernel_bf16_input_integrates_in_fp32():
+    torch.manual_seed(2)
+    spec, sur = F.NeuronSpec(1.0, 0.0, True, True, True, 2.0), Sigmoid(4.0)
+    x = (torch.randn(4, 3, 64) + 0.8).bfloat16().requires_grad_()
+    res = []
+    for impl in ("reference", None):
+        s, v = F.multi_step(x, spec, sur, impl=impl)
+        (g,) = torch.autograd.grad(s.float().sum(), x)
+        res.append((s, v, g))
+    assert res[1][0].dtype == torch.bfloat16 and res[1][1].dtype == torch.float32 and res[1][2].dtype == torch.bfloat16
+    for a, b in zip(res[1], res[0]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_unknown_impl_is_a_user_error():
+    with pytest.raises(SpikeformerError, match="impl"):
+        F.multi_step(torch.zeros(2, 3), F.NeuronSpec(), Sigmoid(), impl="cupy")
+
+
+def test_dispatch_point_takes_a_registered_kernel(monkeypatch):
+    calls = []
+
+    def fake(x_seq, k, v0, spec, surrogate):
+        calls.append(x_seq.shape)
+        return _kernels.TorchMultiStep.apply(x_seq, k, v0, spec, surrogate)
+
+    monkeypatch.setitem(_kernels._KERNELS, "cpu", fake)
+    LIF()(torch.randn(3, 2, 5))
+    assert calls == [(3, 2, 5)]
+
+
+def _reference_kernel(x_seq, k, v0, spec, surrogate):
+    return F._MultiStepNeuron.apply(x_seq, k, v0, spec, surrogate)
+
+
+def _step_grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+def test_model_fused_vs_reference_kernel(monkeypatch, neuron):
+    torch.manual_seed(3)
+    model = spikeformer.create_model("spikformer_digits_1_64", neuron=neuron)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(2, 1, 16, 16) * 2, torch.randint(0, 10, (2,))
+    out_fast, g_fast = _step_grads(model, x, y)
+    model.load_state_dict(state)
+    monkeypatch.setitem(_kernels._KERNELS, "cpu", _reference_kernel)
+    out_ref, g_ref = _step_grads(model, x, y)
+    torch.testing.assert_close(out_fast, out_ref, atol=1e-6, rtol=1e-5)
+    assert g_fast.keys() == g_ref.keys() and len(g_ref) == len(list(model.parameters()))
+    for n in g_ref:
+        torch.testing.assert_close(g_fast[n], g_ref[n], atol=1e-6, rtol=1e-4, msg=n)
+
+
+def test_checkpoint_blocks_same_result_and_bn_stats():
+    torch.manual_seed(4)
+    kw = dict(embed_dim=64, num_heads=4, depth=2, num_classes=10)
+    a = Spikformer("cifar", **kw)
+    b = Spikformer("cifar", checkpoint_blocks=True, **kw)
+    b.load_state_dict(a.state_dict())
+    assert a.state_dict().keys() == b.state_dict().keys()
+    x, y = torch.randn(2, 3, 16, 16) * 2, torch.randint(0, 10, (2,))
+    out_a, g_a = _step_grads(a, x, y)
+    out_b, g_b = _step_grads(b, x, y)
+    torch.testing.assert_close(out_b, out_a, atol=0, rtol=0)
+    assert g_a.keys() == g_b.keys()
+    for n in g_a:
+        torch.testing.assert_close(g_b[n], g_a[n], atol=1e-7, rtol=1e-6, msg=n)
+    # the recomputation in backward must not move BatchNorm running statistics a second time
+    sa, sb = a.state_dict(), b.state_dict()
+    for n in sa:
+        torch.testing.assert_close(sb[n], sa[n], atol=0, rtol=0, msg=n)
+    assert int(sb["block.0.mlp.fc1_bn.num_batches_tracked"]) == 1
+
+
+def test_bf16_autocast_spikes_agree_with_fp32_on_digits():
+    torch.manual_seed(5)
+    model = spikeformer.create_model("spikformer_digits_1_64").train()  # batch statistics: a lively network
+    ds = build_dataset("digits", "test")
+    x = torch.stack([ds[i][0] for i in range(64)])
+    spikes = {}
+
+    def record(tag):
+        def hook(mod, inp, out):
+            spikes.setdefault(tag, []).append(out.detach().float())
+        return hook
+
+    neurons = [m for m in model.modules() if isinstance(m, BaseNode)]
+    assert len(neurons) == 4 + 1 + 5 + 2  # SPS 4 + RPE, attention q/k/v/attn/proj, MLP 2
+    for tag, ctx in (("fp32", torch.autocast("cpu", enabled=False)), ("bf16", torch.autocast("cpu", torch.bfloat16))):
+        handles = [m.register_forward_hook(record(tag)) for m in neurons]
+        with torch.no_grad(), ctx:
+            logits = model(x)
+        for h in handles:
+            h.remove()
+        if tag == "bf16":
+            assert logits.dtype == torch.bfloat16
+    fp32 = torch.cat([s.flatten() for s in spikes["fp32"]])
+    bf16 = torch.cat([s.flatten() for s in spikes["bf16"]])
+    assert fp32.numel() == bf16.numel() > 100_000
+    assert 0.02 < fp32.mean().item() < 0.5  # the network is active
+    agree = (fp32 == bf16).float().mean().item()
+    # Measured 0.980 on these untrained weights: flips start at bf16 rounding of the conv/linear outputs near the
+    # threshold (0.1 % in the first layer) and cascade with depth (5 % by the last layer). The issue's 99 % bar
+    # is for trained weights and is not verified here; this bar catches a broken autocast path (independent spikes at these rates would agree ~0.93).
+    assert agree >= 0.975, agree
