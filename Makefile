@@ -4,11 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
@@ -17,7 +16,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m spikeformer train
 
-test: $(STAMP)
+# Debian's chromium lets one test open the HTML report in a headless browser; installed when we may (root + apt-get).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium is not installed: the browser test of the HTML report will be skipped"
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q tests
 
 clean:
