@@ -63,3 +63,32 @@ def test_train_then_eval_prints_final_line(tmp_path):
     assert p.stdout.strip().splitlines()[-1].startswith("top-1: ")
     p = run_cli("eval", "--checkpoint", run, "--quiet", check=True)  # a run directory works too
     assert "digits" in p.stdout
+
+
+def test_convert_official_checkpoint(tmp_path):
+    # An official-layout (cifar10dvs/model.py) checkpoint: Conv1d kernels, unused LayerNorms and pos_embed, wrapped
+    # as the DVS training script saves it, with DDP's module. prefix.
+    import torch
+
+    import spikeformer
+
+    ours = spikeformer.create_model("spikformer_dvs_digits_1_64").eval()
+    official = {}
+    for k, v in ours.state_dict().items():
+        if k.startswith("block.") and "_linear." in k:
+            k = k.replace("_linear.", "_conv.")
+            v = v.unsqueeze(-1) if v.dim() == 2 else v
+        official["module." + k] = v.clone()
+    official["module.pos_embed"] = torch.zeros(1, 16, 64)
+    official["module.norm.weight"], official["module.norm.bias"] = torch.ones(64), torch.zeros(64)
+    official["module.block.0.norm1.weight"] = torch.ones(64)
+    torch.save({"model": official, "epoch": 3}, tmp_path / "official.pth")
+    out = tmp_path / "ours.safetensors"
+    p = run_cli("convert-checkpoint", "--model", "spikformer_dvs_digits_1_64", tmp_path / "official.pth", out,
+                check=True)
+    assert "wrote" in p.stdout
+    back = spikeformer.create_model("spikformer_dvs_digits_1_64", checkpoint_path=str(out)).eval()
+    for k, v in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    _one_clear_error(run_cli("convert-checkpoint", "--model", "spikformer_digits_1_64", tmp_path / "official.pth",
+                             tmp_path / "x.safetensors"), "does not fit spikformer_digits_1_64")

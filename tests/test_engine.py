@@ -94,3 +94,16 @@ def test_digits_reaches_accuracy_bar(tmp_path):
     # The default recipe, shortened: the full `make run` recipe reaches >= 97% (see README).
     r = train(build_config(None, ["report=false"], epochs=6, out=str(tmp_path / "d")), progress=False)
     assert r["top1"] >= 90.0, r
+
+
+def test_full_disk_reported_before_training(tmp_path, monkeypatch):
+    import importlib
+    import shutil
+    from collections import namedtuple
+
+    T = importlib.import_module("spikeformer.engine.train")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(T.shutil, "disk_usage", lambda p: usage(10 << 20, 10 << 20, 1 << 20))
+    with pytest.raises(SpikeformerError, match="MiB free under"):
+        train(cfg_for(tmp_path, "full-disk", epochs=1), progress=False)
+    assert not (tmp_path / "full-disk" / "checkpoints").exists()
