@@ -3,6 +3,8 @@
 import importlib
 import pkgutil
 
+from .events import EVENT_DTYPE, read_events
+from .frames import events_to_frames
 from .registry import DatasetInfo, build_dataset, get_dataset_info, list_datasets, register_dataset
 
 # Every dataset module in this package registers itself on import.
@@ -10,4 +12,7 @@ for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_") and _m.name != "registry" and not _m.ispkg:
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["DatasetInfo", "build_dataset", "get_dataset_info", "list_datasets", "register_dataset"]
+__all__ = [
+    "DatasetInfo", "EVENT_DTYPE", "build_dataset", "events_to_frames", "get_dataset_info", "list_datasets",
+    "read_events", "register_dataset",
+]
