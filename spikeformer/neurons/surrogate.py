@@ -6,18 +6,20 @@ defines the derivative used in backward, ``grad(x)``, where ``x = H - V_th``.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
 
 
-class Surrogate:
+class Surrogate(abc.ABC):
     """Base class. Subclasses implement :meth:`grad` (d spike / d x) as a pure tensor function."""
 
     alpha: float
 
-    def grad(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        """The surrogate derivative at ``x = H - V_th``."""
 
     def spike(self, x: torch.Tensor) -> torch.Tensor:
         """Heaviside with a surrogate gradient, for single-step use outside the fused neuron kernels."""
