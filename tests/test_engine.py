@@ -107,3 +107,16 @@ def test_full_disk_reported_before_training(tmp_path, monkeypatch):
     with pytest.raises(SpikeformerError, match="MiB free under"):
         train(cfg_for(tmp_path, "full-disk", epochs=1), progress=False)
     assert not (tmp_path / "full-disk" / "checkpoints").exists()
+
+
+def test_ema_and_accumulation_resume_exactly(tmp_path):
+    sets = ["ema_decay=0.9", "accum_steps=2"]
+    full = train(cfg_for(tmp_path, "full", *sets, epochs=2), progress=False)
+    train(cfg_for(tmp_path, "split", *sets, "stop_after=1", epochs=2), progress=False)
+    resumed = train(cfg_for(tmp_path, "split", *sets, epochs=2), resume=str(tmp_path / "split"), progress=False)
+    for name in ("last.safetensors", "best.safetensors"):  # best holds the EMA weights
+        assert max_weight_diff(tmp_path / "full" / name, tmp_path / "split" / name) == 0.0, name
+    assert resumed["top1"] == full["top1"]
+    assert max_weight_diff(tmp_path / "full" / "last.safetensors", tmp_path / "full" / "best.safetensors") > 0
+    rows = [json.loads(r) for r in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 * ((1437 // 32) // 2)  # one optimizer step per two micro-batches
