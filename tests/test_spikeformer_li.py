@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import spikeformer
 from spikeformer.errors import SpikeformerError
-from spikeformer.layers.liaf import PLIAF
+from spikeformer.neurons import PLIAF
 from spikeformer.models.spikeformer_li import Spikeformer, checkpoint_filter_fn, tokenizer_widths
 from spikeformer.neurons import PLIF, Sigmoid
 

@@ -15,7 +15,7 @@ Q/K/V are real-valued LayerNorm outputs: there is no neuron inside attention. Le
 (nearest-resized when the token grid changes) and temporal ``time_embed`` (zero init; nearest-resized when T
 changes) are added after the tokenizer. The head pools all T*N tokens with a learned softmax weighting
 (CCT's sequence pooling) and classifies the pooled vector once. Neurons: PLIF (init_tau 2, detach_reset,
-Sigmoid(4) surrogate) on DVS; the parametric LIAF (:class:`spikeformer.layers.liaf.PLIAF`, analog ``ReLU(H)``
+Sigmoid(4) surrogate) on DVS; the parametric LIAF (:class:`spikeformer.neurons.PLIAF`, analog ``ReLU(H)``
 output) on ImageNet.
 
 Stochastic depth keeps the official code's masks: the temporal branch drops per (sample, position), the spatial
@@ -36,25 +36,14 @@ from timm.layers import trunc_normal_
 
 from ..errors import SpikeformerError
 from ..layers import expand_time, seq_apply
-from ..layers.liaf import PLIAF
-from ..neurons import neuron_factory
+from ..neurons import PLIAF, neuron_factory
 from .registry import IMAGENET_MEAN, IMAGENET_STD, cfg, register_model
 
 PLIF_DEFAULTS = dict(tau=2.0, detach_reset=True)  # MultiStepParametricLIFNode(detach_reset=True); tau -> init_tau
-_LOCAL_NEURONS = {"pliaf": PLIAF, "liaf": PLIAF}
 
 
 def _make_neuron_factory(neuron: Any):
-    """``neuron_factory`` with the family defaults, plus the names 'pliaf'/'liaf' for :class:`PLIAF`."""
-    if isinstance(neuron, str):
-        neuron = {"type": neuron}
-    if isinstance(neuron, dict) and str(neuron.get("type", "")).lower() in _LOCAL_NEURONS:
-        neuron = dict(neuron)
-        neuron["init_tau"] = neuron.pop("tau", neuron.get("init_tau", PLIF_DEFAULTS["tau"]))
-        cls = _LOCAL_NEURONS[str(neuron.pop("type")).lower()]
-        return neuron_factory(cls, **{"detach_reset": True, **neuron})
-    if neuron is PLIAF:
-        return neuron_factory(PLIAF, init_tau=PLIF_DEFAULTS["tau"], detach_reset=True)
+    """``neuron_factory`` with the family defaults (tau 2 -> init_tau for PLIF/PLIAF, detach_reset)."""
     return neuron_factory(neuron, **PLIF_DEFAULTS)
 
 

@@ -8,17 +8,19 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import SpikeformerError
+from .liaf import PLIAF
 from .nodes import IF, LIF, NEURONS, PLIF, BaseNode
 from .surrogate import ATan, Sigmoid, Surrogate, build_surrogate
 
 NeuronFactory = Callable[..., nn.Module]
+NEURONS.update(pliaf=PLIAF, liaf=PLIAF)  # Spikeformer's (Li et al.) analog-output neuron
 
 
 def neuron_factory(spec: Any = "lif", **defaults: Any) -> NeuronFactory:
     """Turn a neuron description into a factory ``f(**overrides) -> nn.Module``.
 
     ``spec`` may be a factory/class already (returned as a partial with ``defaults``), a name ('lif', 'if',
-    'plif') or a dict ``{'type': 'lif', 'tau': 2.0, ...}``. Models call the factory with the per-layer overrides
+    'plif', 'pliaf') or a dict ``{'type': 'lif', 'tau': 2.0, ...}``. Models call the factory with the per-layer overrides
     they need (e.g. ``v_threshold=0.5`` on the attention neuron), so a user's own multi-step module plugs in
     without editing model code.
     """
@@ -38,7 +40,7 @@ def neuron_factory(spec: Any = "lif", **defaults: Any) -> NeuronFactory:
 def _build(cls, defaults: dict, **overrides) -> nn.Module:
     # Model code passes LIF-style keywords; map them onto the neurons that spell them differently.
     kwargs = {**defaults, **overrides}
-    if cls is PLIF and "tau" in kwargs:
+    if issubclass(cls, PLIF) and "tau" in kwargs:
         kwargs["init_tau"] = kwargs.pop("tau")
     if cls is IF:
         kwargs.pop("tau", None)
@@ -47,6 +49,6 @@ def _build(cls, defaults: dict, **overrides) -> nn.Module:
 
 
 __all__ = [
-    "ATan", "BaseNode", "IF", "LIF", "PLIF", "Sigmoid", "Surrogate", "build_surrogate", "neuron_factory",
+    "ATan", "BaseNode", "IF", "LIF", "PLIAF", "PLIF", "Sigmoid", "Surrogate", "build_surrogate", "neuron_factory",
     "NeuronFactory",
 ]

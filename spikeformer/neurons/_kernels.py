@@ -52,51 +52,84 @@ def _pow2(x: float) -> bool:
     return x > 0 and m == 0.5
 
 
+def _run(x_seq, kk, v0, spec, h_seq=None):
+    """The forward recursion. With ``h_seq`` (a ``[T, ...]`` buffer in the state dtype) every step's charge is
+    written into it for backward and the spikes are produced in one pass at the end; without it (no autograd)
+    only two membrane buffers are allocated, each step's spikes are written straight into the output, and the
+    reset happens in place on the charge. Both give the same bits as ``functional._MultiStepNeuron``.
+    Returns ``(spikes, final membrane)``; the membrane may alias an internal buffer."""
+    sdt = state_dtype(x_seq)
+    T = x_seq.shape[0]
+    vth = spec.v_threshold
+    vr = 0.0 if spec.v_reset is None else spec.v_reset
+    # x / tau == x * (1/tau) exactly when tau is a power of two, and then v + (x - v) / tau is one fused
+    # add-with-alpha (the product is exact, so an FMA rounds the same as the separate ops)
+    fused_rate = spec.leaky and kk is None and _pow2(spec.tau) and spec.decay_input and vr == 0.0
+    step_shape = x_seq.shape[1:]
+    bufs = (torch.empty(step_shape, dtype=sdt, device=x_seq.device),
+            torch.empty(step_shape, dtype=sdt, device=x_seq.device))
+    mask = torch.empty(step_shape, dtype=torch.bool, device=x_seq.device)
+    spikes = None if h_seq is not None else torch.empty_like(x_seq, memory_format=torch.contiguous_format)
+    vr_t = torch.tensor(vr, dtype=sdt, device=x_seq.device)
+    v = v0.to(sdt)
+    for t in range(T):
+        x = x_seq[t]
+        h = h_seq[t] if h_seq is not None else bufs[t % 2]
+        # charge, written into h; each line is one op of functional._charge, in the same order
+        if not spec.leaky:
+            torch.add(v, x, out=h)
+        elif fused_rate:
+            torch.sub(x, v, out=h)
+            h.mul_(1.0 / spec.tau).add_(v)
+        elif spec.decay_input:
+            torch.sub(x, v if vr == 0.0 else v - vr, out=h)
+            h.div_(spec.tau) if kk is None else h.mul_(kk)
+            h.add_(v)
+        else:
+            torch.sub(v, vr, out=h) if vr != 0.0 else h.copy_(v)
+            h.div_(spec.tau) if kk is None else h.mul_(kk)
+            torch.sub(v, h, out=h)
+            h.add_(x)
+        # fire and reset: V = H where H < V_th, else vr (hard) or H - V_th (soft); equal to H(1-S) + vr S
+        if h_seq is None:
+            torch.ge(h, vth, out=mask)
+            spikes[t].copy_(mask)
+            if spec.v_reset is None:
+                torch.where(mask, h - vth, h, out=h)
+            else:
+                h.masked_fill_(mask, vr)
+            v = h
+        else:
+            torch.lt(h, vth, out=mask)
+            nv = bufs[t % 2]
+            if spec.v_reset is None:
+                torch.sub(h, vth, out=nv)
+                torch.where(mask, h, nv, out=nv)
+            else:
+                torch.where(mask, h, vr_t, out=nv)
+            v = nv
+    if h_seq is not None:
+        spikes = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+        torch.ge(h_seq, vth, out=spikes)  # bool -> x dtype in the same pass
+    return spikes, v
+
+
+def forward_no_grad(x_seq, k, v0, spec, surrogate=None):
+    """The kernel's forward when nothing needs a gradient: no saved ``H``, no autograd node."""
+    kk = None if k is None else k.detach().to(state_dtype(x_seq))
+    spikes, v = _run(x_seq, kk, v0.detach(), spec)
+    return spikes, v.clone() if v is v0 else v
+
+
 class TorchMultiStep(torch.autograd.Function):
     """The pure-PyTorch fused kernel (any device)."""
 
     @staticmethod
     def forward(ctx, x_seq, k, v0, spec, surrogate):
         sdt = state_dtype(x_seq)
-        T = x_seq.shape[0]
-        vth = spec.v_threshold
-        vr = 0.0 if spec.v_reset is None else spec.v_reset
         kk = None if k is None else k.to(sdt)
-        # x / tau == x * (1/tau) exactly when tau is a power of two, and then v + (x - v) / tau is one fused
-        # add-with-alpha (the product is exact, so an FMA rounds the same as the separate ops)
-        fused_rate = spec.leaky and kk is None and _pow2(spec.tau) and spec.decay_input and vr == 0.0
         h_seq = torch.empty(x_seq.shape, dtype=sdt, device=x_seq.device)
-        bufs = (torch.empty_like(h_seq[0]), torch.empty_like(h_seq[0]))
-        below = torch.empty(h_seq.shape[1:], dtype=torch.bool, device=x_seq.device)
-        vr_t = torch.tensor(vr, dtype=sdt, device=x_seq.device)
-        v = v0.to(sdt)
-        for t in range(T):
-            h, x = h_seq[t], x_seq[t]
-            # charge, written into H[t]; each line is one op of functional._charge, in the same order
-            if not spec.leaky:
-                torch.add(v, x, out=h)
-            elif fused_rate:
-                torch.sub(x, v, out=h)
-                h.mul_(1.0 / spec.tau).add_(v)
-            elif spec.decay_input:
-                torch.sub(x, v if vr == 0.0 else v - vr, out=h)
-                h.div_(spec.tau) if kk is None else h.mul_(kk)
-                h.add_(v)
-            else:
-                torch.sub(v, vr, out=h) if vr != 0.0 else h.copy_(v)
-                h.div_(spec.tau) if kk is None else h.mul_(kk)
-                torch.sub(v, h, out=h)
-                h.add_(x)
-            # fire and reset: V = H where H < V_th, else vr (hard) or H - V_th (soft); equal to H(1-S) + vr S
-            torch.lt(h, vth, out=below)
-            nv = bufs[t % 2]
-            if spec.v_reset is None:
-                torch.sub(h, vth, out=nv)
-                torch.where(below, h, nv, out=nv)
-            else:
-                torch.where(below, h, vr_t, out=nv)
-            v = nv
-        spikes = torch.ge(h_seq, vth).to(x_seq.dtype)
+        spikes, v = _run(x_seq, kk, v0, spec, h_seq)
         ctx.save_for_backward(h_seq, kk if kk is not None else h_seq.new_empty(0), v0)
         ctx.spec, ctx.surrogate, ctx.has_k, ctx.x_dtype = spec, surrogate, k is not None, x_seq.dtype
         return spikes, v.clone()  # the final membrane must not alias the ping-pong buffers

@@ -140,7 +140,8 @@ def multi_step(
     ``k`` is the learnable decay rate ``1/tau`` of a parametric LIF (a 0-dim tensor), ``None`` otherwise.
     ``v0`` is the initial membrane (default: ``V_reset``, or 0 for soft reset).
     ``impl``: ``None`` picks the fused kernel for the device (``_kernels.select_kernel``; same spikes, gradients
-    within fp32 rounding); ``"reference"`` runs the plain step-by-step loop.
+    within fp32 rounding); ``"reference"`` runs the plain step-by-step loop. When nothing needs a gradient (``torch.no_grad()``,
+    inference) the fused kernel runs its forward alone: no ``[T, ...]`` membrane is kept.
     """
     if v0 is None:
         v0 = initial_membrane(x_seq[0], spec).to(_state_dtype(x_seq))
@@ -150,7 +151,13 @@ def multi_step(
         from ..errors import SpikeformerError
 
         raise SpikeformerError(f"unknown neuron kernel impl={impl!r}; use None (fused) or 'reference'")
-    return _kernels.select_kernel(x_seq)(x_seq, k, v0, spec, surrogate)
+    kernel = _kernels.select_kernel(x_seq)
+    if kernel is _kernels.TorchMultiStep.apply and not (
+        torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad or (k is not None and k.requires_grad))
+    ):
+        # inference / no_grad: the same forward without the saved H and without an autograd node
+        return _kernels.forward_no_grad(x_seq, k, v0, spec, surrogate)
+    return kernel(x_seq, k, v0, spec, surrogate)
 
 
 def single_step(x: torch.Tensor, v: torch.Tensor, spec: NeuronSpec, surrogate: Surrogate, k=None):

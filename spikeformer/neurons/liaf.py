@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import SpikeformerError
-from ..neurons import PLIF
-from ..neurons import functional as NF
+from . import functional as NF
+from .nodes import PLIF
 
 
 class PLIAF(PLIF):
