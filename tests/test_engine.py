@@ -85,8 +85,8 @@ def test_unwritable_run_dir_reported_before_training(tmp_path):
 
 
 def test_bf16_autocast_trains(tmp_path):
-    r = train(cfg_for(tmp_path, "bf", "amp=bf16", epochs=1), progress=False)
-    assert r["top1"] > 20.0
+    r = train(cfg_for(tmp_path, "bf", "amp=bf16", epochs=3), progress=False)
+    assert r["top1"] > 50.0  # measured 67.5 (fp32: 74.2) after this short schedule; chance is 10
 
 
 @pytest.mark.slow
