@@ -28,53 +28,8 @@ from torch import nn
 from ..errors import SpikeformerError
 from ..layers import TokenBN, expand_time, seq_apply
 from ..layers.masnn import build_attention, official_attention_key
-from ..neurons import LIF, Surrogate, neuron_factory
+from ..neurons import LIF, MALIF, Rectangle, neuron_factory
 from .registry import cfg, register_model
-
-
-class Rectangle(Surrogate):
-    """Rectangular surrogate of the official code: ``grad = 1/alpha`` for ``|x| < alpha/2``, else 0.
-
-    ``alpha`` is the window width ``a`` of the MA-SNN configs (``lens = a/2``; a=0.5 on Gesture/Gait, 1 on
-    CIFAR10-DVS and in Att-Res-SNN), so the window has unit area.
-    """
-
-    def __init__(self, alpha: float = 0.5):
-        self.alpha = float(alpha)
-
-    def grad(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.abs() < self.alpha / 2).to(x.dtype) / self.alpha
-
-
-class MALIF(nn.Module):
-    """The LIF of ``MA_SNN/module/LIF.py`` (multi-step over ``[T, ...]``), per step::
-
-        u = h + x;  s = H(u - V_th);  h = decay * (s * V_th + (1 - s) * u) + beta
-
-    A spike sets the membrane to V_th (not 0) before the decay, as the official update does (its ``Vreset`` is
-    never used), and the gradient flows through the spike in the reset (no detach).
-    """
-
-    def __init__(self, decay: float = 0.3, v_threshold: float = 0.3, beta: float = 0.0,
-                 surrogate: Optional[Surrogate] = None):
-        super().__init__()
-        self.decay, self.v_threshold, self.beta = float(decay), float(v_threshold), float(beta)
-        self.surrogate = surrogate if surrogate is not None else Rectangle(0.5)
-
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        if x_seq.dim() < 2:
-            raise SpikeformerError(f"MALIF expects input [T, ...] with time first; got shape {tuple(x_seq.shape)}")
-        h = torch.zeros_like(x_seq[0])
-        out = []
-        for x in x_seq:
-            u = h + x
-            s = self.surrogate.spike(u - self.v_threshold)
-            h = (s * self.v_threshold + (1.0 - s) * u) * self.decay + self.beta
-            out.append(s)
-        return torch.stack(out)
-
-    def extra_repr(self) -> str:
-        return f"decay={self.decay}, v_threshold={self.v_threshold}, beta={self.beta}, surrogate={self.surrogate!r}"
 
 
 # -- MA-SNN for event streams (DVS128 Gesture) -----------------------------------------------------------------

@@ -9,8 +9,9 @@ from torch import nn
 
 from ..errors import SpikeformerError
 from .liaf import PLIAF
+from .malif import MALIF
 from .nodes import IF, LIF, NEURONS, PLIF, BaseNode
-from .surrogate import ATan, Sigmoid, Surrogate, build_surrogate
+from .surrogate import ATan, Rectangle, Sigmoid, Surrogate, build_surrogate
 
 NeuronFactory = Callable[..., nn.Module]
 NEURONS.update(pliaf=PLIAF, liaf=PLIAF)  # Spikeformer's (Li et al.) analog-output neuron
@@ -49,6 +50,6 @@ def _build(cls, defaults: dict, **overrides) -> nn.Module:
 
 
 __all__ = [
-    "ATan", "BaseNode", "IF", "LIF", "PLIAF", "PLIF", "Sigmoid", "Surrogate", "build_surrogate", "neuron_factory",
+    "ATan", "BaseNode", "IF", "LIF", "MALIF", "PLIAF", "PLIF", "Rectangle", "Sigmoid", "Surrogate", "build_surrogate", "neuron_factory",
     "NeuronFactory",
 ]
