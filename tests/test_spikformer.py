@@ -5,7 +5,7 @@ import torch
 
 import spikeformer
 from spikeformer.errors import SpikeformerError
-from spikeformer.models.spikformer import spike_attention
+from spikeformer.layers import spike_attention
 
 # (name, exact count of the model built here, the paper's number in millions)
 # ImageNet/DVS: the paper counts agree with the official code minus its never-used LayerNorms (and pos_embed).

@@ -25,22 +25,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from timm.layers import trunc_normal_
 
-from ..layers import TokenBN, expand_time, seq_apply
+from ..layers import TokenBN, expand_time, seq_apply, spike_attention
 from ..neurons import neuron_factory
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
 
 LIF_DEFAULTS = dict(tau=2.0, detach_reset=True)  # MultiStepLIFNode(tau=2.0, detach_reset=True), Sigmoid(4)
-
-
-def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """``Q K^T V * scale`` over ``[..., N, d]``.
-
-    With binary Q, K, V every partial sum is a small integer, exact in fp32, so both association orders give the
-    same bits; take the cheaper one (K^T V first when tokens outnumber the head dim).
-    """
-    if q.shape[-2] > q.shape[-1]:
-        return (q @ (k.transpose(-2, -1) @ v)) * scale
-    return ((q @ k.transpose(-2, -1)) @ v) * scale
 
 
 class SPS(nn.Module):

@@ -30,10 +30,9 @@ from torch import nn
 from timm.layers import trunc_normal_
 
 from ..errors import SpikeformerError
-from ..layers import TokenBN, expand_time, seq_apply
+from ..layers import TokenBN, expand_time, seq_apply, spike_attention
 from ..neurons import neuron_factory
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
-from .spikformer import spike_attention
 
 # MultiStepLIFNode(tau=2.0, detach_reset=True) with SpikingJelly 0.0.0.0.12's Sigmoid(alpha=4) surrogate.
 LIF_DEFAULTS = dict(tau=2.0, detach_reset=True)
