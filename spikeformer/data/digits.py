@@ -41,7 +41,7 @@ def _upsample(x: np.ndarray) -> torch.Tensor:
 @register_dataset("digits", num_classes=10, input_size=(1, SIZE, SIZE), needs_root=False,
                   description="scikit-learn digits, 1x16x16, embedded (no download)",
                   default_model="spikformer_digits_1_64")
-def build_digits(split: str, root=None, T=None, **kwargs) -> TensorDataset:
+def build_digits(split: str, root=None, T=None) -> TensorDataset:
     x, y = digits_arrays(split)
     train = _upsample(digits_arrays("train")[0])
     mean, std = train.mean(), train.std()

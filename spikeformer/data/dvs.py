@@ -288,7 +288,7 @@ def _common(split, root, T, default_T, augment, policy, resize, transform):
                               "official trials_to_train/test split, 1176/288 samples",
                   default_model="spikformer_dvs_2_256")
 def build_dvs128_gesture(split: str, root=None, T=None, split_by: str = "number", cache_dir=None, workers=None,
-                         progress: bool = True, augment=None, resize=None, transform=None, **kwargs):
+                         progress: bool = True, augment=None, resize=None, transform=None):
     # Left/right-hand gestures are mirror images, so the default policy does not flip.
     root, T, tf = _common(split, root, T, 16, augment,
                           dict(flip=0.0, roll=5, cutout=0.5), resize, transform)
@@ -316,7 +316,7 @@ def _split_folder_dataset(name, split, root, exts, class_names, cache_root):
                               "(first 900 / last 100 by file name)",
                   default_model="spikformer_dvs_2_256")
 def build_cifar10_dvs(split: str, root=None, T=None, split_by: str = "number", cache_dir=None, workers=None,
-                      progress: bool = True, augment=None, resize=None, transform=None, **kwargs):
+                      progress: bool = True, augment=None, resize=None, transform=None):
     root, T, tf = _common(split, root, T, 16, augment,
                           dict(flip=0.5, roll=5, cutout=0.5), resize, transform)
     _need_dir(root, "cifar10-dvs", "data_root")
@@ -340,7 +340,7 @@ def build_cifar10_dvs(split: str, root=None, T=None, split_by: str = "number", c
                               "Train/Test split, 34x34",
                   default_model=None)
 def build_n_mnist(split: str, root=None, T=None, split_by: str = "number", cache_dir=None, workers=None,
-                  progress: bool = True, augment=None, resize=None, transform=None, **kwargs):
+                  progress: bool = True, augment=None, resize=None, transform=None):
     root, T, tf = _common(split, root, T, 10, augment,
                           dict(flip=0.0, roll=2, cutout=0.0), resize, transform)
     _need_dir(root, "n-mnist", "data_root")
@@ -364,7 +364,7 @@ def build_n_mnist(split: str, root=None, T=None, split_by: str = "number", cache
                               "file name, 180x240",
                   default_model=None)
 def build_n_caltech101(split: str, root=None, T=None, split_by: str = "number", cache_dir=None, workers=None,
-                       progress: bool = True, augment=None, resize=None, transform=None, **kwargs):
+                       progress: bool = True, augment=None, resize=None, transform=None):
     root, T, tf = _common(split, root, T, 10, augment,
                           dict(flip=0.5, roll=10, cutout=0.5), resize, transform)
     _need_dir(root, "n-caltech101", "data_root")

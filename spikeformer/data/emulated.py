@@ -182,6 +182,6 @@ class EventDigits(Dataset):
                               "embedded (no download)",
                   default_model="spikformer_dvs_digits_1_64")
 def build_events_digits(split: str, root=None, T=None, split_by: str = "number", noise_hz: float = 0.5,
-                        seed: int = 0, transform=None, **kwargs) -> EventDigits:
+                        seed: int = 0, transform=None) -> EventDigits:
     return EventDigits(split, T=8 if T is None else T, split_by=split_by, noise_hz=noise_hz, seed=seed,
                        transform=transform)

@@ -60,4 +60,21 @@ def build_dataset(name: str, split: str, root: Optional[str] = None, T: Optional
         raise SpikeformerError(
             f"dataset {name!r} needs its files: pass --set data_root=DIR (see the README's 'Datasets' section)"
         )
+    _check_options(info, kwargs)
     return info.builder(split, root=root, T=T, **kwargs)
+
+
+def _check_options(info: DatasetInfo, kwargs: dict) -> None:
+    """Reject options the builder does not take (a typo in data_kwargs must not be ignored silently)."""
+    import inspect
+
+    params = inspect.signature(info.builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the builder documents no fixed option list
+    known = [n for n in params if n not in ("split", "root", "T", "name")]
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        raise SpikeformerError(
+            f"dataset {info.name!r} has no option {unknown[0]!r}.{suggest(unknown[0], known)} "
+            f"Its options: {', '.join(known) or 'none'}"
+        )

@@ -24,7 +24,7 @@ _CIFAR = {
 
 def _cifar(name: str, split: str, root, augment=None, img_size: int = 32, mean=None, std=None,
            auto_augment: str = "rand-m9-n1-mstd0.4-inc1", re_prob: float = 0.25, hflip: float = 0.5,
-           transform=None, **kwargs):
+           transform=None):
     import torchvision
 
     cls, folder, url, dmean, dstd = _CIFAR[name]
@@ -54,15 +54,29 @@ def _cifar(name: str, split: str, root, augment=None, img_size: int = 32, mean=N
 @register_dataset("cifar10", num_classes=10, input_size=(3, 32, 32),
                   description="CIFAR-10 via torchvision (cifar-10-batches-py/), no download",
                   default_model="spikformer_cifar_4_384")
-def build_cifar10(split: str, root=None, T=None, **kwargs):
-    return _cifar("cifar10", split, root, **kwargs)
+def build_cifar10(split: str, root=None, T=None, **options):
+    return _cifar("cifar10", split, root, **options)
 
 
 @register_dataset("cifar100", num_classes=100, input_size=(3, 32, 32),
                   description="CIFAR-100 via torchvision (cifar-100-python/), no download",
                   default_model="spikformer_cifar_4_384")
-def build_cifar100(split: str, root=None, T=None, **kwargs):
-    return _cifar("cifar100", split, root, **kwargs)
+def build_cifar100(split: str, root=None, T=None, **options):
+    return _cifar("cifar100", split, root, **options)
+
+
+def _cifar_signature(fn):
+    """Expose _cifar's options as the builder's signature, so unknown data_kwargs are rejected by name."""
+    import inspect
+
+    opts = [p for n, p in inspect.signature(_cifar).parameters.items() if n not in ("name", "split", "root")]
+    head = [p for n, p in inspect.signature(fn).parameters.items() if n in ("split", "root", "T")]
+    fn.__signature__ = inspect.Signature(head + opts)
+    return fn
+
+
+build_cifar10 = _cifar_signature(build_cifar10)
+build_cifar100 = _cifar_signature(build_cifar100)
 
 
 @register_dataset("imagenet", num_classes=1000, input_size=(3, 224, 224),
@@ -70,8 +84,7 @@ def build_cifar100(split: str, root=None, T=None, **kwargs):
                   default_model="spikformer_8_512")
 def build_imagenet(split: str, root=None, T=None, augment=None, img_size: int = 224, mean=IMAGENET_MEAN,
                    std=IMAGENET_STD, auto_augment: str = "rand-m9-mstd0.5-inc1", re_prob: float = 0.25,
-                   scale=(0.08, 1.0), crop_pct: float = 0.875, interpolation: str = "bicubic", transform=None,
-                   **kwargs):
+                   scale=(0.08, 1.0), crop_pct: float = 0.875, interpolation: str = "bicubic", transform=None):
     from torchvision.datasets import ImageFolder
 
     root = Path(root).expanduser()
