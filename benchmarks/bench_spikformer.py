@@ -2,6 +2,8 @@
 
     python benchmarks/bench_spikformer.py                 # full run (CIFAR-10 Spikformer-4-384, batch 32, T=4)
     python benchmarks/bench_spikformer.py --quick         # small smoke run
+    python benchmarks/bench_spikformer.py --baseline DIR  # also time the package in DIR/spikeformer ("base",
+                                                          # e.g. an export of the previous commit) in the same run
 
 Each measured configuration runs in its own subprocess (clean peak RSS, no allocator reuse between configs);
 configurations are interleaved over ``--rounds`` rounds and the median step time over all rounds is reported,
@@ -52,6 +54,8 @@ def _build(impl: str, T: int, ckpt: bool, model_name: str):
     from spikeformer.neurons import _kernels
     from spikeformer.neurons import functional as NF
 
+    if impl == "base":  # the previous state, put first on PYTHONPATH by the parent
+        assert os.path.dirname(os.path.dirname(spikeformer.__file__)) != ROOT, spikeformer.__file__
     if impl == "ours-ref":  # "before": the step-by-step reference neuron kernel
         _kernels.register_kernel("cpu", lambda x, k, v0, spec, sur: NF._MultiStepNeuron.apply(x, k, v0, spec, sur))
     kw = dict(T=T)
@@ -130,25 +134,31 @@ def step_flops(model_name: str, batch: int, T: int) -> float:
     import spikeformer
     from spikeformer.neurons import _kernels_linear
 
-    _kernels_linear._dnnl = None  # the counter sees aten ops only: count the Linear layers as aten.addmm
-    torch.manual_seed(0)
-    model = spikeformer.create_model(model_name, T=T)
-    C, H = (1, 16) if "digits" in model_name else (3, 32)
-    x, y = torch.randn(batch, C, H, H), torch.randint(0, 10, (batch,))
-    with FlopCounterMode(display=False) as fc:
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+    dnnl, _kernels_linear._dnnl = _kernels_linear._dnnl, None  # the counter sees aten ops only
+    try:
+        torch.manual_seed(0)
+        model = spikeformer.create_model(model_name, T=T)
+        C, H = (1, 16) if "digits" in model_name else (3, 32)
+        x, y = torch.randn(batch, C, H, H), torch.randint(0, 10, (batch,))
+        with FlopCounterMode(display=False) as fc:
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+    finally:
+        _kernels_linear._dnnl = dnnl
     return float(fc.get_total_flops())
 
 
 def run_child(cfg: dict, common: dict) -> dict:
     args = [sys.executable, os.path.abspath(__file__), "--child"]
     for k, v in {**common, **cfg}.items():
+        if k == "baseline":
+            continue
         if isinstance(v, bool):
             if v:
                 args.append(f"--{k}")
         else:
             args += [f"--{k}", str(v)]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = ROOT if cfg.get("impl") != "base" else os.path.abspath(common["baseline"]) + os.pathsep + ROOT
+    env = dict(os.environ, PYTHONPATH=path + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
@@ -169,12 +179,14 @@ def main(a) -> None:
     speed_cfgs = []
     for mode in ("train", "infer"):
         for dtype in ("fp32", "bf16"):
-            for impl in ("sj", "ours"):
+            for impl in ("sj", "ours") + (("base",) if a.baseline else ()):
                 speed_cfgs.append(dict(impl=impl, mode=mode, dtype=dtype, T=a.T))
     speed_cfgs.append(dict(impl="ours", mode="train", dtype="fp32", T=a.T, ckpt=True))
-    speed_cfgs.append(dict(impl="ours-ref", mode="train", dtype="fp32", T=a.T))
+    if a.with_ref:
+        speed_cfgs.append(dict(impl="ours-ref", mode="train", dtype="fp32", T=a.T))
 
-    common = dict(batch=a.batch, steps=a.steps, warmup=1, threads=threads, model=a.model)
+    common = dict(batch=a.batch, steps=a.steps, warmup=1, threads=threads, model=a.model, baseline=a.baseline)
+    loads = []
     results = {label(c): [] for c in speed_cfgs}
     rss = {}
     for r in range(a.rounds):
@@ -187,6 +199,7 @@ def main(a) -> None:
             if isinstance(results[label(c)], list):
                 results[label(c)].extend(res["times"])
             rss[label(c)] = max(rss.get(label(c), 0.0), res["peak_rss_mb"])
+        loads.append(os.getloadavg()[0])
         gemm["fp32"].append(gemm_gflops(torch.float32, threads))
         gemm["bf16"].append(gemm_gflops(torch.bfloat16, threads))
         gemm["fp32-onednn"].append(gemm_gflops(torch.float32, threads, onednn=True))
@@ -209,7 +222,8 @@ def main(a) -> None:
     p = lines.append
     p(f"command: python benchmarks/{os.path.basename(__file__)} " + " ".join(sys.argv[1:]))
     p(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-      f"{threads} threads; load average at start {load0[0]:.1f}, at end {load1[0]:.1f}")
+      f"{threads} threads; 1-min load average at start {load0[0]:.1f}, after each round "
+      + ", ".join(f"{x:.1f}" for x in loads) + f", at end {load1[0]:.1f}")
     p(f"model: {a.model}, batch {a.batch}, T={a.T}; {a.rounds} interleaved rounds x {a.steps} timed steps "
       f"(after 1 warm-up step) per configuration, each configuration in its own subprocess; medians")
     p(f"GEMM throughput (2048^3, median of {len(gemm['fp32'])} probes spread over the run): fp32 {g32:.0f} GFLOP/s "
@@ -221,20 +235,23 @@ def main(a) -> None:
       f"{flops / g32 / 1e9:.2f} s (fp32, torch.mm), {flops / g32d / 1e9:.2f} s (fp32, oneDNN), "
       f"{flops / g16 / 1e9:.2f} s (bf16)")
     p("")
-    p("| configuration | median s/step | images/s | peak RSS MB | speed-up vs SJ same mode+dtype | vs SJ fp32 | RSS vs SJ fp32 |")
-    p("|---|---|---|---|---|---|---|")
+    p("| configuration | median s/step | all step times | images/s | peak RSS MB | speed-up vs SJ same mode+dtype "
+      "| vs SJ fp32 | RSS vs SJ fp32 | vs base |")
+    p("|---|---|---|---|---|---|---|---|---|")
     for c in speed_cfgs:
         k = label(c)
         if med[k] is None:
-            p(f"| {k} | error: {results[k].get('error') if isinstance(results[k], dict) else 'none'} | | | | | |")
+            p(f"| {k} | error: {results[k].get('error') if isinstance(results[k], dict) else 'none'} | | | | | | | |")
             continue
         sj_same = med.get(label(dict(c, impl="sj", ckpt=False)))
         sj32 = med.get(label(dict(c, impl="sj", dtype="fp32", ckpt=False)))
         rss32 = rss.get(label(dict(c, impl="sj", dtype="fp32", ckpt=False)))
-        p(f"| {k} | {med[k]:.3f} | {a.batch / med[k]:.1f} | {rss[k]:.0f} | "
+        base = med.get(label(dict(c, impl="base"))) if c["impl"] == "ours" and not c.get("ckpt") else None
+        p(f"| {k} | {med[k]:.3f} | " + " ".join(f"{t:.2f}" for t in results[k]) + f" | {a.batch / med[k]:.1f} | {rss[k]:.0f} | "
           + (f"{sj_same / med[k]:.2f}x" if sj_same else "-") + " | "
           + (f"{sj32 / med[k]:.2f}x" if sj32 else "-") + " | "
-          + (f"{rss[k] / rss32:.2f}" if rss32 else "-") + " |")
+          + (f"{rss[k] / rss32:.2f}" if rss32 else "-") + " | "
+          + (f"{base / med[k]:.2f}x" if base else "-") + " |")
     ours16 = med.get(label(dict(impl="ours", mode="train", dtype="bf16", T=a.T)))
     if ours16:
         p("")
@@ -268,6 +285,9 @@ def parse(argv=None):
     ap.add_argument("--mem-T", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--mem-batch", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    ap.add_argument("--baseline", default=None, help="directory holding a previous `spikeformer` package to time "
+                    "against the current one in the same run (configurations named 'base')")
+    ap.add_argument("--with-ref", action="store_true", help="also time the step-by-step reference neuron loop")
     # child-only
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)

@@ -53,6 +53,53 @@ def test_fused_kernel_matches_reference(kind, v_reset, sur, detach, decay, tau):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind,v_reset,sur,detach,decay,tau", CASES)
+def test_no_grad_kernel_matches_reference(monkeypatch, kind, v_reset, sur, detach, decay, tau):
+    # under no_grad the fused kernel runs without the saved H and without an autograd node: same bits
+    torch.manual_seed(2 * len(CASES) + CASES.index((kind, v_reset, sur, detach, decay, tau)))
+    surrogate = Sigmoid(4.0) if sur == "sigmoid" else ATan(2.0)
+    spec, k = _spec_and_rate(kind, v_reset, detach, decay, tau)
+    x = torch.randn(6, 4, 33) * 1.5 + 0.4
+    v0 = torch.randn(4, 33) * 0.3
+    s_ref, v_ref = F.multi_step(x, spec, surrogate, k, v0, impl="reference")
+    calls = []
+    no_grad_fwd = _kernels.forward_no_grad
+    monkeypatch.setattr(_kernels, "forward_no_grad", lambda *a: calls.append(1) or no_grad_fwd(*a))
+    with torch.no_grad():
+        s, v = F.multi_step(x, spec, surrogate, k, v0)
+    assert calls == [1] and s.grad_fn is None and v.grad_fn is None
+    F.multi_step(x.requires_grad_(), spec, surrogate, k, v0)  # with grad: the autograd kernel
+    assert calls == [1]
+    assert 0.05 < s_ref.mean().item() < 0.95
+    torch.testing.assert_close(s, s_ref.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(v, v_ref.detach(), atol=0, rtol=0)
+    # v0 is not modified in place
+    assert v is not v0
+
+
+def test_no_grad_kernel_bf16_and_default_membrane():
+    torch.manual_seed(6)
+    spec, sur = F.NeuronSpec(1.0, 0.0, True, True, True, 2.0), Sigmoid(4.0)
+    x = (torch.randn(5, 3, 64) + 0.8).bfloat16()
+    s_ref, v_ref = F.multi_step(x.clone().requires_grad_(), spec, sur, impl="reference")
+    with torch.no_grad():
+        s, v = F.multi_step(x, spec, sur)
+    assert s.dtype == torch.bfloat16 and v.dtype == torch.float32
+    torch.testing.assert_close(s, s_ref.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(v, v_ref.detach(), atol=0, rtol=0)
+
+
+def test_model_no_grad_logits_equal_grad_mode():
+    torch.manual_seed(7)
+    model = spikeformer.create_model("spikformer_digits_1_64").eval()
+    x = torch.randn(3, 1, 16, 16) * 2
+    out_grad = model(x)
+    assert out_grad.grad_fn is not None
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out, out_grad.detach(), atol=0, rtol=0)
+
+
 def test_fused_kernel_without_state_grads_and_long_T():
     torch.manual_seed(1)
     spec, sur = F.NeuronSpec(1.0, 0.0, True, True, True, 2.0), Sigmoid(4.0)
@@ -176,3 +223,33 @@ def test_bf16_autocast_spikes_agree_with_fp32_on_digits():
     # threshold (0.1 % in the first layer) and cascade with depth (5 % by the last layer). The 99 % bar
     # is for trained weights and is not verified here; this bar catches a broken autocast path (independent spikes at these rates would agree ~0.93).
     assert agree >= 0.975, agree
+
+
+def test_token_bn_transposed_low_precision_takes_the_flat_kernel():
+    # fp32: the transposed option runs BatchNorm1d on the transposed view, bit for bit (official CIFAR Spikformer);
+    # bf16 (autocast): the flat vectorised kernel, same statistics up to bf16 rounding, running stats updated alike
+    from spikeformer.layers import TokenBN
+
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 16, 24) * 2 + 0.5
+    ref = torch.nn.BatchNorm1d(24)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-0.5, 0.5)
+    init = {k: v.clone() for k, v in ref.state_dict().items()}
+    tr = TokenBN(24, transposed=True)
+    tr.load_state_dict(init)
+    y_ref = ref(x.reshape(6, 16, 24).transpose(1, 2)).transpose(1, 2).reshape(x.shape)
+    torch.testing.assert_close(tr(x), y_ref, atol=0, rtol=0)
+    xb = x.bfloat16()
+    tr2, flat2 = TokenBN(24, transposed=True), TokenBN(24)
+    tr2.load_state_dict(init)
+    flat2.load_state_dict(init)
+    yb = tr2(xb)
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb, flat2(xb), atol=0, rtol=0)
+    torch.testing.assert_close(yb.float(), y_ref, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(tr2.running_mean, flat2.running_mean, atol=0, rtol=0)
+    torch.testing.assert_close(tr.running_var, ref.running_var, atol=0, rtol=0)
+    torch.testing.assert_close(tr2.running_mean, ref.running_mean, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(tr2.running_var, ref.running_var, atol=1e-2, rtol=1e-2)

@@ -15,7 +15,10 @@ bit, and gradients within fp32 rounding. What makes it fast on CPU:
   reset masks) in whole-``[T, ...]`` passes; the reverse-time loop only does
   ``gH[t] = a[t] + keep * gH[t+1] * dV/dH[t]`` into the same buffer, which then becomes ``dL/dX``;
 * saved state is ``H`` alone (``[T, ...]`` in the state dtype, fp32 under autocast); spikes, reset masks and
-  membranes are recomputed from it.
+  membranes are recomputed from it;
+* when nothing needs a gradient (inference, ``torch.no_grad()``), :func:`forward_no_grad` runs the same recursion
+  without ``H`` and without an autograd node: two membrane buffers, each step's spikes written straight into the
+  output and the reset done in place on the charge.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def multi_step(
 
         raise SpikeformerError(f"unknown neuron kernel impl={impl!r}; use None (fused) or 'reference'")
     kernel = _kernels.select_kernel(x_seq)
-    if kernel is _kernels.TorchMultiStep.apply and not (
+    if kernel == _kernels.TorchMultiStep.apply and not (
         torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad or (k is not None and k.requires_grad))
     ):
         # inference / no_grad: the same forward without the saved H and without an autograd node
