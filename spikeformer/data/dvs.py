@@ -372,7 +372,7 @@ def build_n_caltech101(split: str, root=None, T=None, split_by: str = "number", 
     if base is None:
         hint = f" Found {root / 'Caltech101.zip'}: unzip it in {root}." if (root / "Caltech101.zip").is_file() else ""
         raise SpikeformerError(f"n-caltech101: {root / 'Caltech101'} not found; expected "
-                               f"{root}/Caltech101/<class>/image_XXXX.bin (from Caltech101.zip).{hint}")
+                               f"{root}/Caltech101/<class>/image_0001.bin ... (from Caltech101.zip).{hint}")
     cache_root = _cache_root(root, "n-caltech101", cache_dir)
     samples, classes = _split_folder_dataset("n-caltech101", split, base, (".bin", ".npz"), None, cache_root)
     return EventFrameDataset(samples, (180, 240), T, split_by, cache_root, tf, workers, progress, classes,
