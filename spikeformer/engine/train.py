@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import build_dataset, get_dataset_info
 from ..errors import SpikeformerError
-from ..models import create_model, get_model_info
+from ..models import create_model
 from . import distributed as D
 from .checkpoint import checkpoint_dir, load_training_state, save_training_state
 from .config import dump

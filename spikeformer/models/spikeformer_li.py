@@ -36,7 +36,7 @@ from timm.layers import trunc_normal_
 
 from ..errors import SpikeformerError
 from ..layers import expand_time, seq_apply
-from ..neurons import PLIAF, neuron_factory
+from ..neurons import neuron_factory
 from .registry import IMAGENET_MEAN, IMAGENET_STD, cfg, register_model
 
 PLIF_DEFAULTS = dict(tau=2.0, detach_reset=True)  # MultiStepParametricLIFNode(detach_reset=True); tau -> init_tau

@@ -24,7 +24,7 @@ bit, and gradients within fp32 rounding. What makes it fast on CPU:
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import torch
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ...errors import SpikeformerError
 from .aedat import aedat_version, read_aedat2, read_aedat3
 from .atis import read_atis_bin
