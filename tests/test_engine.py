@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from spikeformer.engine import build_config, train
 from spikeformer.engine.config import DEFAULTS
@@ -98,7 +97,6 @@ def test_digits_reaches_accuracy_bar(tmp_path):
 
 def test_full_disk_reported_before_training(tmp_path, monkeypatch):
     import importlib
-    import shutil
     from collections import namedtuple
 
     T = importlib.import_module("spikeformer.engine.train")

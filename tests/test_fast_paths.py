@@ -5,7 +5,7 @@ import torch
 
 import spikeformer
 from spikeformer.data import build_dataset
-from spikeformer.neurons import ATan, IF, LIF, PLIF, Sigmoid
+from spikeformer.neurons import ATan, LIF, Sigmoid
 from spikeformer.neurons import _kernels
 from spikeformer.neurons import functional as F
 from spikeformer.neurons.nodes import BaseNode

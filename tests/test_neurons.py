@@ -1,6 +1,5 @@
 """Our neurons against SpikingJelly 2.0 (the numerical oracle): spikes and input gradients."""
 
-import itertools
 
 import pytest
 import torch
