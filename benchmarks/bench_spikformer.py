@@ -44,7 +44,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _build(impl: str, T: int, ckpt: bool, model_name: str):
+def _build(impl: str, T: int, ckpt: bool, model_name: str, fastlin: bool = False):
     if impl == "sj":
         from spikingjelly.activation_based.model import spikformer as sj_spikformer
 
@@ -61,13 +61,20 @@ def _build(impl: str, T: int, ckpt: bool, model_name: str):
     kw = dict(T=T)
     if ckpt:
         kw["checkpoint_blocks"] = True
-    return spikeformer.create_model(model_name, **kw), lambda out: out
+    model = spikeformer.create_model(model_name, **kw)
+    if fastlin:  # what `spikeformer train` does by default (config fast_linear)
+        from spikeformer.layers.linear import use_onednn_linear
+
+        use_onednn_linear(model)
+    return model, lambda out: out
 
 
 def child(a) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model, head = _build(a.impl, a.T, a.ckpt, a.model)
+    if a.impl == "ours-torchkernel":  # the pure-PyTorch neuron kernel instead of the compiled one
+        os.environ["SPIKEFORMER_NATIVE"] = "0"
+    model, head = _build(a.impl, a.T, a.ckpt, a.model, a.fastlin)
     C, H = (1, 16) if "digits" in a.model else (3, 32)
     x = torch.randn(a.batch, C, H, H)
     y = torch.randint(0, 10, (a.batch,))
@@ -166,7 +173,8 @@ def run_child(cfg: dict, common: dict) -> dict:
 
 
 def label(c: dict) -> str:
-    return f"{c['impl']}/{c['mode']}/{c['dtype']}" + ("/ckpt" if c.get("ckpt") else "") + f"/T{c['T']}"
+    return (f"{c['impl']}/{c['mode']}/{c['dtype']}" + ("/ckpt" if c.get("ckpt") else "")
+            + ("/fast_linear" if c.get("fastlin") else "") + f"/T{c['T']}")
 
 
 def main(a) -> None:
@@ -181,6 +189,10 @@ def main(a) -> None:
         for dtype in ("fp32", "bf16"):
             for impl in ("sj", "ours") + (("base",) if a.baseline else ()):
                 speed_cfgs.append(dict(impl=impl, mode=mode, dtype=dtype, T=a.T))
+            if dtype == "fp32":  # the default of `spikeformer train`: Linear GEMMs on oneDNN
+                speed_cfgs.append(dict(impl="ours", mode=mode, dtype=dtype, T=a.T, fastlin=True))
+            if mode == "train":  # the lever of the compiled neuron kernel alone
+                speed_cfgs.append(dict(impl="ours-torchkernel", mode=mode, dtype=dtype, T=a.T))
     speed_cfgs.append(dict(impl="ours", mode="train", dtype="fp32", T=a.T, ckpt=True))
     if a.with_ref:
         speed_cfgs.append(dict(impl="ours-ref", mode="train", dtype="fp32", T=a.T))
@@ -243,10 +255,11 @@ def main(a) -> None:
         if med[k] is None:
             p(f"| {k} | error: {results[k].get('error') if isinstance(results[k], dict) else 'none'} | | | | | | | |")
             continue
-        sj_same = med.get(label(dict(c, impl="sj", ckpt=False)))
-        sj32 = med.get(label(dict(c, impl="sj", dtype="fp32", ckpt=False)))
-        rss32 = rss.get(label(dict(c, impl="sj", dtype="fp32", ckpt=False)))
-        base = med.get(label(dict(c, impl="base"))) if c["impl"] == "ours" and not c.get("ckpt") else None
+        sj_same = med.get(label(dict(c, impl="sj", ckpt=False, fastlin=False)))
+        sj32 = med.get(label(dict(c, impl="sj", dtype="fp32", ckpt=False, fastlin=False)))
+        rss32 = rss.get(label(dict(c, impl="sj", dtype="fp32", ckpt=False, fastlin=False)))
+        base = (med.get(label(dict(c, impl="base", fastlin=False)))
+                if c["impl"] == "ours" and not c.get("ckpt") else None)
         p(f"| {k} | {med[k]:.3f} | " + " ".join(f"{t:.2f}" for t in results[k]) + f" | {a.batch / med[k]:.1f} | {rss[k]:.0f} | "
           + (f"{sj_same / med[k]:.2f}x" if sj_same else "-") + " | "
           + (f"{sj32 / med[k]:.2f}x" if sj32 else "-") + " | "
@@ -294,6 +307,7 @@ def parse(argv=None):
     ap.add_argument("--mode", default="train", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--fastlin", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:

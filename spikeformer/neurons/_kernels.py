@@ -1,9 +1,10 @@
 """Fused multi-step neuron kernels and the point where a device picks one.
 
 :func:`select_kernel` is the dispatch point: it maps a device type to an autograd function with the signature
-``apply(x_seq, k, v0, spec, surrogate) -> (spikes, final membrane)``. Only the pure-PyTorch kernel below is
-registered (it runs on every device PyTorch supports); a compiled kernel (e.g. a Triton one for CUDA) can be added
-with :func:`register_kernel` without touching the neurons or the models.
+``apply(x_seq, k, v0, spec, surrogate) -> (spikes, final membrane)``. The built-in :func:`default_kernel` runs the
+compiled CPU kernel of ``_native.py`` (``neuron_cpu.cpp``, built on first use) where it can, and otherwise the
+pure-PyTorch kernel below, which runs on every device PyTorch supports; a kernel for another device (e.g. a Triton
+one for CUDA) is added with :func:`register_kernel` without touching the neurons or the models.
 
 The pure-PyTorch kernel gives the same spikes and final membrane as the plain loop in ``functional.py`` bit for
 bit, and gradients within fp32 rounding. What makes it fast on CPU:
@@ -28,6 +29,7 @@ from typing import Callable, Dict
 
 import torch
 
+from . import _native
 from .surrogate import ATan, Sigmoid, Surrogate
 
 
@@ -117,8 +119,11 @@ def _run(x_seq, kk, v0, spec, h_seq=None):
     return spikes, v
 
 
-def forward_no_grad(x_seq, k, v0, spec, surrogate=None):
-    """The kernel's forward when nothing needs a gradient: no saved ``H``, no autograd node."""
+def forward_no_grad(x_seq, k, v0, spec, surrogate=None, impl=None):
+    """The kernel's forward when nothing needs a gradient: no saved ``H``, no autograd node (the compiled
+    kernel when it can run the call and ``impl`` is not ``"torch"``)."""
+    if impl != "torch" and _native.supports(x_seq, k, v0, spec, surrogate):
+        return _native.forward_no_grad(x_seq, k, v0, spec, surrogate)
     kk = None if k is None else k.detach().to(state_dtype(x_seq))
     spikes, v = _run(x_seq, kk, v0.detach(), spec)
     return spikes, v.clone() if v is v0 else v
@@ -229,6 +234,14 @@ def register_kernel(device_type: str, fn: Callable) -> None:
     _KERNELS[device_type] = fn
 
 
+def default_kernel(x_seq, k, v0, spec, surrogate):
+    """The built-in kernel: the compiled CPU kernel (``_native``) where it can run the call, else the
+    pure-PyTorch one."""
+    if _native.supports(x_seq, k, v0, spec, surrogate):
+        return _native.NativeMultiStep.apply(x_seq, k, v0, spec, surrogate)
+    return TorchMultiStep.apply(x_seq, k, v0, spec, surrogate)
+
+
 def select_kernel(x_seq: torch.Tensor) -> Callable:
-    """The kernel for ``x_seq``'s device: a registered one, else the pure-PyTorch kernel."""
-    return _KERNELS.get(x_seq.device.type, TorchMultiStep.apply)
+    """The kernel for ``x_seq``'s device: a registered one, else :func:`default_kernel`."""
+    return _KERNELS.get(x_seq.device.type, default_kernel)

@@ -30,8 +30,9 @@ class _DnnlLinear(torch.autograd.Function):
     def backward(ctx, g):
         x2d, weight = ctx.saved_tensors
         g = g.contiguous()
-        gx = _mm(g, weight.t().contiguous()) if ctx.needs_input_grad[0] else None
-        gw = _mm(g.t().contiguous(), x2d.t().contiguous()) if ctx.needs_input_grad[1] else None
+        gx = _mm(g, weight.t().contiguous()) if ctx.needs_input_grad[0] else None  # the weight copy is small
+        # dL/dW = g^T x: through oneDNN it would need two [M, *] transposed copies, which cost more than it saves
+        gw = torch.mm(g.t(), x2d) if ctx.needs_input_grad[1] else None
         gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
 

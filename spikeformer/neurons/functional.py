@@ -139,22 +139,36 @@ def multi_step(
 
     ``k`` is the learnable decay rate ``1/tau`` of a parametric LIF (a 0-dim tensor), ``None`` otherwise.
     ``v0`` is the initial membrane (default: ``V_reset``, or 0 for soft reset).
-    ``impl``: ``None`` picks the fused kernel for the device (``_kernels.select_kernel``; same spikes, gradients
-    within fp32 rounding); ``"reference"`` runs the plain step-by-step loop. When nothing needs a gradient (``torch.no_grad()``,
-    inference) the fused kernel runs its forward alone: no ``[T, ...]`` membrane is kept.
+    ``impl``: ``None`` picks the kernel for the device (``_kernels.select_kernel``: the compiled CPU kernel when it
+    can run the call, else the pure-PyTorch fused kernel; same spikes, gradients within fp32 rounding);
+    ``"torch"`` forces the pure-PyTorch fused kernel, ``"native"`` the compiled one (an error if it cannot run the
+    call), ``"reference"`` the plain step-by-step loop. When nothing needs a gradient (``torch.no_grad()``,
+    inference) the fused kernels run their forward alone: no ``[T, ...]`` membrane is kept.
     """
     if v0 is None:
         v0 = initial_membrane(x_seq[0], spec).to(_state_dtype(x_seq))
     if impl == "reference":
         return _MultiStepNeuron.apply(x_seq, k, v0, spec, surrogate)
-    if impl is not None:
+    if impl not in (None, "torch", "native"):
         from ..errors import SpikeformerError
 
-        raise SpikeformerError(f"unknown neuron kernel impl={impl!r}; use None (fused) or 'reference'")
+        raise SpikeformerError(f"unknown neuron kernel impl={impl!r}; use None (auto), 'native', 'torch' or 'reference'")
+    if impl == "native" and not _kernels._native.supports(x_seq, k, v0, spec, surrogate):
+        from ..errors import SpikeformerError
+
+        why = _kernels._native.build_error() or "this call (device, dtype or surrogate) is not supported by it"
+        raise SpikeformerError(f"the compiled neuron kernel cannot run: {why}")
+    needs_grad = torch.is_grad_enabled() and (
+        x_seq.requires_grad or v0.requires_grad or (k is not None and k.requires_grad)
+    )
+    if impl is not None:
+        if not needs_grad:
+            return _kernels.forward_no_grad(x_seq, k, v0, spec, surrogate, impl=impl)
+        if impl == "native":
+            return _kernels._native.NativeMultiStep.apply(x_seq, k, v0, spec, surrogate)
+        return _kernels.TorchMultiStep.apply(x_seq, k, v0, spec, surrogate)
     kernel = _kernels.select_kernel(x_seq)
-    if kernel == _kernels.TorchMultiStep.apply and not (
-        torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad or (k is not None and k.requires_grad))
-    ):
+    if kernel is _kernels.default_kernel and not needs_grad:
         # inference / no_grad: the same forward without the saved H and without an autograd node
         return _kernels.forward_no_grad(x_seq, k, v0, spec, surrogate)
     return kernel(x_seq, k, v0, spec, surrogate)

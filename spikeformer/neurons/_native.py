@@ -1,0 +1,273 @@
+"""The compiled CPU neuron kernel (``neuron_cpu.cpp``): built on first use, loaded with ctypes, optional.
+
+The kernel is plain C++ with a C ABI and no PyTorch headers, so it compiles in about a second with the machine's
+C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``) and installs nowhere: the shared library is cached under
+``$SPIKEFORMER_CACHE`` (default ``$XDG_CACHE_HOME/spikeformer``, i.e. ``~/.cache/spikeformer``), keyed by the
+source, the flags, the compiler and the CPU, and written atomically (a temporary file renamed into place), so
+concurrent processes (torchrun ranks, pytest workers) never load a half-written file and a shared home directory
+across different CPUs gets one build per CPU.
+
+If no compiler is found or the build fails, one warning is printed and every neuron runs the pure-PyTorch kernel
+of ``_kernels.py`` (same spikes, slower). ``SPIKEFORMER_NATIVE=0`` turns the compiled kernel off.
+
+What it runs: the forward of LIF / IF / PLIF (hard or soft reset, any threshold, decay_input either way) on
+contiguous float32 or bfloat16 ``[T, ...]`` input, with the Sigmoid or ATan surrogate in backward. The forward
+gives the same bits as the PyTorch kernels; gradients agree within fp32 rounding (``tests/test_fast_paths.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from typing import Optional
+
+import torch
+
+from .surrogate import ATan, Sigmoid
+
+_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "neuron_cpu.cpp")
+_BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
+_ABI = 2
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_tried = False
+_error: Optional[str] = None
+
+
+class Params(ctypes.Structure):
+    """Mirror of ``SfParams`` in neuron_cpu.cpp."""
+
+    _fields_ = [
+        ("T", ctypes.c_int64), ("N", ctypes.c_int64),
+        ("charge", ctypes.c_int32), ("hard", ctypes.c_int32), ("detach", ctypes.c_int32),
+        ("surrogate", ctypes.c_int32), ("nthreads", ctypes.c_int32), ("vr_zero", ctypes.c_int32),
+        ("vth", ctypes.c_float), ("vr", ctypes.c_float), ("tau", ctypes.c_float), ("rate", ctypes.c_float),
+        ("alpha", ctypes.c_float), ("keep", ctypes.c_float), ("in_gain", ctypes.c_float),
+    ]
+
+
+def _cache_dir() -> str:
+    root = os.environ.get("SPIKEFORMER_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "spikeformer")
+    return os.path.join(root, "kernels")
+
+
+def _compiler() -> Optional[str]:
+    for c in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if c and shutil.which(c):
+            return shutil.which(c)
+    return None
+
+
+def _cpu_signature() -> str:
+    sig = [platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features", "model name")):
+                    sig.append(line.strip())
+                    if line.startswith(("flags", "Features")):
+                        break
+    except OSError:
+        pass
+    return "\n".join(sig)
+
+
+def _try_flags(cxx: str, flags: list[str], workdir: str) -> bool:
+    src = os.path.join(workdir, "probe.cpp")
+    with open(src, "w") as f:
+        f.write("int main() { return 0; }\n")
+    r = subprocess.run([cxx, *flags, src, "-o", os.path.join(workdir, "probe")], capture_output=True)
+    return r.returncode == 0
+
+
+def _build() -> ctypes.CDLL:
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
+    with open(_SRC, "rb") as f:
+        source = f.read()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    os.makedirs(_cache_dir(), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
+        flags = list(_BASE_FLAGS)
+        if _try_flags(cxx, ["-march=native"], tmp):  # the build is per CPU (see the cache key), so tune for it
+            flags.append("-march=native")
+        key = hashlib.sha256(
+            b"\0".join([source, " ".join(flags).encode(), "".join(version).encode(), _cpu_signature().encode()])
+        ).hexdigest()[:16]
+        path = os.path.join(_cache_dir(), f"neuron_cpu_{key}.so")
+        if not os.path.exists(path):
+            out = os.path.join(tmp, "neuron_cpu.so")
+            r = subprocess.run([cxx, *flags, _SRC, "-o", out], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"{os.path.basename(cxx)} failed: {r.stderr.strip()[-2000:]}")
+            os.replace(out, path)  # atomic: a concurrent build of the same key writes the same bytes
+    lib = ctypes.CDLL(path)
+    lib.sf_abi_version.restype = ctypes.c_int
+    if lib.sf_abi_version() != _ABI:
+        raise RuntimeError(f"{path} has ABI {lib.sf_abi_version()}, expected {_ABI}")
+    lib.sf_forward.restype = None
+    lib.sf_forward.argtypes = [ctypes.POINTER(Params), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_void_p]
+    lib.sf_backward.restype = ctypes.c_double
+    lib.sf_backward.argtypes = [ctypes.POINTER(Params), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.c_int]
+    return lib
+
+
+def enabled() -> bool:
+    return os.environ.get("SPIKEFORMER_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernel library, building it on first call; ``None`` when it is off or cannot be built."""
+    global _lib, _tried, _error
+    if not enabled():
+        return None
+    if _tried:
+        return _lib
+    with _lock:
+        if not _tried:
+            try:
+                _lib = _build()
+            except Exception as e:  # no compiler, read-only cache, ...: fall back, say so once
+                _error = f"{type(e).__name__}: {e}"
+                warnings.warn(
+                    "spikeformer: the compiled CPU neuron kernel is unavailable, using the slower pure-PyTorch "
+                    f"kernel ({_error}). Install a C++ compiler (g++ or clang++) to get it, or set "
+                    "SPIKEFORMER_NATIVE=0 to silence this.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            _tried = True
+    return _lib
+
+
+def build_error() -> Optional[str]:
+    """Why the kernel is unavailable (after a failed :func:`library` call), else ``None``."""
+    return _error
+
+
+def supports(x_seq: torch.Tensor, k, v0: torch.Tensor, spec, surrogate) -> bool:
+    """Whether the compiled kernel can run this call (else the caller uses the PyTorch kernel)."""
+    return (
+        x_seq.device.type == "cpu"
+        and x_seq.dtype in (torch.float32, torch.bfloat16)
+        and x_seq.dim() >= 1
+        and x_seq.numel() > 0
+        and type(surrogate) in (Sigmoid, ATan)
+        and (k is None or (k.numel() == 1 and k.dtype == torch.float32))
+        and v0.dtype == torch.float32
+        and v0.device.type == "cpu"
+        and library() is not None
+    )
+
+
+def _pow2(x: float) -> bool:
+    import math
+
+    m, _ = math.frexp(x)
+    return x > 0 and m == 0.5
+
+
+def _params(x_seq: torch.Tensor, k: Optional[torch.Tensor], spec, surrogate) -> Params:
+    T = x_seq.shape[0]
+    N = x_seq.numel() // T
+    vr = 0.0 if spec.v_reset is None else float(spec.v_reset)
+    kf = None if k is None else float(k.detach().reshape(()).item())
+    if not spec.leaky:
+        charge, tau, rate = 0, 1.0, 1.0
+    elif k is None:
+        tau, rate = float(spec.tau), 1.0 / float(spec.tau)
+        if _pow2(spec.tau) and spec.decay_input and vr == 0.0:
+            charge = 1
+        else:
+            charge = 2 if spec.decay_input else 4
+    else:
+        charge, tau, rate = (3 if spec.decay_input else 5), 1.0, kf
+    if spec.leaky:
+        kk = rate if k is None else kf
+        keep, gain = 1.0 - kk, (kk if spec.decay_input else 1.0)
+    else:
+        keep, gain = 1.0, 1.0
+    return Params(
+        T=T, N=N, charge=charge, hard=int(spec.v_reset is not None), detach=int(bool(spec.detach_reset)),
+        surrogate=1 if type(surrogate) is Sigmoid else 2, nthreads=max(1, torch.get_num_threads()),
+        vr_zero=int(vr == 0.0), vth=float(spec.v_threshold), vr=vr, tau=tau, rate=rate,
+        alpha=float(surrogate.alpha), keep=keep, in_gain=gain,
+    )
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _v0(v0: torch.Tensor, x_seq: torch.Tensor) -> torch.Tensor:
+    return v0.detach().expand(x_seq.shape[1:]).contiguous()
+
+
+def _forward(x: torch.Tensor, v0c: torch.Tensor, p: Params):
+    s = torch.empty(x.shape, dtype=x.dtype)
+    v_last = torch.empty(x.shape[1:], dtype=torch.float32)
+    library().sf_forward(ctypes.byref(p), _ptr(x), int(x.dtype == torch.bfloat16), _ptr(s), _ptr(v0c), _ptr(v_last))
+    return s, v_last
+
+
+def forward_no_grad(x_seq, k, v0, spec, surrogate):
+    """Spikes and final membrane without saving anything for backward."""
+    x = x_seq.detach().contiguous()
+    return _forward(x, _v0(v0, x), _params(x, k, spec, surrogate))
+
+
+class NativeMultiStep(torch.autograd.Function):
+    """The compiled kernel with autograd. It saves the input ``x`` (and ``v0``), not the membrane: backward
+    recomputes ``H`` block by block in cache (bit-identical, a small fraction of the backward's time), so a layer
+    keeps ``[T, ...]`` in the input's dtype (2 bytes per site under bf16 autocast instead of 4 for an fp32 ``H``)
+    and, since the input is usually a fresh BatchNorm output that nothing else keeps, nothing more."""
+
+    @staticmethod
+    def forward(ctx, x_seq, k, v0, spec, surrogate):
+        x = x_seq.contiguous()
+        p = _params(x, k, spec, surrogate)
+        v0c = _v0(v0, x)
+        s, v_last = _forward(x, v0c, p)
+        ctx.save_for_backward(x, v0c)
+        ctx.params, ctx.k_shape = p, None if k is None else k.shape
+        ctx.v0_shape, ctx.v0_dtype = v0.shape, v0.dtype
+        return s, v_last
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_v_last):
+        x, v0c = ctx.saved_tensors
+        p = ctx.params
+        p.nthreads = max(1, torch.get_num_threads())
+        if grad_spikes is None:  # only the final membrane is used
+            gs = torch.zeros(x.shape, dtype=torch.float32)
+        else:
+            gs = grad_spikes.contiguous()
+            if gs.dtype not in (torch.float32, torch.bfloat16):
+                gs = gs.float()
+        gvl = None if grad_v_last is None else grad_v_last.to(torch.float32).contiguous()
+        gx = torch.empty(x.shape, dtype=x.dtype)
+        want_v0 = ctx.needs_input_grad[2]
+        want_k = ctx.k_shape is not None and ctx.needs_input_grad[1]
+        gv0 = torch.empty(x.shape[1:], dtype=torch.float32) if want_v0 else None
+        total = library().sf_backward(
+            ctypes.byref(p), _ptr(x), int(x.dtype == torch.bfloat16), _ptr(v0c), _ptr(gs),
+            int(gs.dtype == torch.bfloat16), _ptr(gvl), _ptr(gx), _ptr(gv0), int(want_k),
+        )
+        grad_k = torch.tensor(total, dtype=torch.float32).reshape(ctx.k_shape) if want_k else None
+        if gv0 is not None:
+            gv0 = gv0.sum_to_size(ctx.v0_shape).to(ctx.v0_dtype)
+        return gx, grad_k, gv0, None, None

@@ -1,0 +1,334 @@
+// Multi-step integrate-and-fire forward and BPTT backward for CPU, one pass over [T, N] per call.
+//
+// Built at first use by spikeformer/neurons/_native.py with the C++ compiler found on the machine and loaded with
+// ctypes (plain C ABI, no PyTorch headers, so it compiles in about a second). OpenMP resolves to the runtime
+// PyTorch has already loaded, so this shares PyTorch's thread pool.
+//
+// Numerics: the forward performs the same float operations, in the same order and with the same rounding, as the
+// pure-PyTorch kernel in _kernels.py (and the reference loop in functional.py). It is compiled with
+// -ffp-contract=off so no multiply-add is fused: spikes and the final membrane are bit-identical. The backward
+// computes the same expressions; the exponential of the sigmoid surrogate is a polynomial (relative error about
+// 2e-7), so gradients agree within fp32 rounding, not bit for bit.
+//
+// Layout: every tensor is contiguous [T, N] (N = everything after time); the membrane state is float32; the
+// input x, the spikes and dL/dx are float32 or bfloat16 (bf16: upper 16 bits of a float32, round to nearest even).
+// Work is split over blocks of BLOCK neurons; each block runs all T steps with its membrane in L1 cache.
+// Backward takes the forward's input, not its membrane: each block first re-runs the forward recursion into a
+// [T, BLOCK] buffer that stays in cache (the same bits as the forward), then runs BPTT in reverse time. Autograd
+// therefore keeps one [T, N] tensor per layer in the input's dtype, and no membrane is ever written to memory.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t BLOCK = 1024;
+
+typedef uint16_t bf16;
+
+inline float bf2f(bf16 b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline bf16 f2bf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if (f != f) return 0x7FC0;
+  uint32_t bias = ((u >> 16) & 1u) + 0x7FFFu;  // round to nearest, ties to even (as PyTorch)
+  return static_cast<bf16>((u + bias) >> 16);
+}
+
+inline float ld(const float* p, int64_t i) { return p[i]; }
+inline float ld(const bf16* p, int64_t i) { return bf2f(p[i]); }
+inline void st(float* p, int64_t i, float v) { p[i] = v; }
+inline void st(bf16* p, int64_t i, float v) { p[i] = f2bf(v); }
+
+// exp(x) for the sigmoid surrogate: Cody-Waite range reduction and a degree-6 polynomial; branch-free so the
+// loops vectorise. Relative error about 2e-7 on the range used (|x| <= 87).
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
+  // round to nearest integer: adding and subtracting 1.5 * 2^23 (exact without fast-math, vectorises everywhere)
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t e = static_cast<int32_t>(n) + 127;
+  uint32_t bits = static_cast<uint32_t>(e) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return y * scale;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The static settings of one call. Keep in sync with _native.Params.
+struct SfParams {
+  int64_t T, N;
+  int32_t charge;     // 0 IF; 1 LIF (x - v) * rate + v; 2 LIF (x - (v - vr)) / tau + v; 3 same with * k;
+                      // 4 LIF v - (v - vr) / tau + x; 5 same with * k
+  int32_t hard;       // 1: hard reset to vr, 0: soft reset (subtract v_threshold)
+  int32_t detach;     // detach_reset
+  int32_t surrogate;  // 1 sigmoid, 2 atan
+  int32_t nthreads;
+  int32_t vr_zero;    // vr == 0: the charge skips the (v - vr) subtraction, as the PyTorch kernel does
+  float vth, vr, tau, rate, alpha;
+  float keep, in_gain;  // backward: dH[t+1]/dV[t] and dH[t]/dX[t]
+};
+
+}  // extern "C"
+
+namespace {
+
+inline float charge(const SfParams& p, float x, float v) {
+  float h;
+  switch (p.charge) {
+    case 0:
+      return v + x;
+    case 1:
+      h = x - v;
+      h = h * p.rate;
+      return h + v;
+    case 2:
+      h = x - (p.vr_zero ? v : v - p.vr);
+      h = h / p.tau;
+      return h + v;
+    case 3:
+      h = x - (p.vr_zero ? v : v - p.vr);
+      h = h * p.rate;
+      return h + v;
+    case 4:
+      h = p.vr_zero ? v : v - p.vr;
+      h = h / p.tau;
+      h = v - h;
+      return h + x;
+    default:
+      h = p.vr_zero ? v : v - p.vr;
+      h = h * p.rate;
+      h = v - h;
+      return h + x;
+  }
+}
+
+// The recursion for neurons [n0, n0 + m) over all T, membrane v[m] in and out. Writes H[t] to h (row stride
+// h_stride) and the spikes to s (row stride N) when they are not null.
+template <typename X, int CHARGE>
+void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, float* h, int64_t h_stride, X* s) {
+  SfParams q = p;
+  q.charge = CHARGE;
+  const float vth = p.vth, vr = p.vr;
+  const bool hard = p.hard != 0;
+  for (int64_t t = 0; t < p.T; ++t) {
+    const X* xt = x + t * p.N + n0;
+    float* ht = h ? h + t * h_stride : nullptr;
+    X* stt = s ? s + t * p.N + n0 : nullptr;
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+      float hv = charge(q, ld(xt, i), v[i]);
+      if (ht) ht[i] = hv;
+      const bool fire = hv >= vth;
+      if (stt) st(stt, i, fire ? 1.0f : 0.0f);
+      v[i] = fire ? (hard ? vr : hv - vth) : hv;
+    }
+  }
+}
+
+template <typename X>
+void run_block_any(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, float* h, int64_t h_stride,
+                   X* s) {
+  switch (p.charge) {
+    case 0: run_block<X, 0>(p, x, n0, m, v, h, h_stride, s); break;
+    case 1: run_block<X, 1>(p, x, n0, m, v, h, h_stride, s); break;
+    case 2: run_block<X, 2>(p, x, n0, m, v, h, h_stride, s); break;
+    case 3: run_block<X, 3>(p, x, n0, m, v, h, h_stride, s); break;
+    case 4: run_block<X, 4>(p, x, n0, m, v, h, h_stride, s); break;
+    default: run_block<X, 5>(p, x, n0, m, v, h, h_stride, s); break;
+  }
+}
+
+// One forward block: neurons [n0, n1) over all T.
+template <typename X>
+void fwd_block(const SfParams& p, const X* x, X* s, const float* v0, float* v_last, int64_t n0, int64_t n1) {
+  float v[BLOCK];
+  const int64_t m = n1 - n0;
+  for (int64_t i = 0; i < m; ++i) v[i] = v0[n0 + i];
+  run_block_any<X>(p, x, n0, m, v, nullptr, 0, s);
+  for (int64_t i = 0; i < m; ++i) v_last[n0 + i] = v[i];
+}
+
+template <typename X>
+void fwd_all(const SfParams& p, const X* x, X* s, const float* v0, float* v_last) {
+  const int64_t nblocks = (p.N + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(p.nthreads) if (nblocks > 1 && p.nthreads > 1)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t n0 = b * BLOCK;
+    const int64_t n1 = n0 + BLOCK < p.N ? n0 + BLOCK : p.N;
+    fwd_block<X>(p, x, s, v0, v_last, n0, n1);
+  }
+}
+
+template <int KIND>
+inline float surrogate_grad(float alpha, float z) {
+  if (KIND == 1) {  // Sigmoid: alpha * s * (1 - s), s = sigmoid(alpha z)
+    float sg = 1.0f / (1.0f + exp_approx(-alpha * z));
+    return alpha * sg * (1.0f - sg);
+  }
+  // ATan: alpha / 2 / (1 + (pi / 2 * alpha * z)^2)
+  float u = 1.5707963267948966f * alpha * z;
+  return alpha * 0.5f / (1.0f + u * u);
+}
+
+// dL/dH at one site; the template flags make the inner loops branch-free so they vectorise.
+template <int KIND, bool HARD, bool DETACH>
+inline float grad_h(float hv, float gs, float gv, float vth, float vr, float alpha) {
+  const float sg = surrogate_grad<KIND>(alpha, hv - vth);
+  float dvdh;
+  if (HARD) {
+    const float below = hv < vth ? 1.0f : 0.0f;
+    dvdh = DETACH ? below : below + (vr - hv) * sg;
+  } else {
+    dvdh = DETACH ? 1.0f : 1.0f - vth * sg;
+  }
+  return gs * sg + gv * dvdh;
+}
+
+// Backward of one block: dL/dH[t] = dL/dS[t] sg(H[t] - vth) + dL/dV[t] dV[t]/dH[t], dL/dV[t-1] = keep dL/dH[t],
+// dL/dX[t] = in_gain dL/dH[t]. With WANT_K (PLIF) also sum_t dL/dH[t] dH[t]/dk.
+template <typename X, typename G, int KIND, bool HARD, bool DETACH, bool WANT_K>
+double bwd_block(const SfParams& p, const X* x, const G* __restrict gs, const float* gv_last, X* __restrict gx,
+                 float* gv0, const float* v0, int64_t n0, int64_t n1) {
+  float gv[BLOCK];
+  float acc[BLOCK];
+  float v[BLOCK];
+  const int64_t m = n1 - n0;
+  // H of this block for all T, recomputed from x (bit-identical to the forward's): [T, BLOCK], cache-resident
+  thread_local std::vector<float> hbuf;
+  if (hbuf.size() < static_cast<size_t>(p.T * BLOCK)) hbuf.resize(p.T * BLOCK);
+  float* h = hbuf.data();
+  for (int64_t i = 0; i < m; ++i) v[i] = v0[n0 + i];
+  run_block_any<X>(p, x, n0, m, v, h, BLOCK, nullptr);
+  for (int64_t i = 0; i < m; ++i) {
+    gv[i] = gv_last ? gv_last[n0 + i] : 0.0f;
+    acc[i] = 0.0f;
+  }
+  const float vth = p.vth, vr = p.vr, alpha = p.alpha, keep = p.keep, gain = p.in_gain, k = p.rate;
+  const bool decay = p.charge == 3;
+  const int64_t N = p.N;
+  for (int64_t t = p.T - 1; t >= 0; --t) {
+    const int64_t base = t * N + n0;
+    const float* __restrict ht = h + t * BLOCK;
+    const G* __restrict gst = gs + base;
+    X* __restrict gxt = gx + base;
+    if (!WANT_K) {
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) {
+        const float g = grad_h<KIND, HARD, DETACH>(ht[i], ld(gst, i), gv[i], vth, vr, alpha);
+        st(gxt, i, g * gain);
+        gv[i] = g * keep;
+      }
+    } else {
+      // dH[t]/dk = (H[t] - V[t-1]) / k (decay_input) or -(V[t-1] - vr); V[t-1] = reset(H[t-1]), V[-1] = v0
+      const float* __restrict hp = t > 0 ? h + (t - 1) * BLOCK : v0 + n0;
+      const bool first = t == 0;
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) {
+        const float hv = ht[i];
+        const float g = grad_h<KIND, HARD, DETACH>(hv, ld(gst, i), gv[i], vth, vr, alpha);
+        st(gxt, i, g * gain);
+        const float q = hp[i];
+        const float vp = first ? q : (q >= vth ? (HARD ? vr : q - vth) : q);
+        const float dhdk = decay ? (hv - vp) / k : -(vp - vr);
+        acc[i] += g * dhdk;
+        gv[i] = g * keep;
+      }
+    }
+  }
+  double total = 0.0;
+  for (int64_t i = 0; i < m; ++i) {
+    if (gv0) gv0[n0 + i] = gv[i];
+    total += acc[i];
+  }
+  return total;
+}
+
+template <typename X, typename G, int KIND, bool HARD, bool DETACH, bool WANT_K>
+double bwd_all(const SfParams& p, const X* x, const G* gs, const float* gv_last, X* gx, float* gv0,
+               const float* v0) {
+  const int64_t nblocks = (p.N + BLOCK - 1) / BLOCK;
+  double total = 0.0;
+#pragma omp parallel for schedule(static) num_threads(p.nthreads) if (nblocks > 1 && p.nthreads > 1) \
+    reduction(+ : total)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t n0 = b * BLOCK;
+    const int64_t n1 = n0 + BLOCK < p.N ? n0 + BLOCK : p.N;
+    total += bwd_block<X, G, KIND, HARD, DETACH, WANT_K>(p, x, gs, gv_last, gx, gv0, v0, n0, n1);
+  }
+  return total;
+}
+
+template <typename X, typename G, int KIND, bool HARD, bool DETACH>
+double bwd_k(const SfParams& p, const X* x, const G* gs, const float* gv_last, X* gx, float* gv0, const float* v0,
+             int want_k) {
+  return want_k ? bwd_all<X, G, KIND, HARD, DETACH, true>(p, x, gs, gv_last, gx, gv0, v0)
+                : bwd_all<X, G, KIND, HARD, DETACH, false>(p, x, gs, gv_last, gx, gv0, v0);
+}
+
+template <typename X, typename G, int KIND>
+double bwd_reset(const SfParams& p, const X* x, const G* gs, const float* gv_last, X* gx, float* gv0,
+                 const float* v0, int want_k) {
+  if (p.hard)
+    return p.detach ? bwd_k<X, G, KIND, true, true>(p, x, gs, gv_last, gx, gv0, v0, want_k)
+                    : bwd_k<X, G, KIND, true, false>(p, x, gs, gv_last, gx, gv0, v0, want_k);
+  return p.detach ? bwd_k<X, G, KIND, false, true>(p, x, gs, gv_last, gx, gv0, v0, want_k)
+                  : bwd_k<X, G, KIND, false, false>(p, x, gs, gv_last, gx, gv0, v0, want_k);
+}
+
+template <typename X, typename G>
+double bwd_dispatch(const SfParams& p, const void* x, const void* gs, const float* gv_last, void* gx, float* gv0,
+                    const float* v0, int want_k) {
+  const X* xx = static_cast<const X*>(x);
+  const G* gg = static_cast<const G*>(gs);
+  X* gxx = static_cast<X*>(gx);
+  return p.surrogate == 1 ? bwd_reset<X, G, 1>(p, xx, gg, gv_last, gxx, gv0, v0, want_k)
+                          : bwd_reset<X, G, 2>(p, xx, gg, gv_last, gxx, gv0, v0, want_k);
+}
+
+}  // namespace
+
+extern "C" {
+
+int sf_abi_version() { return 2; }
+
+// x, s: [T, N] of dtype x_bf16 ? bf16 : float; v0, v_last: [N] float.
+void sf_forward(const SfParams* p, const void* x, int x_bf16, void* s, const float* v0, float* v_last) {
+  if (x_bf16)
+    fwd_all<bf16>(*p, static_cast<const bf16*>(x), static_cast<bf16*>(s), v0, v_last);
+  else
+    fwd_all<float>(*p, static_cast<const float*>(x), static_cast<float*>(s), v0, v_last);
+}
+
+// Backward from the forward's input: x [T, N] and v0 [N] are those of sf_forward; H is recomputed block by block.
+// gs: [T, N] (gs_bf16 ? bf16 : float), never null (pass zeros); gv_last: [N] float or null; gx: [T, N] of x's
+// dtype; gv0: [N] float or null. Returns sum_t,n dL/dH dH/dk when want_k (PLIF), else 0.
+double sf_backward(const SfParams* p, const void* x, int x_bf16, const float* v0, const void* gs, int gs_bf16,
+                   const float* gv_last, void* gx, float* gv0, int want_k) {
+  if (x_bf16)
+    return gs_bf16 ? bwd_dispatch<bf16, bf16>(*p, x, gs, gv_last, gx, gv0, v0, want_k)
+                   : bwd_dispatch<bf16, float>(*p, x, gs, gv_last, gx, gv0, v0, want_k);
+  return gs_bf16 ? bwd_dispatch<float, bf16>(*p, x, gs, gv_last, gx, gv0, v0, want_k)
+                 : bwd_dispatch<float, float>(*p, x, gs, gv_last, gx, gv0, v0, want_k);
+}
+
+}  // extern "C"

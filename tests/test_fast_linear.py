@@ -1,0 +1,65 @@
+"""The opt-in oneDNN Linear (layers/linear.py) against nn.Linear."""
+
+import pytest
+import torch
+from torch import nn
+
+import spikeformer
+from spikeformer.layers import OneDNNLinear, use_exact_linear, use_onednn_linear
+from spikeformer.neurons import _kernels_linear
+
+needs_onednn = pytest.mark.skipif(_kernels_linear._dnnl is None, reason="this PyTorch build has no oneDNN")
+
+
+@needs_onednn
+def test_forward_and_gradients_match_nn_linear_within_rounding():
+    torch.manual_seed(0)
+    ref = nn.Linear(96, 200)
+    fast = nn.Linear(96, 200)
+    fast.load_state_dict(ref.state_dict())
+    assert use_onednn_linear(fast) == 1 and type(fast) is OneDNNLinear
+    x = (torch.rand(4, 6, 50, 96) < 0.3).float().requires_grad_()  # spikes, [T, B, N, C]
+    g = torch.randn(4, 6, 50, 200)
+    outs = []
+    for layer in (ref, fast):
+        y = layer(x)
+        grads = torch.autograd.grad((y * g).sum(), (x, layer.weight, layer.bias))
+        outs.append((y, *grads))
+    assert outs[1][0].shape == (4, 6, 50, 200)
+    for a, b in zip(outs[1], outs[0]):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_model_switch_keeps_state_dict_and_is_reversible():
+    torch.manual_seed(1)
+    model = spikeformer.create_model("spikformer_digits_1_64")
+    keys = list(model.state_dict())
+    n_linear = sum(type(m) is nn.Linear for m in model.modules())
+    x = torch.randn(2, 1, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+    assert use_onednn_linear(model) == n_linear > 0
+    assert list(model.state_dict()) == keys
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert use_exact_linear(model) == n_linear
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, atol=0, rtol=0)
+
+
+def test_autocast_and_other_dtypes_take_plain_linear():
+    torch.manual_seed(2)
+    layer = nn.Linear(32, 16)
+    use_onednn_linear(layer)
+    x = (torch.rand(10, 32) < 0.5).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        y_ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref, atol=0, rtol=0)
+    xd = x.double()
+    torch.testing.assert_close(layer.double()(xd), torch.nn.functional.linear(xd, layer.weight, layer.bias),
+                               atol=0, rtol=0)

@@ -1,0 +1,121 @@
+"""The compiled CPU neuron kernel (neurons/neuron_cpu.cpp via neurons/_native.py) against the reference loop and the
+pure-PyTorch kernel, on shapes that span several blocks and threads, and its fallback when it cannot be built."""
+
+import pytest
+import torch
+
+from spikeformer.errors import SpikeformerError
+from spikeformer.neurons import LIF, PLIF, ATan, Rectangle, Sigmoid
+from spikeformer.neurons import _kernels, _native
+from spikeformer.neurons import functional as F
+
+pytestmark = pytest.mark.skipif(_native.library() is None, reason=f"no compiled kernel: {_native.build_error()}")
+
+
+@pytest.fixture
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hard,detach", [(True, True), (False, False), (True, False)])
+def test_multi_block_forward_bits_and_gradients(two_threads, dtype, hard, detach):
+    # 3 x 1100 = 3300 neurons per step: four blocks of 1024, the last one ragged
+    torch.manual_seed(11)
+    spec = F.NeuronSpec(1.0, 0.0 if hard else None, detach, True, True, 2.0)
+    x = (torch.randn(5, 3, 1100) * 1.5 + 0.4).to(dtype).requires_grad_()
+    gs = torch.randn(5, 3, 1100).to(dtype)
+    out = {}
+    for impl in ("reference", "torch", "native"):
+        s, v = F.multi_step(x, spec, Sigmoid(4.0), impl=impl)
+        (g,) = torch.autograd.grad((s * gs).float().sum() + v.sum(), x)
+        out[impl] = (s, v, g)
+    for impl in ("torch", "native"):
+        s, v, g = out[impl]
+        assert s.dtype == dtype and v.dtype == torch.float32 and g.dtype == dtype
+        torch.testing.assert_close(s, out["reference"][0], atol=0, rtol=0)
+        torch.testing.assert_close(v, out["reference"][1], atol=0, rtol=0)
+    g_ref, g_native = out["reference"][2].float(), out["native"][2].float()
+    if dtype == torch.float32:
+        torch.testing.assert_close(g_native, g_ref, atol=1e-6, rtol=1e-5)
+    else:  # bf16 gradients: one rounding step of bf16 apart at most
+        assert ((g_native - g_ref).abs() <= g_ref.abs() * 2 ** -7 + 1e-30).all()
+    assert 0.1 < out["native"][0].float().mean().item() < 0.9
+
+
+def test_plif_rate_gradient_across_blocks(two_threads):
+    torch.manual_seed(12)
+    spec = F.NeuronSpec(1.0, 0.0, False, True, True, None)
+    x = (torch.randn(4, 2500) * 1.5 + 0.5).requires_grad_()
+    gs = torch.randn(4, 2500)
+    res = {}
+    for impl in ("reference", "native"):
+        k = torch.tensor(0.4).requires_grad_()
+        s, v = F.multi_step(x, spec, ATan(2.0), k, impl=impl)
+        res[impl] = torch.autograd.grad((s * gs).sum() + v.sum(), (x, k))
+    torch.testing.assert_close(res["native"][0], res["reference"][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(res["native"][1], res["reference"][1], atol=1e-4, rtol=1e-5)
+
+
+def test_only_final_membrane_gradient():
+    torch.manual_seed(13)
+    spec = F.NeuronSpec(1.0, 0.0, True, True, True, 2.0)
+    x = (torch.randn(6, 40) + 0.5).requires_grad_()
+    grads = [torch.autograd.grad(F.multi_step(x, spec, Sigmoid(), impl=impl)[1].sum(), x)[0]
+             for impl in ("reference", "native")]
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+    assert grads[0].abs().sum() > 0
+
+
+def test_neuron_modules_use_it_by_default(monkeypatch):
+    calls = []
+    real = _native.NativeMultiStep.apply
+    monkeypatch.setattr(_native.NativeMultiStep, "apply", lambda *a: calls.append("grad") or real(*a))
+    real_ng = _native.forward_no_grad
+    monkeypatch.setattr(_native, "forward_no_grad", lambda *a: calls.append("no_grad") or real_ng(*a))
+    x = torch.randn(4, 2, 8, requires_grad=True)
+    LIF()(x)
+    PLIF()(x)
+    with torch.no_grad():
+        LIF()(x)
+    LIF(surrogate=Rectangle())(x)  # not compiled: the PyTorch kernel
+    assert calls == ["grad", "grad", "no_grad"]
+
+
+def test_native_impl_refuses_what_it_cannot_run():
+    spec = F.NeuronSpec()
+    with pytest.raises(SpikeformerError, match="compiled neuron kernel"):
+        F.multi_step(torch.zeros(2, 3), spec, Rectangle(), impl="native")
+    with pytest.raises(SpikeformerError, match="compiled neuron kernel"):
+        F.multi_step(torch.zeros(2, 3, dtype=torch.float64), spec, Sigmoid(), impl="native")
+
+
+def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
+    # a compiler that always fails: one RuntimeWarning, then the PyTorch kernel gives the same spikes
+    fake = tmp_path / "failing-c++"
+    fake.write_text("#!/bin/sh\necho 'error: broken compiler' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setenv("SPIKEFORMER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setattr(_native, "_error", None)
+    x = torch.randn(3, 10) + 0.8
+    with pytest.warns(RuntimeWarning, match="pure-PyTorch kernel"):
+        s, _ = F.multi_step(x, F.NeuronSpec(), Sigmoid())
+    assert _native.library() is None and "failed" in _native.build_error()
+    s_ref, _ = F.multi_step(x, F.NeuronSpec(), Sigmoid(), impl="reference")
+    torch.testing.assert_close(s, s_ref, atol=0, rtol=0)
+    assert not list((tmp_path / "cache" / "kernels").glob("*.so"))  # nothing half-written is left
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("SPIKEFORMER_NATIVE", "0")
+    assert _native.library() is None
+    assert _kernels.select_kernel(torch.zeros(1)) is _kernels.default_kernel
+    x = torch.randn(3, 10, requires_grad=True)
+    s, _ = F.multi_step(x, F.NeuronSpec(), Sigmoid())
+    assert type(s.grad_fn).__name__.startswith("TorchMultiStep")
