@@ -63,3 +63,39 @@ def test_autocast_and_other_dtypes_take_plain_linear():
     xd = x.double()
     torch.testing.assert_close(layer.double()(xd), torch.nn.functional.linear(xd, layer.weight, layer.bias),
                                atol=0, rtol=0)
+
+
+@needs_onednn
+def test_fast_kernels_switch_every_fast_path_and_back():
+    from spikeformer.layers import TokenBN, use_exact_kernels, use_fast_kernels
+    from spikeformer.models.spikformer import SPS
+
+    torch.manual_seed(3)
+    model = spikeformer.create_model("spikformer_cifar_4_256", T=2).train()  # batch statistics: lively
+    n_linear = sum(type(m) is nn.Linear for m in model.modules())
+    n_bn = sum(isinstance(m, TokenBN) for m in model.modules())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    assert use_fast_kernels(model) == n_linear + n_bn + 1  # + the SPS stem (channels-last convolutions)
+    assert all(m.fast for m in model.modules() if isinstance(m, (TokenBN, SPS)))
+    spikes = {}
+
+    def hook(tag):
+        return lambda m, i, o: spikes.setdefault(tag, []).append(o.detach().flatten())
+
+    lifs = [m for m in model.modules() if type(m).__name__ == "LIF"]
+    for tag, switch in (("fast", None), ("exact", use_exact_kernels)):
+        if switch:
+            assert switch(model) == n_linear + n_bn + 1
+        hs = [m.register_forward_hook(hook(tag)) for m in lifs]
+        with torch.no_grad():
+            out = model(x)
+        for h in hs:
+            h.remove()
+        if tag == "exact":
+            torch.testing.assert_close(out, ref, atol=0, rtol=0)  # back to the official bits
+    fast, exact = torch.cat(spikes["fast"]), torch.cat(spikes["exact"])
+    assert 0.01 < exact.mean() < 0.5
+    # the fast kernels only round differently: spikes flip only where a pre-activation sits at the threshold
+    assert (fast == exact).float().mean() > 0.995

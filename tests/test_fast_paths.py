@@ -220,10 +220,11 @@ def test_bf16_autocast_spikes_agree_with_fp32_on_digits():
     assert fp32.numel() == bf16.numel() > 100_000
     assert 0.02 < fp32.mean().item() < 0.5  # the network is active
     agree = (fp32 == bf16).float().mean().item()
-    # Measured 0.980 on these untrained weights: flips start at bf16 rounding of the conv/linear outputs near the
-    # threshold (0.1 % in the first layer) and cascade with depth (5 % by the last layer). The issue's 99 % bar
-    # is for trained weights and is not verified here; this bar catches a broken autocast path (independent spikes at these rates would agree ~0.93).
-    assert agree >= 0.975, agree
+    # Measured 0.989 on these untrained weights (0.980 before the first two SPS stages stayed fp32 under autocast):
+    # flips start at the bf16 rounding of conv/linear outputs near the threshold and cascade with depth. The 99 %
+    # bar of the issue is for trained weights (benchmarks/bench_bf16_agreement.py: 99.5 %); this bar catches a
+    # broken autocast path (independent spikes at these rates would agree ~0.93).
+    assert agree >= 0.985, agree
 
 
 def test_token_bn_transposed_low_precision_takes_the_flat_kernel():

@@ -119,3 +119,27 @@ def test_switched_off_by_environment(monkeypatch):
     x = torch.randn(3, 10, requires_grad=True)
     s, _ = F.multi_step(x, F.NeuronSpec(), Sigmoid())
     assert type(s.grad_fn).__name__.startswith("TorchMultiStep")
+
+
+def test_channels_last_frames_keep_their_layout(two_threads):
+    # the fast stem hands the neuron [T, B, C, H, W] with channels-last frames: no copy, outputs in the same layout
+    torch.manual_seed(14)
+    spec = F.NeuronSpec(1.0, 0.0, True, True, True, 2.0)
+    x_cl = (torch.randn(4 * 3, 8, 6, 5) * 1.5 + 0.4).contiguous(memory_format=torch.channels_last)
+    x_cl = x_cl.unflatten(0, (4, 3)).requires_grad_()
+    x_ref = x_cl.detach().contiguous().requires_grad_()
+    assert not x_cl.is_contiguous()
+    gs = torch.randn(4, 3, 8, 6, 5)
+    s, v = F.multi_step(x_cl, spec, Sigmoid(4.0), impl="native")
+    s_ref, v_ref = F.multi_step(x_ref, spec, Sigmoid(4.0), impl="reference")
+    assert s.stride() == x_cl.stride() and v.stride() == x_cl[0].stride()
+    torch.testing.assert_close(s, s_ref, atol=0, rtol=0)
+    torch.testing.assert_close(v, v_ref, atol=0, rtol=0)
+    (g,) = torch.autograd.grad((s * gs).sum() + v.sum(), x_cl)
+    (g_ref,) = torch.autograd.grad((s_ref * gs).sum() + v_ref.sum(), x_ref)
+    assert g.stride() == x_cl.stride()
+    torch.testing.assert_close(g, g_ref, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        s_ng, _ = F.multi_step(x_cl, spec, Sigmoid(4.0))
+    assert s_ng.stride() == x_cl.stride()
+    torch.testing.assert_close(s_ng, s_ref.detach(), atol=0, rtol=0)

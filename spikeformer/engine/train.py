@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import build_dataset, get_dataset_info
 from ..errors import SpikeformerError
-from ..layers.linear import use_onednn_linear
+from ..layers.linear import use_fast_kernels
 from ..models import create_model
 from . import distributed as D
 from .checkpoint import checkpoint_dir, load_training_state, save_training_state
@@ -225,8 +225,8 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
         else:
             D.convert_sync_bn(model)
     model.to(info.device)
-    if cfg["fast_linear"] and info.device.type == "cpu":
-        use_onednn_linear(model)
+    if cfg["fast_kernels"] and info.device.type == "cpu":
+        use_fast_kernels(model)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(model, cfg["ema_decay"]) if cfg["ema_decay"] > 0 else None
     scaler = torch.amp.GradScaler(info.device.type) if cfg["amp"] == "fp16" else None

@@ -11,7 +11,7 @@ If no compiler is found or the build fails, one warning is printed and every neu
 of ``_kernels.py`` (same spikes, slower). ``SPIKEFORMER_NATIVE=0`` turns the compiled kernel off.
 
 What it runs: the forward of LIF / IF / PLIF (hard or soft reset, any threshold, decay_input either way) on
-contiguous float32 or bfloat16 ``[T, ...]`` input, with the Sigmoid or ATan surrogate in backward. The forward
+dense float32 or bfloat16 ``[T, ...]`` input (row-major or channels-last frames), with the Sigmoid or ATan surrogate in backward. The forward
 gives the same bits as the PyTorch kernels; gradients agree within fp32 rounding (``tests/test_fast_paths.py``).
 """
 
@@ -213,20 +213,42 @@ def _ptr(t: Optional[torch.Tensor]):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when every step ``x[t]`` is one dense block laid out alike (row-major, or channels-last frames
+    ``[T, B, C, H, W]`` as the fast convolution stem produces), else a contiguous copy. The kernel works on the
+    flat memory, so outputs made with ``torch.empty_like`` (same strides) line up element for element."""
+    if x.is_contiguous():
+        return x
+    if (x.dim() == 5 and x.stride(0) == x[0].numel()
+            and x[0].is_contiguous(memory_format=torch.channels_last)):
+        return x
+    return x.contiguous()
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor, dtype=None) -> torch.Tensor:
+    """``t`` in ``ref``'s memory layout (and ``dtype``), copying only when needed."""
+    dtype = dtype or t.dtype
+    if t.dtype == dtype and t.shape == ref.shape and t.stride() == ref.stride():
+        return t
+    out = torch.empty_like(ref, dtype=dtype)
+    out.copy_(t)
+    return out
+
+
 def _v0(v0: torch.Tensor, x_seq: torch.Tensor) -> torch.Tensor:
-    return v0.detach().expand(x_seq.shape[1:]).contiguous()
+    return _like(v0.detach().expand(x_seq.shape[1:]), x_seq[0], torch.float32)
 
 
 def _forward(x: torch.Tensor, v0c: torch.Tensor, p: Params):
-    s = torch.empty(x.shape, dtype=x.dtype)
-    v_last = torch.empty(x.shape[1:], dtype=torch.float32)
+    s = torch.empty_like(x)
+    v_last = torch.empty_like(x[0], dtype=torch.float32)
     library().sf_forward(ctypes.byref(p), _ptr(x), int(x.dtype == torch.bfloat16), _ptr(s), _ptr(v0c), _ptr(v_last))
     return s, v_last
 
 
 def forward_no_grad(x_seq, k, v0, spec, surrogate):
     """Spikes and final membrane without saving anything for backward."""
-    x = x_seq.detach().contiguous()
+    x = _dense(x_seq.detach())
     return _forward(x, _v0(v0, x), _params(x, k, spec, surrogate))
 
 
@@ -238,7 +260,7 @@ class NativeMultiStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_seq, k, v0, spec, surrogate):
-        x = x_seq.contiguous()
+        x = _dense(x_seq)
         p = _params(x, k, spec, surrogate)
         v0c = _v0(v0, x)
         s, v_last = _forward(x, v0c, p)
@@ -253,16 +275,15 @@ class NativeMultiStep(torch.autograd.Function):
         p = ctx.params
         p.nthreads = max(1, torch.get_num_threads())
         if grad_spikes is None:  # only the final membrane is used
-            gs = torch.zeros(x.shape, dtype=torch.float32)
+            gs = torch.zeros_like(x, dtype=torch.float32)
         else:
-            gs = grad_spikes.contiguous()
-            if gs.dtype not in (torch.float32, torch.bfloat16):
-                gs = gs.float()
-        gvl = None if grad_v_last is None else grad_v_last.to(torch.float32).contiguous()
-        gx = torch.empty(x.shape, dtype=x.dtype)
+            gs = _like(grad_spikes, x, grad_spikes.dtype if grad_spikes.dtype in (torch.float32, torch.bfloat16)
+                       else torch.float32)
+        gvl = None if grad_v_last is None else _like(grad_v_last, x[0], torch.float32)
+        gx = torch.empty_like(x)
         want_v0 = ctx.needs_input_grad[2]
         want_k = ctx.k_shape is not None and ctx.needs_input_grad[1]
-        gv0 = torch.empty(x.shape[1:], dtype=torch.float32) if want_v0 else None
+        gv0 = torch.empty_like(x[0], dtype=torch.float32) if want_v0 else None
         total = library().sf_backward(
             ctypes.byref(p), _ptr(x), int(x.dtype == torch.bfloat16), _ptr(v0c), _ptr(gs),
             int(gs.dtype == torch.bfloat16), _ptr(gvl), _ptr(gx), _ptr(gv0), int(want_k),
