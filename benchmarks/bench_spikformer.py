@@ -54,6 +54,11 @@ def _build(impl: str, T: int, ckpt: bool, model_name: str, fastlin: bool = False
     from spikeformer.neurons import _kernels
     from spikeformer.neurons import functional as NF
 
+    if impl in ("ours", "ours-torchkernel"):  # the process setting `spikeformer train` applies (reuse_memory)
+        from spikeformer.engine.runtime import reuse_freed_memory
+
+        reuse_freed_memory()
+
     if impl == "base":  # the previous state, put first on PYTHONPATH by the parent
         assert os.path.dirname(os.path.dirname(spikeformer.__file__)) != ROOT, spikeformer.__file__
     if impl == "ours-ref":  # "before": the step-by-step reference neuron kernel

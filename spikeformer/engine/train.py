@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from ..data import build_dataset, get_dataset_info
 from ..errors import SpikeformerError
 from ..layers.linear import use_fast_kernels
+from .runtime import reuse_freed_memory
 from ..models import create_model
 from . import distributed as D
 from .checkpoint import checkpoint_dir, load_training_state, save_training_state
@@ -212,6 +213,8 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
     if cfg["batch_size"] % info.world:
         raise SpikeformerError(f"batch_size {cfg['batch_size']} is the global batch; it must divide by the "
                                f"{info.world} processes")
+    if cfg["reuse_memory"] and info.device.type == "cpu":
+        reuse_freed_memory()
     seed_everything(cfg["seed"])
     model_name = resolve_model_name(cfg)
     model = build_model(cfg)

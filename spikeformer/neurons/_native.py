@@ -54,11 +54,21 @@ class Params(ctypes.Structure):
 
 
 def _cache_dir() -> str:
+    """The kernel cache: ``$SPIKEFORMER_CACHE/kernels`` (default under ``~/.cache/spikeformer``), or a per-user
+    folder in the temporary directory when that cannot be written (read-only home on a cluster node)."""
     root = os.environ.get("SPIKEFORMER_CACHE")
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(xdg, "spikeformer")
-    return os.path.join(root, "kernels")
+    path = os.path.join(root, "kernels")
+    try:
+        os.makedirs(path, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return os.path.join(tempfile.gettempdir(), f"spikeformer-{uid}", "kernels")
 
 
 def _compiler() -> Optional[str]:
@@ -97,15 +107,16 @@ def _build() -> ctypes.CDLL:
     with open(_SRC, "rb") as f:
         source = f.read()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    os.makedirs(_cache_dir(), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
+    cache = _cache_dir()
+    os.makedirs(cache, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
         flags = list(_BASE_FLAGS)
         if _try_flags(cxx, ["-march=native"], tmp):  # the build is per CPU (see the cache key), so tune for it
             flags.append("-march=native")
         key = hashlib.sha256(
             b"\0".join([source, " ".join(flags).encode(), "".join(version).encode(), _cpu_signature().encode()])
         ).hexdigest()[:16]
-        path = os.path.join(_cache_dir(), f"neuron_cpu_{key}.so")
+        path = os.path.join(cache, f"neuron_cpu_{key}.so")
         if not os.path.exists(path):
             out = os.path.join(tmp, "neuron_cpu.so")
             r = subprocess.run([cxx, *flags, _SRC, "-o", out], capture_output=True, text=True)
