@@ -25,6 +25,9 @@ changes) locate where the disagreement comes from:
 * ``sps-bn-fp32``: like ``bn-fp32`` for the tokenizer's (SPS) BatchNorm2d layers only;
 * ``conv0+spsbn-fp32``, ``conv0+bn-fp32``: the combinations; ``conv01-fp32``: the first two convolutions in fp32.
 
+These variants located the loss before the package changed: Spikformer now keeps its first two stem stages in fp32
+under autocast (``models/spikformer.py``), so ``conv0-fp32`` and ``conv01-fp32`` coincide with ``package`` there.
+
 * ``fp64``: not bf16 at all, the whole forward in fp64: the floor set by the network's own sensitivity (how far a
   merely different rounding of the same maths moves the spikes).
 
