@@ -54,7 +54,7 @@ def _build(impl: str, T: int, ckpt: bool, model_name: str, fastlin: bool = False
     from spikeformer.neurons import _kernels
     from spikeformer.neurons import functional as NF
 
-    if impl in ("ours", "ours-torchkernel"):  # the process setting `spikeformer train` applies (reuse_memory)
+    if impl in ("ours", "ours-torchkernel") and not ckpt:  # what `spikeformer train` applies (reuse_memory)
         from spikeformer.engine.runtime import reuse_freed_memory
 
         reuse_freed_memory()

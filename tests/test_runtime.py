@@ -16,12 +16,14 @@ def test_freed_activations_are_reused_without_page_faults():
     if not reuse_freed_memory():
         pytest.skip("this C library has no mallopt")
     n = 64 * 2**20 // 4  # 64 MB: above glibc's largest automatic mmap threshold (32 MB)
-    for _ in range(2):  # the first round may grow the heap
+    for _ in range(4):  # the first rounds grow the heap
         t = torch.ones(n)
         del t
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t = torch.ones(n)  # writes every page
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    del t
-    # without the setting every 4 KB page of a fresh mmap faults once: 16384 faults for 64 MB
-    assert faults < 1000, faults
+    faults = []
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t = torch.ones(n)  # writes every page
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        del t
+    # without the setting every 4 KB page of a fresh mmap faults once: 16384 faults for 64 MB, every time
+    assert min(faults) < 1000, faults

@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.1,
     "clip_grad": 1.0,  # max grad norm; null disables
     "amp": "none",  # none | bf16 | fp16
-    "reuse_memory": True,  # Linux/glibc: keep freed memory for reuse (no page faults every step; engine/runtime.py)
+    "reuse_memory": True,  # CPU, glibc: keep freed memory for reuse, not with checkpoint_blocks (engine/runtime.py)
     "fast_kernels": True,  # CPU: oneDNN Linear GEMMs, flat TokenBN (layers/linear.py); false: official bits
     "ema_decay": 0.0,  # 0 disables the weight EMA
     "sync_bn": False,

@@ -213,11 +213,13 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
     if cfg["batch_size"] % info.world:
         raise SpikeformerError(f"batch_size {cfg['batch_size']} is the global batch; it must divide by the "
                                f"{info.world} processes")
-    if cfg["reuse_memory"] and info.device.type == "cpu":
-        reuse_freed_memory()
     seed_everything(cfg["seed"])
     model_name = resolve_model_name(cfg)
     model = build_model(cfg)
+    if cfg["reuse_memory"] and info.device.type == "cpu" and not getattr(model, "checkpoint_blocks", False):
+        # not with activation checkpointing: whoever asks for it wants the lowest peak, and a heap that is never
+        # returned raises the peak where tensors of many sizes alternate (benchmarks/RESULTS.md)
+        reuse_freed_memory()
     train_set, test_set = build_data(cfg, model)
     if len(train_set) < cfg["batch_size"]:
         raise SpikeformerError(f"the training split has {len(train_set)} samples, fewer than batch_size "
