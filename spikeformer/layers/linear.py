@@ -25,20 +25,34 @@ class OneDNNLinear(nn.Linear):
         return token_linear(self, x)
 
 
-def use_onednn_linear(model: nn.Module) -> int:
-    """Switch every ``nn.Linear`` in ``model`` (exact class, not subclasses) to :class:`OneDNNLinear` in place;
-    returns how many were switched."""
+def _swap_class(model: nn.Module, src: type, dst: type) -> int:
     n = 0
     for m in model.modules():
-        if type(m) is nn.Linear:
-            m.__class__ = OneDNNLinear
+        if type(m) is src:
+            m.__class__ = dst
             n += 1
     return n
 
 
-def _switchable(m: nn.Module) -> bool:
+def _set_fast(model: nn.Module, fast: bool) -> int:
     # modules with a boolean ``fast`` attribute (TokenBN, Spikformer's SPS stem) have a faster, non-bit-exact path
-    return isinstance(getattr(m, "fast", None), bool)
+    n = 0
+    for m in model.modules():
+        if isinstance(getattr(m, "fast", None), bool) and m.fast != fast:
+            m.fast = fast
+            n += 1
+    return n
+
+
+def use_onednn_linear(model: nn.Module) -> int:
+    """Switch every ``nn.Linear`` in ``model`` (exact class, not subclasses) to :class:`OneDNNLinear` in place;
+    returns how many were switched."""
+    return _swap_class(model, nn.Linear, OneDNNLinear)
+
+
+def use_exact_linear(model: nn.Module) -> int:
+    """Undo :func:`use_onednn_linear`: back to ``nn.Linear``; returns how many were switched."""
+    return _swap_class(model, OneDNNLinear, nn.Linear)
 
 
 def use_fast_kernels(model: nn.Module) -> int:
@@ -47,29 +61,9 @@ def use_fast_kernels(model: nn.Module) -> int:
     transposed view that rounds like the official CIFAR Spikformer), and Spikformer's convolution stem runs on
     channels-last frames. Outputs then differ from the official code's by rounding only; returns how many modules
     were switched."""
-    n = use_onednn_linear(model)
-    for m in model.modules():
-        if _switchable(m) and not m.fast:
-            m.fast = True
-            n += 1
-    return n
+    return use_onednn_linear(model) + _set_fast(model, True)
 
 
 def use_exact_kernels(model: nn.Module) -> int:
     """Undo :func:`use_fast_kernels` (``nn.Linear``, the exact TokenBN and stem layouts: the official code's bits)."""
-    n = use_exact_linear(model)
-    for m in model.modules():
-        if _switchable(m) and m.fast:
-            m.fast = False
-            n += 1
-    return n
-
-
-def use_exact_linear(model: nn.Module) -> int:
-    """Undo :func:`use_onednn_linear`: back to ``nn.Linear``; returns how many were switched."""
-    n = 0
-    for m in model.modules():
-        if type(m) is OneDNNLinear:
-            m.__class__ = nn.Linear
-            n += 1
-    return n
+    return use_exact_linear(model) + _set_fast(model, False)

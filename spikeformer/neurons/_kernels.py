@@ -30,6 +30,7 @@ from typing import Callable, Dict
 import torch
 
 from . import _native
+from ._native import _pow2
 from .surrogate import ATan, Sigmoid, Surrogate
 
 
@@ -50,11 +51,6 @@ def _surrogate_grad_(d: torch.Tensor, sur: Surrogate) -> torch.Tensor:
         a = sur.alpha
         return d.mul_(math.pi / 2.0 * a).pow_(2).add_(1.0).reciprocal_().mul_(a / 2.0)
     return sur.grad(d)
-
-
-def _pow2(x: float) -> bool:
-    m, _ = math.frexp(x)
-    return x > 0 and m == 0.5
 
 
 def _run(x_seq, kk, v0, spec, h_seq=None):

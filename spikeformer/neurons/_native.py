@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -186,8 +187,7 @@ def supports(x_seq: torch.Tensor, k, v0: torch.Tensor, spec, surrogate) -> bool:
 
 
 def _pow2(x: float) -> bool:
-    import math
-
+    """``x`` is a positive power of two (then ``x / tau == x * (1 / tau)`` exactly)."""
     m, _ = math.frexp(x)
     return x > 0 and m == 0.5
 
