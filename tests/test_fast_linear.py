@@ -99,3 +99,19 @@ def test_fast_kernels_switch_every_fast_path_and_back():
     assert 0.01 < exact.mean() < 0.5
     # the fast kernels only round differently: spikes flip only where a pre-activation sits at the threshold
     assert (fast == exact).float().mean() > 0.995
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_fast_stem_keeps_frames_channels_last_from_any_channel_count(in_chans):
+    # with one input channel NCHW and channels-last strides coincide and oneDNN would hand back NCHW frames, which
+    # made max-pool and BatchNorm take their slow NCHW kernels for the whole stem (the digits model)
+    from spikeformer.layers import use_fast_kernels
+
+    model = spikeformer.create_model("spikformer_cifar_4_256", T=2, in_chans=in_chans)
+    use_fast_kernels(model)
+    layouts = []
+    model.patch_embed.pool.register_forward_hook(
+        lambda m, i, o: layouts.append((i[0].is_contiguous(memory_format=torch.channels_last), i[0].shape[1] > 1)))
+    with torch.no_grad():
+        model(torch.randn(2, in_chans, 32, 32))
+    assert layouts and all(cl for cl, _ in layouts)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import importlib.abc
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -89,13 +91,57 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     timm_entry.__module__ = __name__
     default_cfgs[name] = {k: getattr(info, k) for k in _TIMM_KEYS if getattr(info, k)}
     default_cfgs[name]["paper_name"] = info.paper
-    try:
-        from timm.models import register_model as timm_register
-
-        timm_register(timm_entry)
-    except ImportError:  # pragma: no cover - timm is a declared dependency
-        pass
+    _TIMM_PENDING.append(timm_entry)
+    if "timm.models" in sys.modules and not _TimmHook.waiting():
+        _register_pending_with_timm()
+    else:
+        _TimmHook.install()
     return fn
+
+
+# timm (and torchvision, which it imports) takes about 2 s to import, more than the rest of the package: the
+# entries are handed to timm's registry when ``timm.models`` is imported, now or later, not at our import.
+_TIMM_PENDING: list[Callable[..., nn.Module]] = []
+
+
+def _register_pending_with_timm() -> None:
+    from timm.models import register_model as timm_register
+
+    while _TIMM_PENDING:
+        timm_register(_TIMM_PENDING.pop(0))
+
+
+class _TimmHook(importlib.abc.MetaPathFinder):
+    """Registers the pending entries right after ``timm.models`` has been executed."""
+
+    _instance: Optional["_TimmHook"] = None
+
+    @classmethod
+    def install(cls) -> None:
+        if cls._instance is None:
+            cls._instance = cls()
+            sys.meta_path.insert(0, cls._instance)
+
+    @classmethod
+    def waiting(cls) -> bool:
+        return cls._instance is not None
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "timm.models":
+            return None
+        sys.meta_path.remove(self)
+        type(self)._instance = None
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:  # pragma: no cover - timm is a declared dependency
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _register_pending_with_timm()
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def _build(info: ModelInfo, overrides: dict) -> nn.Module:

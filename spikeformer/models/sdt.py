@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import trunc_normal_
+from ..layers.init import trunc_normal_
 
 from ..errors import SpikeformerError
 from ..layers import expand_time, seq_apply

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from timm.layers import trunc_normal_
+from ..layers.init import trunc_normal_
 
 from ..layers import TokenBN, expand_time, seq_apply, spike_attention
 from ..neurons import neuron_factory
@@ -69,6 +69,10 @@ class SPS(nn.Module):
                     x = seq_apply(stage, x.float())
             else:
                 x = seq_apply(stage, x)
+            if i == 0 and (self.fast or autocast):
+                # with one input channel (digits) the frames are both NCHW- and channels-last-contiguous, and
+                # oneDNN then returns NCHW: set the layout once here so every later stage keeps it
+                x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
             x = getattr(self, f"proj_lif{sfx}")(x)
             if i in self.pool_stages:
                 x = seq_apply(self.pool, x)

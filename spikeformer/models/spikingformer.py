@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from timm.layers import trunc_normal_
+from ..layers.init import trunc_normal_
 
 from ..errors import SpikeformerError
 from ..layers import TokenBN, expand_time, seq_apply, spike_attention
