@@ -18,12 +18,14 @@ remapped by :func:`checkpoint_filter_fn`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from ..layers.init import trunc_normal_
+from ..layers.pool import max_pool
 
 from ..layers import TokenBN, expand_time, seq_apply, spike_attention
 from ..neurons import neuron_factory
@@ -74,8 +76,8 @@ class SPS(nn.Module):
                 # oneDNN then returns NCHW: set the layout once here so every later stage keeps it
                 x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
             x = getattr(self, f"proj_lif{sfx}")(x)
-            if i in self.pool_stages:
-                x = seq_apply(self.pool, x)
+            if i in self.pool_stages:  # channels-last frames: the compiled kernel (layers/pool.py), same bits
+                x = seq_apply(functools.partial(max_pool, self.pool), x)
         x_feat = x
         x = self.rpe_lif(seq_apply(nn.Sequential(self.rpe_conv, self.rpe_bn), x))
         return x + x_feat

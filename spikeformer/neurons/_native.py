@@ -35,7 +35,7 @@ from .surrogate import ATan, Sigmoid
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "neuron_cpu.cpp")
 _BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
-_ABI = 2
+_ABI = 3
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
@@ -135,6 +135,12 @@ def _build() -> ctypes.CDLL:
     lib.sf_backward.argtypes = [ctypes.POINTER(Params), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                 ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                 ctypes.c_int]
+    lib.sf_maxpool_fwd.restype = None
+    lib.sf_maxpool_fwd.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                                            ctypes.c_void_p, ctypes.c_int]
+    lib.sf_maxpool_bwd.restype = None
+    lib.sf_maxpool_bwd.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                                            ctypes.c_void_p, ctypes.c_int]
     return lib
 
 
