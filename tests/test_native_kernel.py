@@ -143,3 +143,41 @@ def test_channels_last_frames_keep_their_layout(two_threads):
         s_ng, _ = F.multi_step(x_cl, spec, Sigmoid(4.0))
     assert s_ng.stride() == x_cl.stride()
     torch.testing.assert_close(s_ng, s_ref.detach(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("leaky_k", [False, True])  # PLIF: dL/dk reads V[-1], which the kernel then sets itself
+def test_resting_start_and_no_state_equal_an_explicit_initial_membrane(two_threads, dtype, leaky_k):
+    # v0=None: the kernel starts every neuron at the resting membrane with no [N] tensor made, read or kept;
+    # want_state=False: no final membrane is written. Both must change nothing else, bit for bit.
+    torch.manual_seed(13)
+    spec = F.NeuronSpec(1.0, 0.0, False, True, True, None if leaky_k else 2.0)
+    x0 = (torch.randn(4, 2, 1300) * 1.5 + 0.4).to(dtype)
+    gs = torch.randn(4, 2, 1300).to(dtype)
+    res = {}
+    for mode in ("explicit", "resting", "no-state"):
+        x = x0.clone().requires_grad_()
+        k = torch.tensor(0.4).requires_grad_() if leaky_k else None
+        v0 = torch.zeros(2, 1300) if mode == "explicit" else None
+        s, v = F.multi_step(x, spec, Sigmoid(4.0), k, v0, impl="native", want_state=mode != "no-state")
+        assert (v is None) == (mode == "no-state")
+        loss = (s * gs).float().sum()
+        grads = torch.autograd.grad(loss, (x, k) if leaky_k else (x,))
+        res[mode] = (s, v) + grads
+    for mode in ("resting", "no-state"):
+        assert torch.equal(res[mode][0], res["explicit"][0])
+        for a, b in zip(res[mode][2:], res["explicit"][2:]):
+            assert torch.equal(a, b)
+    assert torch.equal(res["resting"][1], res["explicit"][1])
+    with torch.no_grad():
+        s, v = F.multi_step(x0, spec, Sigmoid(4.0), torch.tensor(0.4) if leaky_k else None, want_state=False)
+    assert v is None and torch.equal(s, res["explicit"][0])
+
+
+def test_node_forward_keeps_no_state_tensor():
+    # LIF.forward discards the final membrane, so its autograd node keeps only the layer input
+    x = torch.randn(4, 3, 2000).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        LIF(tau=2.0)(x)
+    assert len(saved) == 1 and saved[0].shape == x.shape

@@ -35,7 +35,7 @@ from .surrogate import ATan, Sigmoid
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "neuron_cpu.cpp")
 _BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
-_ABI = 3
+_ABI = 4
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
@@ -51,6 +51,7 @@ class Params(ctypes.Structure):
         ("surrogate", ctypes.c_int32), ("nthreads", ctypes.c_int32), ("vr_zero", ctypes.c_int32),
         ("vth", ctypes.c_float), ("vr", ctypes.c_float), ("tau", ctypes.c_float), ("rate", ctypes.c_float),
         ("alpha", ctypes.c_float), ("keep", ctypes.c_float), ("in_gain", ctypes.c_float),
+        ("vinit", ctypes.c_float),
     ]
 
 
@@ -177,8 +178,9 @@ def build_error() -> Optional[str]:
     return _error
 
 
-def supports(x_seq: torch.Tensor, k, v0: torch.Tensor, spec, surrogate) -> bool:
-    """Whether the compiled kernel can run this call (else the caller uses the PyTorch kernel)."""
+def supports(x_seq: torch.Tensor, k, v0: Optional[torch.Tensor], spec, surrogate) -> bool:
+    """Whether the compiled kernel can run this call (else the caller uses the PyTorch kernel). ``v0=None``: the
+    resting membrane, which the kernel sets itself."""
     return (
         x_seq.device.type == "cpu"
         and x_seq.dtype in (torch.float32, torch.bfloat16)
@@ -186,8 +188,7 @@ def supports(x_seq: torch.Tensor, k, v0: torch.Tensor, spec, surrogate) -> bool:
         and x_seq.numel() > 0
         and type(surrogate) in (Sigmoid, ATan)
         and (k is None or (k.numel() == 1 and k.dtype == torch.float32))
-        and v0.dtype == torch.float32
-        and v0.device.type == "cpu"
+        and (v0 is None or (v0.dtype == torch.float32 and v0.device.type == "cpu"))
         and library() is not None
     )
 
@@ -222,7 +223,7 @@ def _params(x_seq: torch.Tensor, k: Optional[torch.Tensor], spec, surrogate) -> 
         T=T, N=N, charge=charge, hard=int(spec.v_reset is not None), detach=int(bool(spec.detach_reset)),
         surrogate=1 if type(surrogate) is Sigmoid else 2, nthreads=max(1, torch.get_num_threads()),
         vr_zero=int(vr == 0.0), vth=float(spec.v_threshold), vr=vr, tau=tau, rate=rate,
-        alpha=float(surrogate.alpha), keep=keep, in_gain=gain,
+        alpha=float(surrogate.alpha), keep=keep, in_gain=gain, vinit=vr if spec.v_reset is not None else 0.0,
     )
 
 
@@ -252,38 +253,41 @@ def _like(t: torch.Tensor, ref: torch.Tensor, dtype=None) -> torch.Tensor:
     return out
 
 
-def _v0(v0: torch.Tensor, x_seq: torch.Tensor) -> torch.Tensor:
-    return _like(v0.detach().expand(x_seq.shape[1:]), x_seq[0], torch.float32)
+def _v0(v0: Optional[torch.Tensor], x_seq: torch.Tensor) -> Optional[torch.Tensor]:
+    # None: every neuron starts at the resting membrane (Params.vinit), set inside the kernel
+    return None if v0 is None else _like(v0.detach().expand(x_seq.shape[1:]), x_seq[0], torch.float32)
 
 
-def _forward(x: torch.Tensor, v0c: torch.Tensor, p: Params):
+def _forward(x: torch.Tensor, v0c: Optional[torch.Tensor], p: Params, want_state: bool = True):
     s = torch.empty_like(x)
-    v_last = torch.empty_like(x[0], dtype=torch.float32)
+    v_last = torch.empty_like(x[0], dtype=torch.float32) if want_state else None
     library().sf_forward(ctypes.byref(p), _ptr(x), int(x.dtype == torch.bfloat16), _ptr(s), _ptr(v0c), _ptr(v_last))
     return s, v_last
 
 
-def forward_no_grad(x_seq, k, v0, spec, surrogate):
-    """Spikes and final membrane without saving anything for backward."""
+def forward_no_grad(x_seq, k, v0, spec, surrogate, want_state: bool = True):
+    """Spikes and final membrane (``None`` unless ``want_state``) without saving anything for backward."""
     x = _dense(x_seq.detach())
-    return _forward(x, _v0(v0, x), _params(x, k, spec, surrogate))
+    return _forward(x, _v0(v0, x), _params(x, k, spec, surrogate), want_state)
 
 
 class NativeMultiStep(torch.autograd.Function):
     """The compiled kernel with autograd. It saves the input ``x`` (and ``v0``), not the membrane: backward
     recomputes ``H`` block by block in cache (bit-identical, a small fraction of the backward's time), so a layer
     keeps ``[T, ...]`` in the input's dtype (2 bytes per site under bf16 autocast instead of 4 for an fp32 ``H``)
-    and, since the input is usually a fresh BatchNorm output that nothing else keeps, nothing more."""
+    and, since the input is usually a fresh BatchNorm output that nothing else keeps, nothing more. With ``v0=None``
+    (the resting membrane) no ``[...]`` state is made, read or kept; with ``want_state=False`` the final membrane is
+    not written and ``None`` is returned in its place."""
 
     @staticmethod
-    def forward(ctx, x_seq, k, v0, spec, surrogate):
+    def forward(ctx, x_seq, k, v0, spec, surrogate, want_state=True):
         x = _dense(x_seq)
         p = _params(x, k, spec, surrogate)
         v0c = _v0(v0, x)
-        s, v_last = _forward(x, v0c, p)
+        s, v_last = _forward(x, v0c, p, want_state)
         ctx.save_for_backward(x, v0c)
         ctx.params, ctx.k_shape = p, None if k is None else k.shape
-        ctx.v0_shape, ctx.v0_dtype = v0.shape, v0.dtype
+        ctx.v0_shape, ctx.v0_dtype = (None, None) if v0 is None else (v0.shape, v0.dtype)
         return s, v_last
 
     @staticmethod
@@ -298,7 +302,7 @@ class NativeMultiStep(torch.autograd.Function):
                        else torch.float32)
         gvl = None if grad_v_last is None else _like(grad_v_last, x[0], torch.float32)
         gx = torch.empty_like(x)
-        want_v0 = ctx.needs_input_grad[2]
+        want_v0 = ctx.needs_input_grad[2] and v0c is not None
         want_k = ctx.k_shape is not None and ctx.needs_input_grad[1]
         gv0 = torch.empty_like(x[0], dtype=torch.float32) if want_v0 else None
         total = library().sf_backward(
@@ -308,4 +312,4 @@ class NativeMultiStep(torch.autograd.Function):
         grad_k = torch.tensor(total, dtype=torch.float32).reshape(ctx.k_shape) if want_k else None
         if gv0 is not None:
             gv0 = gv0.sum_to_size(ctx.v0_shape).to(ctx.v0_dtype)
-        return gx, grad_k, gv0, None, None
+        return gx, grad_k, gv0, None, None, None

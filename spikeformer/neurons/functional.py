@@ -134,7 +134,8 @@ def multi_step(
     k: Optional[torch.Tensor] = None,
     v0: Optional[torch.Tensor] = None,
     impl: Optional[str] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    want_state: bool = True,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Run a neuron layer over ``x_seq`` ``[T, ...]``; returns ``(spikes [T, ...], final membrane [...])``.
 
     ``k`` is the learnable decay rate ``1/tau`` of a parametric LIF (a 0-dim tensor), ``None`` otherwise.
@@ -144,7 +145,14 @@ def multi_step(
     ``"torch"`` forces the pure-PyTorch fused kernel, ``"native"`` the compiled one (an error if it cannot run the
     call), ``"reference"`` the plain step-by-step loop. When nothing needs a gradient (``torch.no_grad()``,
     inference) the fused kernels run their forward alone: no ``[T, ...]`` membrane is kept.
+    ``want_state=False`` allows ``None`` in place of the final membrane (the compiled kernel then skips it; with the
+    default ``v0`` it also never makes, reads or keeps a ``[...]`` initial membrane).
     """
+    if (v0 is None and impl in (None, "native") and _kernels.select_kernel(x_seq) is _kernels.default_kernel
+            and _kernels._native.supports(x_seq, k, None, spec, surrogate)):
+        if torch.is_grad_enabled() and (x_seq.requires_grad or (k is not None and k.requires_grad)):
+            return _kernels._native.NativeMultiStep.apply(x_seq, k, None, spec, surrogate, want_state)
+        return _kernels._native.forward_no_grad(x_seq, k, None, spec, surrogate, want_state)
     if v0 is None:
         v0 = initial_membrane(x_seq[0], spec).to(_state_dtype(x_seq))
     if impl == "reference":

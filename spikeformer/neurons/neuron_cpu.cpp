@@ -86,6 +86,7 @@ struct SfParams {
   int32_t vr_zero;    // vr == 0: the charge skips the (v - vr) subtraction, as the PyTorch kernel does
   float vth, vr, tau, rate, alpha;
   float keep, in_gain;  // backward: dH[t+1]/dV[t] and dH[t]/dX[t]
+  float vinit;          // the initial membrane of every neuron when v0 is null (the resting state)
 };
 
 }  // extern "C"
@@ -163,9 +164,10 @@ template <typename X>
 void fwd_block(const SfParams& p, const X* x, X* s, const float* v0, float* v_last, int64_t n0, int64_t n1) {
   float v[BLOCK];
   const int64_t m = n1 - n0;
-  for (int64_t i = 0; i < m; ++i) v[i] = v0[n0 + i];
+  for (int64_t i = 0; i < m; ++i) v[i] = v0 ? v0[n0 + i] : p.vinit;
   run_block_any<X>(p, x, n0, m, v, nullptr, 0, s);
-  for (int64_t i = 0; i < m; ++i) v_last[n0 + i] = v[i];
+  if (v_last)
+    for (int64_t i = 0; i < m; ++i) v_last[n0 + i] = v[i];
 }
 
 template <typename X>
@@ -212,12 +214,13 @@ double bwd_block(const SfParams& p, const X* x, const G* __restrict gs, const fl
   float gv[BLOCK];
   float acc[BLOCK];
   float v[BLOCK];
+  float vstart[BLOCK];  // V[-1] of this block
   const int64_t m = n1 - n0;
   // H of this block for all T, recomputed from x (bit-identical to the forward's): [T, BLOCK], cache-resident
   thread_local std::vector<float> hbuf;
   if (hbuf.size() < static_cast<size_t>(p.T * BLOCK)) hbuf.resize(p.T * BLOCK);
   float* h = hbuf.data();
-  for (int64_t i = 0; i < m; ++i) v[i] = v0[n0 + i];
+  for (int64_t i = 0; i < m; ++i) vstart[i] = v[i] = v0 ? v0[n0 + i] : p.vinit;
   run_block_any<X>(p, x, n0, m, v, h, BLOCK, nullptr);
   for (int64_t i = 0; i < m; ++i) {
     gv[i] = gv_last ? gv_last[n0 + i] : 0.0f;
@@ -240,7 +243,7 @@ double bwd_block(const SfParams& p, const X* x, const G* __restrict gs, const fl
       }
     } else {
       // dH[t]/dk = (H[t] - V[t-1]) / k (decay_input) or -(V[t-1] - vr); V[t-1] = reset(H[t-1]), V[-1] = v0
-      const float* __restrict hp = t > 0 ? h + (t - 1) * BLOCK : v0 + n0;
+      const float* __restrict hp = t > 0 ? h + (t - 1) * BLOCK : vstart;
       const bool first = t == 0;
 #pragma omp simd
       for (int64_t i = 0; i < m; ++i) {
@@ -312,6 +315,20 @@ double bwd_dispatch(const SfParams& p, const void* x, const void* gs, const floa
 // backward adds the gradients of the outputs in row-major output order, rounding after each addition in the
 // tensor's dtype. The argmax is stored as its offset in the 3x3 window (one byte instead of PyTorch's int64).
 
+// Calls f(k, ih, iw) for the positions of the window at (h0, w0) that lie inside the H x W frame, in row-major
+// order; k = kh * 3 + kw is the position's offset in the 3x3 window.
+template <typename F>
+inline void for_window(int64_t h0, int64_t w0, int64_t H, int64_t W, F&& f) {
+  for (int64_t kh = 0; kh < 3; ++kh) {
+    const int64_t ih = h0 + kh;
+    if (ih < 0 || ih >= H) continue;
+    for (int64_t kw = 0; kw < 3; ++kw) {
+      const int64_t iw = w0 + kw;
+      if (iw >= 0 && iw < W) f(static_cast<uint8_t>(kh * 3 + kw), ih, iw);
+    }
+  }
+}
+
 template <typename X>
 void pool_fwd(int64_t N, int64_t H, int64_t W, int64_t C, const X* x, X* y, uint8_t* idx, int nthreads) {
   const int64_t Ho = (H - 1) / 2 + 1, Wo = (W - 1) / 2 + 1;
@@ -326,25 +343,18 @@ void pool_fwd(int64_t N, int64_t H, int64_t W, int64_t C, const X* x, X* y, uint
           best[c] = -INFINITY;
           arg[c] = static_cast<uint8_t>((h0 < 0 ? 3 : 0) + (w0 < 0 ? 1 : 0));  // the first valid position
         }
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t ih = h0 + kh;
-          if (ih < 0 || ih >= H) continue;
-          for (int64_t kw = 0; kw < 3; ++kw) {
-            const int64_t iw = w0 + kw;
-            if (iw < 0 || iw >= W) continue;
-            const X* xp = x + ((n * H + ih) * W + iw) * C;
-            const uint8_t k = static_cast<uint8_t>(kh * 3 + kw);
-            float* __restrict b = best.data();
-            uint8_t* __restrict a = arg.data();
+        for_window(h0, w0, H, W, [&](uint8_t k, int64_t ih, int64_t iw) {
+          const X* xp = x + ((n * H + ih) * W + iw) * C;
+          float* __restrict b = best.data();
+          uint8_t* __restrict a = arg.data();
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) {
-              const float v = ld(xp, c);
-              const bool take = (v > b[c]) || (v != v);
-              b[c] = take ? v : b[c];
-              a[c] = take ? k : a[c];
-            }
+          for (int64_t c = 0; c < C; ++c) {
+            const float v = ld(xp, c);
+            const bool take = (v > b[c]) || (v != v);
+            b[c] = take ? v : b[c];
+            a[c] = take ? k : a[c];
           }
-        }
+        });
         const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
         for (int64_t c = 0; c < C; ++c) {
           st(y, o + c, best[c]);
@@ -370,21 +380,14 @@ void pool_bwd(int64_t N, int64_t H, int64_t W, int64_t C, const X* gy, const uin
         const uint8_t* __restrict io = idx + o;
         // one vector pass per window position: adding +0 where the argmax is elsewhere leaves the (never -0)
         // gradient unchanged, so the sums and their rounding are those of a scatter in output order
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t ih = h0 + kh;
-          if (ih < 0 || ih >= H) continue;
-          for (int64_t kw = 0; kw < 3; ++kw) {
-            const int64_t iw = w0 + kw;
-            if (iw < 0 || iw >= W) continue;
-            X* __restrict gp = g + (ih * W + iw) * C;
-            const uint8_t k = static_cast<uint8_t>(kh * 3 + kw);
+        for_window(h0, w0, H, W, [&](uint8_t k, int64_t ih, int64_t iw) {
+          X* __restrict gp = g + (ih * W + iw) * C;
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) {
-              const float add = io[c] == k ? ld(gyo, c) : 0.0f;
-              st(gp, c, ld(gp, c) + add);
-            }
+          for (int64_t c = 0; c < C; ++c) {
+            const float add = io[c] == k ? ld(gyo, c) : 0.0f;
+            st(gp, c, ld(gp, c) + add);
           }
-        }
+        });
       }
     }
   }
@@ -394,7 +397,7 @@ void pool_bwd(int64_t N, int64_t H, int64_t W, int64_t C, const X* gy, const uin
 
 extern "C" {
 
-int sf_abi_version() { return 3; }
+int sf_abi_version() { return 4; }
 
 // x: [N, H, W, C] (x_bf16 ? bf16 : float), y: [N, Ho, Wo, C] of the same dtype, idx: [N, Ho, Wo, C] bytes or null.
 void sf_maxpool_fwd(int64_t N, int64_t H, int64_t W, int64_t C, const void* x, int x_bf16, void* y, uint8_t* idx,
@@ -414,7 +417,8 @@ void sf_maxpool_bwd(int64_t N, int64_t H, int64_t W, int64_t C, const void* gy, 
     pool_bwd<float>(N, H, W, C, static_cast<const float*>(gy), idx, static_cast<float*>(gx), nthreads);
 }
 
-// x, s: [T, N] of dtype x_bf16 ? bf16 : float; v0, v_last: [N] float.
+// x, s: [T, N] of dtype x_bf16 ? bf16 : float; v0, v_last: [N] float, or null (start every neuron at p->vinit;
+// do not write the final membrane).
 void sf_forward(const SfParams* p, const void* x, int x_bf16, void* s, const float* v0, float* v_last) {
   if (x_bf16)
     fwd_all<bf16>(*p, static_cast<const bf16*>(x), static_cast<bf16*>(s), v0, v_last);
@@ -422,7 +426,8 @@ void sf_forward(const SfParams* p, const void* x, int x_bf16, void* s, const flo
     fwd_all<float>(*p, static_cast<const float*>(x), static_cast<float*>(s), v0, v_last);
 }
 
-// Backward from the forward's input: x [T, N] and v0 [N] are those of sf_forward; H is recomputed block by block.
+// Backward from the forward's input: x [T, N] and v0 [N] (or null) are those of sf_forward; H is recomputed block
+// by block.
 // gs: [T, N] (gs_bf16 ? bf16 : float), never null (pass zeros); gv_last: [N] float or null; gx: [T, N] of x's
 // dtype; gv0: [N] float or null. Returns sum_t,n dL/dH dH/dk when want_k (PLIF), else 0.
 double sf_backward(const SfParams* p, const void* x, int x_bf16, const float* v0, const void* gs, int gs_bf16,

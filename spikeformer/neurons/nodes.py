@@ -53,7 +53,7 @@ class BaseNode(nn.Module):
             raise SpikeformerError(
                 f"{type(self).__name__} expects input [T, ...] with time first; got shape {tuple(x_seq.shape)}"
             )
-        spikes, _ = F.multi_step(x_seq, self.spec(), self.surrogate, self.rate())
+        spikes, _ = F.multi_step(x_seq, self.spec(), self.surrogate, self.rate(), want_state=False)
         return spikes
 
     def forward_with_state(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor] = None):
