@@ -204,7 +204,8 @@ def main(a) -> None:
 
     # two warm-up steps: the first creates the oneDNN primitives, the second the optimizer state (both slow for
     # every implementation); the timed steps are the steady state a training run spends its time in
-    common = dict(batch=a.batch, steps=a.steps, warmup=2, threads=threads, model=a.model, baseline=a.baseline)
+    common = dict(batch=a.batch, steps=a.steps, warmup=a.warmup_steps, threads=threads, model=a.model,
+                  baseline=a.baseline)
     loads = []
     results = {label(c): [] for c in speed_cfgs}
     rss = {}
@@ -244,7 +245,7 @@ def main(a) -> None:
       f"{threads} threads; 1-min load average at start {load0[0]:.1f}, after each round "
       + ", ".join(f"{x:.1f}" for x in loads) + f", at end {load1[0]:.1f}")
     p(f"model: {a.model}, batch {a.batch}, T={a.T}; {a.rounds} interleaved rounds x {a.steps} timed steps "
-      f"(after 2 warm-up steps) per configuration, each configuration in its own subprocess; medians")
+      f"(after {a.warmup_steps} warm-up steps) per configuration, each configuration in its own subprocess; medians")
     p(f"GEMM throughput (2048^3, median of {len(gemm['fp32'])} probes spread over the run): fp32 {g32:.0f} GFLOP/s "
       f"(range {min(gemm['fp32']):.0f}-{max(gemm['fp32']):.0f}), bf16 {g16:.0f} GFLOP/s "
       f"(range {min(gemm['bf16']):.0f}-{max(gemm['bf16']):.0f}); fp32 through oneDNN "
@@ -303,6 +304,8 @@ def parse(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--mem-T", type=int, nargs="+", default=[4, 8, 16])
+    ap.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before the timed ones, every "
+                    "configuration (more lets glibc's heap settle; the recorded runs 1-7 used 2)")
     ap.add_argument("--mem-batch", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--baseline", default=None, help="directory holding a previous `spikeformer` package to time "
