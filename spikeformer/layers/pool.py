@@ -5,15 +5,15 @@ kernel keeps the argmax as int64 (8 bytes per output, kept for backward) and zer
 separate pass; the compiled kernel gives the same outputs and the same gradients bit for bit (first maximum in
 window order; gradients summed in output order, rounded in the tensor's dtype after each addition), keeps the argmax
 as one byte, and writes the input gradient in one pass. Anything it does not cover (other pool shapes, NCHW frames,
-dtypes other than float32/bfloat16, no compiled kernel) goes to ``F.max_pool2d``.
+dtypes other than float32/bfloat16, no compiled kernel) runs the ``nn.MaxPool2d`` module itself.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..neurons import _native
+from ..neurons._native import _ptr, threads
 
 
 def _covered(pool: torch.nn.MaxPool2d, x: torch.Tensor) -> bool:
@@ -36,23 +36,15 @@ def _covered(pool: torch.nn.MaxPool2d, x: torch.Tensor) -> bool:
     )
 
 
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
-
-
-def _ptr(t: torch.Tensor):
-    return _native._ptr(t)
-
-
 class _NativeMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         N, C, H, W = x.shape
         Ho, Wo = (H - 1) // 2 + 1, (W - 1) // 2 + 1
         y = torch.empty((N, C, Ho, Wo), dtype=x.dtype, memory_format=torch.channels_last)
-        idx = torch.empty((N, Ho, Wo, C), dtype=torch.uint8) if torch.is_grad_enabled() or x.requires_grad else None
+        idx = torch.empty((N, Ho, Wo, C), dtype=torch.uint8) if x.requires_grad else None  # argmax for backward
         _native.library().sf_maxpool_fwd(N, H, W, C, _ptr(x), int(x.dtype == torch.bfloat16), _ptr(y),
-                                         _ptr(idx), _threads())
+                                         _ptr(idx), threads())
         if idx is not None:
             ctx.save_for_backward(idx)
         ctx.in_shape = x.shape
@@ -65,7 +57,7 @@ class _NativeMaxPool(torch.autograd.Function):
         gy = gy.contiguous(memory_format=torch.channels_last)
         gx = torch.empty((N, C, H, W), dtype=gy.dtype, memory_format=torch.channels_last)
         _native.library().sf_maxpool_bwd(N, H, W, C, _ptr(gy), int(gy.dtype == torch.bfloat16), _ptr(idx),
-                                         _ptr(gx), _threads())
+                                         _ptr(gx), threads())
         return gx
 
 

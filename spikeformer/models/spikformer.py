@@ -58,7 +58,7 @@ class SPS(nn.Module):
             # channels-last frames: oneDNN convolutions, BatchNorm and max-pool run without layout reorders, and
             # the tokens below come out contiguous. Not taken in plain fp32, where the convolution kernels must
             # round exactly as the official code's (NCHW) do.
-            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+            x = _channels_last(x)
         for i in range(4):
             sfx = "" if i == 0 else str(i)
             stage = nn.Sequential(getattr(self, f"proj_conv{sfx}"), getattr(self, f"proj_bn{sfx}"))
@@ -74,13 +74,18 @@ class SPS(nn.Module):
             if i == 0 and (self.fast or autocast):
                 # with one input channel (digits) the frames are both NCHW- and channels-last-contiguous, and
                 # oneDNN then returns NCHW: set the layout once here so every later stage keeps it
-                x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+                x = _channels_last(x)
             x = getattr(self, f"proj_lif{sfx}")(x)
             if i in self.pool_stages:  # channels-last frames: the compiled kernel (layers/pool.py), same bits
                 x = seq_apply(functools.partial(max_pool, self.pool), x)
         x_feat = x
         x = self.rpe_lif(seq_apply(nn.Sequential(self.rpe_conv, self.rpe_bn), x))
         return x + x_feat
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Frames ``[T, B, C, H, W]`` with each frame channels-last (a copy only if they are not already)."""
+    return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
 
 
 class SSA(nn.Module):

@@ -40,6 +40,16 @@ def state_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
+def initial_membrane(x_t: torch.Tensor, spec) -> torch.Tensor:
+    """The resting membrane for inputs shaped like ``x_t``: ``V_reset``, or 0 with soft reset."""
+    return torch.full_like(x_t, 0.0 if spec.v_reset is None else spec.v_reset)
+
+
+def _or_resting(v0, x_seq: torch.Tensor, spec) -> torch.Tensor:
+    # v0=None is the resting membrane: the compiled kernel sets it itself, the PyTorch kernels need the tensor
+    return initial_membrane(x_seq[0], spec).to(state_dtype(x_seq)) if v0 is None else v0
+
+
 def _surrogate_grad_(d: torch.Tensor, sur: Surrogate) -> torch.Tensor:
     """``sur.grad(d)``, computed in place in ``d`` for the built-in surrogates (same operation order, same bits)."""
     if type(sur) is Sigmoid:
@@ -115,11 +125,12 @@ def _run(x_seq, kk, v0, spec, h_seq=None):
     return spikes, v
 
 
-def forward_no_grad(x_seq, k, v0, spec, surrogate=None, impl=None):
+def forward_no_grad(x_seq, k, v0, spec, surrogate=None, impl=None, want_state=True):
     """The kernel's forward when nothing needs a gradient: no saved ``H``, no autograd node (the compiled
-    kernel when it can run the call and ``impl`` is not ``"torch"``)."""
+    kernel when it can run the call and ``impl`` is not ``"torch"``). ``v0=None``: the resting membrane."""
     if impl != "torch" and _native.supports(x_seq, k, v0, spec, surrogate):
-        return _native.forward_no_grad(x_seq, k, v0, spec, surrogate)
+        return _native.forward_no_grad(x_seq, k, v0, spec, surrogate, want_state)
+    v0 = _or_resting(v0, x_seq, spec)
     kk = None if k is None else k.detach().to(state_dtype(x_seq))
     spikes, v = _run(x_seq, kk, v0.detach(), spec)
     return spikes, v.clone() if v is v0 else v
@@ -230,12 +241,13 @@ def register_kernel(device_type: str, fn: Callable) -> None:
     _KERNELS[device_type] = fn
 
 
-def default_kernel(x_seq, k, v0, spec, surrogate):
+def default_kernel(x_seq, k, v0, spec, surrogate, want_state=True):
     """The built-in kernel: the compiled CPU kernel (``_native``) where it can run the call, else the
-    pure-PyTorch one."""
+    pure-PyTorch one. ``v0=None``: the resting membrane; ``want_state=False`` lets the compiled kernel skip the
+    final membrane."""
     if _native.supports(x_seq, k, v0, spec, surrogate):
-        return _native.NativeMultiStep.apply(x_seq, k, v0, spec, surrogate)
-    return TorchMultiStep.apply(x_seq, k, v0, spec, surrogate)
+        return _native.NativeMultiStep.apply(x_seq, k, v0, spec, surrogate, want_state)
+    return TorchMultiStep.apply(x_seq, k, _or_resting(v0, x_seq, spec), spec, surrogate)
 
 
 def select_kernel(x_seq: torch.Tensor) -> Callable:

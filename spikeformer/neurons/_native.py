@@ -221,10 +221,15 @@ def _params(x_seq: torch.Tensor, k: Optional[torch.Tensor], spec, surrogate) -> 
         keep, gain = 1.0, 1.0
     return Params(
         T=T, N=N, charge=charge, hard=int(spec.v_reset is not None), detach=int(bool(spec.detach_reset)),
-        surrogate=1 if type(surrogate) is Sigmoid else 2, nthreads=max(1, torch.get_num_threads()),
+        surrogate=1 if type(surrogate) is Sigmoid else 2, nthreads=threads(),
         vr_zero=int(vr == 0.0), vth=float(spec.v_threshold), vr=vr, tau=tau, rate=rate,
         alpha=float(surrogate.alpha), keep=keep, in_gain=gain, vinit=vr if spec.v_reset is not None else 0.0,
     )
+
+
+def threads() -> int:
+    """The OpenMP threads a kernel call uses: PyTorch's intra-op setting."""
+    return max(1, torch.get_num_threads())
 
 
 def _ptr(t: Optional[torch.Tensor]):
@@ -294,7 +299,7 @@ class NativeMultiStep(torch.autograd.Function):
     def backward(ctx, grad_spikes, grad_v_last):
         x, v0c = ctx.saved_tensors
         p = ctx.params
-        p.nthreads = max(1, torch.get_num_threads())
+        p.nthreads = threads()
         if grad_spikes is None:  # only the final membrane is used
             gs = torch.zeros_like(x, dtype=torch.float32)
         else:

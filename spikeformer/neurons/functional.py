@@ -57,11 +57,7 @@ def _reset(h, s, spec: NeuronSpec):
     return h * (1.0 - s) + spec.v_reset * s
 
 
-def initial_membrane(x_t: torch.Tensor, spec: NeuronSpec) -> torch.Tensor:
-    v0 = 0.0 if spec.v_reset is None else spec.v_reset
-    return torch.full_like(x_t, v0)
-
-
+initial_membrane = _kernels.initial_membrane
 _state_dtype = _kernels.state_dtype
 
 
@@ -148,15 +144,8 @@ def multi_step(
     ``want_state=False`` allows ``None`` in place of the final membrane (the compiled kernel then skips it; with the
     default ``v0`` it also never makes, reads or keeps a ``[...]`` initial membrane).
     """
-    if (v0 is None and impl in (None, "native") and _kernels.select_kernel(x_seq) is _kernels.default_kernel
-            and _kernels._native.supports(x_seq, k, None, spec, surrogate)):
-        if torch.is_grad_enabled() and (x_seq.requires_grad or (k is not None and k.requires_grad)):
-            return _kernels._native.NativeMultiStep.apply(x_seq, k, None, spec, surrogate, want_state)
-        return _kernels._native.forward_no_grad(x_seq, k, None, spec, surrogate, want_state)
-    if v0 is None:
-        v0 = initial_membrane(x_seq[0], spec).to(_state_dtype(x_seq))
     if impl == "reference":
-        return _MultiStepNeuron.apply(x_seq, k, v0, spec, surrogate)
+        return _MultiStepNeuron.apply(x_seq, k, _kernels._or_resting(v0, x_seq, spec), spec, surrogate)
     if impl not in (None, "torch", "native"):
         from ..errors import SpikeformerError
 
@@ -167,19 +156,21 @@ def multi_step(
         why = _kernels._native.build_error() or "this call (device, dtype or surrogate) is not supported by it"
         raise SpikeformerError(f"the compiled neuron kernel cannot run: {why}")
     needs_grad = torch.is_grad_enabled() and (
-        x_seq.requires_grad or v0.requires_grad or (k is not None and k.requires_grad)
+        x_seq.requires_grad or (v0 is not None and v0.requires_grad) or (k is not None and k.requires_grad)
     )
     if impl is not None:
         if not needs_grad:
-            return _kernels.forward_no_grad(x_seq, k, v0, spec, surrogate, impl=impl)
+            return _kernels.forward_no_grad(x_seq, k, v0, spec, surrogate, impl=impl, want_state=want_state)
         if impl == "native":
-            return _kernels._native.NativeMultiStep.apply(x_seq, k, v0, spec, surrogate)
-        return _kernels.TorchMultiStep.apply(x_seq, k, v0, spec, surrogate)
+            return _kernels._native.NativeMultiStep.apply(x_seq, k, v0, spec, surrogate, want_state)
+        return _kernels.TorchMultiStep.apply(x_seq, k, _kernels._or_resting(v0, x_seq, spec), spec, surrogate)
     kernel = _kernels.select_kernel(x_seq)
-    if kernel is _kernels.default_kernel and not needs_grad:
-        # inference / no_grad: the same forward without the saved H and without an autograd node
-        return _kernels.forward_no_grad(x_seq, k, v0, spec, surrogate)
-    return kernel(x_seq, k, v0, spec, surrogate)
+    if kernel is _kernels.default_kernel:
+        if not needs_grad:
+            # inference / no_grad: the same forward without the saved H and without an autograd node
+            return _kernels.forward_no_grad(x_seq, k, v0, spec, surrogate, None, want_state)
+        return kernel(x_seq, k, v0, spec, surrogate, want_state)
+    return kernel(x_seq, k, _kernels._or_resting(v0, x_seq, spec), spec, surrogate)
 
 
 def single_step(x: torch.Tensor, v: torch.Tensor, spec: NeuronSpec, surrogate: Surrogate, k=None):
