@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from ..layers.init import trunc_normal_
 from ..layers.pool import max_pool
+from ..layers.fused_bn import bn_neuron
 
 from ..layers import TokenBN, expand_time, seq_apply, spike_attention
 from ..neurons import neuron_factory
@@ -59,27 +60,26 @@ class SPS(nn.Module):
             # the tokens below come out contiguous. Not taken in plain fp32, where the convolution kernels must
             # round exactly as the official code's (NCHW) do.
             x = _channels_last(x)
+        fuse = self.fast or autocast  # BatchNorm+LIF in one kernel (layers/fused_bn.py); never on the exact path
         for i in range(4):
             sfx = "" if i == 0 else str(i)
-            stage = nn.Sequential(getattr(self, f"proj_conv{sfx}"), getattr(self, f"proj_bn{sfx}"))
-            if i < 2 and autocast:
-                # Under bf16 autocast the first two stages stay fp32: the first sees real-valued images and its bf16
-                # rounding flips more spikes than any other layer's; every early flip spreads downstream. Measured
-                # on trained digits weights (benchmarks/RESULTS.md): 98.2 % of spikes agree with fp32 when all is
-                # bf16, 99.0 % with the first stage in fp32, 99.5 % with two; the second costs ~3 % of a CIFAR step.
-                with torch.autocast(x.device.type, enabled=False):
-                    x = seq_apply(stage, x.float())
-            else:
-                x = seq_apply(stage, x)
-            if i == 0 and (self.fast or autocast):
-                # with one input channel (digits) the frames are both NCHW- and channels-last-contiguous, and
-                # oneDNN then returns NCHW: set the layout once here so every later stage keeps it
-                x = _channels_last(x)
-            x = getattr(self, f"proj_lif{sfx}")(x)
+            conv, bn, lif = (getattr(self, f"{n}{sfx}") for n in ("proj_conv", "proj_bn", "proj_lif"))
+            # Under bf16 autocast the first two stages stay fp32: the first sees real-valued images and its bf16
+            # rounding flips more spikes than any other layer's; every early flip spreads downstream. Measured
+            # on trained digits weights (benchmarks/RESULTS.md): 98.2 % of spikes agree with fp32 when all is
+            # bf16, 99.0 % with the first stage in fp32, 99.5 % with two; the second costs ~3 % of a CIFAR step.
+            fp32_stage = i < 2 and autocast
+            with torch.autocast(x.device.type, enabled=False) if fp32_stage else contextlib.nullcontext():
+                x = seq_apply(conv, x.float() if fp32_stage else x)
+                if i == 0 and fuse:
+                    # with one input channel (digits) the frames are both NCHW- and channels-last-contiguous, and
+                    # oneDNN then returns NCHW: set the layout once here so every later stage keeps it
+                    x = _channels_last(x)
+                x = bn_neuron(bn, lif, x, fuse)
             if i in self.pool_stages:  # channels-last frames: the compiled kernel (layers/pool.py), same bits
                 x = seq_apply(functools.partial(max_pool, self.pool), x)
         x_feat = x
-        x = self.rpe_lif(seq_apply(nn.Sequential(self.rpe_conv, self.rpe_bn), x))
+        x = bn_neuron(self.rpe_bn, self.rpe_lif, seq_apply(self.rpe_conv, x), fuse)
         return x + x_feat
 
 
@@ -112,12 +112,12 @@ class SSA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, C = x.shape
-        q = self._heads(self.q_lif(self.q_bn(self.q_linear(x))))
-        k = self._heads(self.k_lif(self.k_bn(self.k_linear(x))))
-        v = self._heads(self.v_lif(self.v_bn(self.v_linear(x))))
+        q = self._heads(bn_neuron(self.q_bn, self.q_lif, self.q_linear(x)))
+        k = self._heads(bn_neuron(self.k_bn, self.k_lif, self.k_linear(x)))
+        v = self._heads(bn_neuron(self.v_bn, self.v_lif, self.v_linear(x)))
         x = spike_attention(q, k, v, self.scale).transpose(2, 3).reshape(T, B, N, C)
         x = self.attn_lif(x)
-        return self.proj_lif(self.proj_bn(self.proj_linear(x)))
+        return bn_neuron(self.proj_bn, self.proj_lif, self.proj_linear(x))
 
 
 class MLP(nn.Module):
@@ -133,8 +133,8 @@ class MLP(nn.Module):
         self.fc2_lif = neuron()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1_lif(self.fc1_bn(self.fc1_linear(x)))
-        return self.fc2_lif(self.fc2_bn(self.fc2_linear(x)))
+        x = bn_neuron(self.fc1_bn, self.fc1_lif, self.fc1_linear(x))
+        return bn_neuron(self.fc2_bn, self.fc2_lif, self.fc2_linear(x))
 
 
 class Block(nn.Module):

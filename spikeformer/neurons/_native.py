@@ -13,6 +13,8 @@ of ``_kernels.py`` (same spikes, slower). ``SPIKEFORMER_NATIVE=0`` turns the com
 What it runs: the forward of LIF / IF / PLIF (hard or soft reset, any threshold, decay_input either way) on
 dense float32 or bfloat16 ``[T, ...]`` input (row-major or channels-last frames), with the Sigmoid or ATan surrogate in backward. The forward
 gives the same bits as the PyTorch kernels; gradients agree within fp32 rounding (``tests/test_fast_paths.py``).
+It also runs BatchNorm + neuron as one kernel (:class:`NativeBNNeuron`, used by
+``spikeformer.layers.fused_bn``) and the stem's max-pool (``spikeformer.layers.pool``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .surrogate import ATan, Sigmoid
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "neuron_cpu.cpp")
 _BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
-_ABI = 4
+_ABI = 5
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
@@ -142,6 +144,15 @@ def _build() -> ctypes.CDLL:
     lib.sf_maxpool_bwd.restype = None
     lib.sf_maxpool_bwd.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                                             ctypes.c_void_p, ctypes.c_int]
+    vp, i64, ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.sf_channel_stats.restype = None
+    lib.sf_channel_stats.argtypes = [i64, i64, vp, ci, vp, vp, ci]
+    lib.sf_bn_forward.restype = None
+    lib.sf_bn_forward.argtypes = [ctypes.POINTER(Params), i64, vp, vp, vp, ci, vp]
+    lib.sf_bn_backward.restype = None
+    lib.sf_bn_backward.argtypes = [ctypes.POINTER(Params), i64, vp, vp, vp, vp, ci, vp, vp, vp, vp]
+    lib.sf_bn_input_grad.restype = None
+    lib.sf_bn_input_grad.argtypes = [i64, i64, vp, ci, vp, vp, vp, vp, ci]
     return lib
 
 
@@ -318,3 +329,71 @@ class NativeMultiStep(torch.autograd.Function):
         if gv0 is not None:
             gv0 = gv0.sum_to_size(ctx.v0_shape).to(ctx.v0_dtype)
         return gx, grad_k, gv0, None, None, None
+
+
+# ------------------------------------------------------------------------------------------ BatchNorm + neuron
+def bn_inference(x: torch.Tensor, C: int, a: torch.Tensor, b: torch.Tensor, spec, surrogate) -> torch.Tensor:
+    """Spikes of the neuron driven by ``x * a + b`` (per channel, the innermost dimension of ``x``'s memory):
+    BatchNorm with fixed statistics folded into the recursion, nothing saved."""
+    p = _params(x, None, spec, surrogate)
+    s = torch.empty_like(x)
+    library().sf_bn_forward(ctypes.byref(p), C, _ptr(a), _ptr(b), _ptr(x), int(x.dtype == torch.bfloat16), _ptr(s))
+    return s
+
+
+def channel_stats(x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance (float64) of ``x`` whose memory is ``[R, C]``."""
+    mean = torch.empty(C, dtype=torch.float64)
+    var = torch.empty(C, dtype=torch.float64)
+    library().sf_channel_stats(x.numel() // C, C, _ptr(x), int(x.dtype == torch.bfloat16), _ptr(mean), _ptr(var),
+                               threads())
+    return mean, var
+
+
+class NativeBNNeuron(torch.autograd.Function):
+    """Training-mode BatchNorm (batch statistics) and a neuron in one kernel: ``x`` -> spikes of the neuron driven
+    by ``(x - mean) / sqrt(var + eps) * weight + bias``. ``x``'s memory is ``[T, ..., C]`` (channel innermost).
+    Saves ``x`` and four ``[C]`` vectors; the normalised input is never stored (forward) and ``dL/dy`` only in
+    the buffer that becomes ``dL/dx`` (backward). Running statistics are updated by the caller from the returned
+    ``mean`` and ``var``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, C, eps, spec, surrogate):
+        mean64, var64 = channel_stats(x, C)
+        invstd64 = (var64 + eps).rsqrt()
+        a = (weight.detach().double() * invstd64).float()
+        b = (bias.detach().double() - mean64 * weight.detach().double() * invstd64).float()
+        p = _params(x, None, spec, surrogate)
+        s = torch.empty_like(x)
+        library().sf_bn_forward(ctypes.byref(p), C, _ptr(a), _ptr(b), _ptr(x), int(x.dtype == torch.bfloat16),
+                                _ptr(s))
+        ctx.save_for_backward(x, weight, a, b, mean64, invstd64)
+        ctx.params, ctx.C = p, C
+        ctx.mark_non_differentiable(mean64, var64)
+        return s, mean64, var64
+
+    @staticmethod
+    def backward(ctx, grad_spikes, _gm, _gv):
+        x, weight, a, b, mean64, invstd64 = ctx.saved_tensors
+        p, C = ctx.params, ctx.C
+        p.nthreads = threads()
+        gs = _like(grad_spikes, x, x.dtype)
+        gx = torch.empty_like(x)
+        sum_g = torch.empty(C, dtype=torch.float64)
+        sum_gxc = torch.empty(C, dtype=torch.float64)
+        bf = int(x.dtype == torch.bfloat16)
+        mean = mean64.float()
+        library().sf_bn_backward(ctypes.byref(p), C, _ptr(a), _ptr(b), _ptr(mean), _ptr(x), bf, _ptr(gs), _ptr(gx),
+                                 _ptr(sum_g), _ptr(sum_gxc))
+        R = x.numel() // C
+        w = weight.detach().double()
+        grad_w = sum_gxc * invstd64  # sum dL/dy * xhat
+        # dL/dx = w invstd (g - mean(g) - xhat mean(g xhat)) = g A + x B + D
+        A = w * invstd64
+        B = -A * invstd64 * grad_w / R
+        D = -A * sum_g / R - B * mean64
+        A, B, D = A.float(), B.float(), D.float()  # kept alive across the call
+        library().sf_bn_input_grad(R, C, _ptr(x), bf, _ptr(gx), _ptr(A), _ptr(B), _ptr(D), threads())
+        gw = grad_w.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        gb = sum_g.to(weight.dtype) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None, None, None

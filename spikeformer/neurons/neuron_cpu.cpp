@@ -1,4 +1,5 @@
-// Multi-step integrate-and-fire forward and BPTT backward for CPU, one pass over [T, N] per call.
+// Multi-step integrate-and-fire forward and BPTT backward for CPU, one pass over [T, N] per call; the same with a
+// BatchNorm folded into the neuron's input (sf_bn_*); a 3x3/2 max-pool on channels-last frames (sf_maxpool_*).
 //
 // Built at first use by spikeformer/neurons/_native.py with the C++ compiler found on the machine and loaded with
 // ctypes (plain C ABI, no PyTorch headers, so it compiles in about a second). OpenMP resolves to the runtime
@@ -47,6 +48,9 @@ inline float ld(const float* p, int64_t i) { return p[i]; }
 inline float ld(const bf16* p, int64_t i) { return bf2f(p[i]); }
 inline void st(float* p, int64_t i, float v) { p[i] = v; }
 inline void st(bf16* p, int64_t i, float v) { p[i] = f2bf(v); }
+// v rounded to the precision of the pointer's dtype (what storing and reloading it gives)
+inline float rnd(const float*, float v) { return v; }
+inline float rnd(const bf16*, float v) { return bf2f(f2bf(v)); }
 
 // exp(x) for the sigmoid surrogate: Cody-Waite range reduction and a degree-6 polynomial; branch-free so the
 // loops vectorise. Relative error about 2e-7 on the range used (|x| <= 87).
@@ -124,9 +128,12 @@ inline float charge(const SfParams& p, float x, float v) {
 }
 
 // The recursion for neurons [n0, n0 + m) over all T, membrane v[m] in and out. Writes H[t] to h (row stride
-// h_stride) and the spikes to s (row stride N) when they are not null.
-template <typename X, int CHARGE>
-void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, float* h, int64_t h_stride, X* s) {
+// h_stride) and the spikes to s (row stride N) when they are not null. With AFF the input of neuron i is first
+// mapped to x * sc[i] + sh[i], rounded to X's precision (a BatchNorm with its per-channel scale and shift; the
+// rounding is that of a BatchNorm output stored in X, so the recursion sees what an unfused BN -> LIF sees).
+template <typename X, int CHARGE, bool AFF>
+void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, float* h, int64_t h_stride, X* s,
+               const float* sc, const float* sh) {
   SfParams q = p;
   q.charge = CHARGE;
   const float vth = p.vth, vr = p.vr;
@@ -137,7 +144,9 @@ void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, f
     X* stt = s ? s + t * p.N + n0 : nullptr;
 #pragma omp simd
     for (int64_t i = 0; i < m; ++i) {
-      float hv = charge(q, ld(xt, i), v[i]);
+      float xin = ld(xt, i);
+      if (AFF) xin = rnd(xt, xin * sc[i] + sh[i]);
+      float hv = charge(q, xin, v[i]);
       if (ht) ht[i] = hv;
       const bool fire = hv >= vth;
       if (stt) st(stt, i, fire ? 1.0f : 0.0f);
@@ -146,16 +155,16 @@ void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, f
   }
 }
 
-template <typename X>
+template <typename X, bool AFF = false>
 void run_block_any(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, float* h, int64_t h_stride,
-                   X* s) {
+                   X* s, const float* sc = nullptr, const float* sh = nullptr) {
   switch (p.charge) {
-    case 0: run_block<X, 0>(p, x, n0, m, v, h, h_stride, s); break;
-    case 1: run_block<X, 1>(p, x, n0, m, v, h, h_stride, s); break;
-    case 2: run_block<X, 2>(p, x, n0, m, v, h, h_stride, s); break;
-    case 3: run_block<X, 3>(p, x, n0, m, v, h, h_stride, s); break;
-    case 4: run_block<X, 4>(p, x, n0, m, v, h, h_stride, s); break;
-    default: run_block<X, 5>(p, x, n0, m, v, h, h_stride, s); break;
+    case 0: run_block<X, 0, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    case 1: run_block<X, 1, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    case 2: run_block<X, 2, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    case 3: run_block<X, 3, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    case 4: run_block<X, 4, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    default: run_block<X, 5, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
   }
 }
 
@@ -308,6 +317,201 @@ double bwd_dispatch(const SfParams& p, const void* x, const void* gs, const floa
                           : bwd_reset<X, G, 2>(p, xx, gg, gv_last, gxx, gv0, v0, want_k);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// BatchNorm (training statistics or running statistics) fused with the neuron recursion, for inputs whose channel
+// is the innermost dimension: tokens [T, ..., C] or channels-last frames [T, B, H, W, C] in memory. The neuron
+// index n of the [T, N] view has channel n % C. Forward: y = x * a[c] + b[c] (a = weight * invstd, b = bias -
+// mean * a), rounded to x's dtype, then the recursion; y is never written. Backward: one pass per block recomputes
+// H from x, runs BPTT, writes dL/dy (rounded to x's dtype, as an unfused BN would receive it) and adds up the
+// per-channel sums BatchNorm's backward needs (sum dL/dy and sum dL/dy (x - mean)); a second pass turns dL/dy into
+// dL/dx in place. Autograd keeps x alone.
+
+// Per-channel arrays of the block [n0, n0 + m) of a [.., C] layout: out[i] = src[(n0 + i) % C].
+inline void gather_channels(int64_t n0, int64_t m, int64_t C, const float* src, float* out) {
+  int64_t c = n0 % C, i = 0;
+  while (i < m) {
+    const int64_t len = (m - i) < (C - c) ? (m - i) : (C - c);
+    std::memcpy(out + i, src + c, sizeof(float) * len);
+    i += len;
+    c = 0;
+  }
+}
+
+// acc[(n0 + i) % C] += v[i]
+inline void scatter_add_channels(int64_t n0, int64_t m, int64_t C, const float* v, double* acc) {
+  int64_t c = n0 % C, i = 0;
+  while (i < m) {
+    const int64_t len = (m - i) < (C - c) ? (m - i) : (C - c);
+    double* __restrict a = acc + c;
+    const float* __restrict s = v + i;
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) a[j] += s[j];
+    i += len;
+    c = 0;
+  }
+}
+
+// Mean and biased variance of every channel of x [R, C]: shifted sums (the shift is row 0, so the sums stay small
+// and the variance does not cancel), float over chunks of 32 rows, double across chunks and threads.
+template <typename X>
+void channel_stats(int64_t R, int64_t C, const X* x, double* mean, double* var, int nthreads) {
+  std::vector<float> shift(C);
+  for (int64_t c = 0; c < C; ++c) shift[c] = ld(x, c);
+  const int64_t nchunks = nthreads > 1 ? nthreads : 1;
+  std::vector<double> S(nchunks * C, 0.0), Q(nchunks * C, 0.0);
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 1)
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t r0 = R * k / nchunks, r1 = R * (k + 1) / nchunks;
+    std::vector<float> s(C), q(C);
+    double* __restrict Sk = S.data() + k * C;
+    double* __restrict Qk = Q.data() + k * C;
+    const float* __restrict sh = shift.data();
+    for (int64_t r = r0; r < r1; r += 32) {
+      const int64_t re = r + 32 < r1 ? r + 32 : r1;
+      float* __restrict sp = s.data();
+      float* __restrict qp = q.data();
+      for (int64_t c = 0; c < C; ++c) sp[c] = qp[c] = 0.0f;
+      for (int64_t i = r; i < re; ++i) {
+        const X* xr = x + i * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float d = ld(xr, c) - sh[c];
+          sp[c] += d;
+          qp[c] += d * d;
+        }
+      }
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        Sk[c] += sp[c];
+        Qk[c] += qp[c];
+      }
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0.0, q = 0.0;
+    for (int64_t k = 0; k < nchunks; ++k) {
+      s += S[k * C + c];
+      q += Q[k * C + c];
+    }
+    const double m = s / static_cast<double>(R);
+    const double v = q / static_cast<double>(R) - m * m;
+    mean[c] = shift[c] + m;
+    var[c] = v > 0.0 ? v : 0.0;
+  }
+}
+
+template <typename X>
+void bn_fwd_all(const SfParams& p, int64_t C, const float* a, const float* b, const X* x, X* s) {
+  const int64_t nblocks = (p.N + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(p.nthreads) if (nblocks > 1 && p.nthreads > 1)
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const int64_t n0 = blk * BLOCK;
+    const int64_t m = (n0 + BLOCK < p.N ? n0 + BLOCK : p.N) - n0;
+    float v[BLOCK], sc[BLOCK], sh[BLOCK];
+    for (int64_t i = 0; i < m; ++i) v[i] = p.vinit;
+    gather_channels(n0, m, C, a, sc);
+    gather_channels(n0, m, C, b, sh);
+    run_block_any<X, true>(p, x, n0, m, v, nullptr, 0, s, sc, sh);
+  }
+}
+
+// BPTT of the neurons [n0, n1) from the resting membrane; writes dL/dy to gy and adds sum_t dL/dy and
+// sum_t dL/dy (x - mean) of every neuron into its channel's entry of tg / tgx.
+template <typename X, int KIND, bool HARD, bool DETACH>
+void bn_bwd_block(const SfParams& p, int64_t C, const float* a, const float* b, const float* mean, const X* x,
+                  const X* __restrict gs, X* __restrict gy, int64_t n0, int64_t n1, double* tg, double* tgx) {
+  float gv[BLOCK], v[BLOCK], sc[BLOCK], sh[BLOCK], mu[BLOCK], sg[BLOCK], sgx[BLOCK];
+  const int64_t m = n1 - n0;
+  thread_local std::vector<float> hbuf;
+  if (hbuf.size() < static_cast<size_t>(p.T * BLOCK)) hbuf.resize(p.T * BLOCK);
+  float* h = hbuf.data();
+  gather_channels(n0, m, C, a, sc);
+  gather_channels(n0, m, C, b, sh);
+  gather_channels(n0, m, C, mean, mu);
+  for (int64_t i = 0; i < m; ++i) {
+    v[i] = p.vinit;
+    gv[i] = sg[i] = sgx[i] = 0.0f;
+  }
+  run_block_any<X, true>(p, x, n0, m, v, h, BLOCK, nullptr, sc, sh);
+  const float vth = p.vth, vr = p.vr, alpha = p.alpha, keep = p.keep, gain = p.in_gain;
+  for (int64_t t = p.T - 1; t >= 0; --t) {
+    const int64_t base = t * p.N + n0;
+    const float* __restrict ht = h + t * BLOCK;
+    const X* __restrict gst = gs + base;
+    const X* __restrict xt = x + base;
+    X* __restrict gyt = gy + base;
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+      const float g = grad_h<KIND, HARD, DETACH>(ht[i], ld(gst, i), gv[i], vth, vr, alpha);
+      const float d = rnd(gyt, g * gain);
+      st(gyt, i, d);
+      gv[i] = g * keep;
+      sg[i] += d;
+      sgx[i] += d * (ld(xt, i) - mu[i]);
+    }
+  }
+  scatter_add_channels(n0, m, C, sg, tg);
+  scatter_add_channels(n0, m, C, sgx, tgx);
+}
+
+template <typename X, int KIND, bool HARD, bool DETACH>
+void bn_bwd_all(const SfParams& p, int64_t C, const float* a, const float* b, const float* mean, const X* x,
+                const X* gs, X* gy, double* sum_g, double* sum_gx) {
+  const int64_t nblocks = (p.N + BLOCK - 1) / BLOCK;
+  const int64_t nchunks = p.nthreads > 1 && nblocks > 1 ? p.nthreads : 1;
+  std::vector<double> G(nchunks * C, 0.0), GX(nchunks * C, 0.0);
+#pragma omp parallel for schedule(static) num_threads(p.nthreads) if (nchunks > 1)
+  for (int64_t k = 0; k < nchunks; ++k) {
+    for (int64_t blk = nblocks * k / nchunks; blk < nblocks * (k + 1) / nchunks; ++blk) {
+      const int64_t n0 = blk * BLOCK;
+      const int64_t n1 = n0 + BLOCK < p.N ? n0 + BLOCK : p.N;
+      bn_bwd_block<X, KIND, HARD, DETACH>(p, C, a, b, mean, x, gs, gy, n0, n1, G.data() + k * C,
+                                          GX.data() + k * C);
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    double g = 0.0, gx = 0.0;
+    for (int64_t k = 0; k < nchunks; ++k) {
+      g += G[k * C + c];
+      gx += GX[k * C + c];
+    }
+    sum_g[c] = g;
+    sum_gx[c] = gx;
+  }
+}
+
+template <typename X, int KIND>
+void bn_bwd_reset(const SfParams& p, int64_t C, const float* a, const float* b, const float* mean, const X* x,
+                  const X* gs, X* gy, double* sum_g, double* sum_gx) {
+  if (p.hard) {
+    if (p.detach) bn_bwd_all<X, KIND, true, true>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+    else bn_bwd_all<X, KIND, true, false>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+  } else {
+    if (p.detach) bn_bwd_all<X, KIND, false, true>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+    else bn_bwd_all<X, KIND, false, false>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+  }
+}
+
+template <typename X>
+void bn_bwd_dispatch(const SfParams& p, int64_t C, const float* a, const float* b, const float* mean, const X* x,
+                     const X* gs, X* gy, double* sum_g, double* sum_gx) {
+  if (p.surrogate == 1) bn_bwd_reset<X, 1>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+  else bn_bwd_reset<X, 2>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+}
+
+// g [R, C] in place: g = g * A[c] + x * B[c] + D[c] (BatchNorm's input gradient from dL/dy)
+template <typename X>
+void bn_input_grad(int64_t R, int64_t C, const X* x, X* g, const float* A, const float* B, const float* D,
+                   int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && R > 1)
+  for (int64_t r = 0; r < R; ++r) {
+    const X* __restrict xr = x + r * C;
+    X* __restrict gr = g + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) st(gr, c, ld(gr, c) * A[c] + ld(xr, c) * B[c] + D[c]);
+  }
+}
+
 
 // ---------------------------------------------------------------------------------------------------------------
 // Max-pooling 3x3, stride 2, padding 1 over channels-last frames [N, H, W, C] (Spikformer's stem). The same
@@ -397,7 +601,7 @@ void pool_bwd(int64_t N, int64_t H, int64_t W, int64_t C, const X* gy, const uin
 
 extern "C" {
 
-int sf_abi_version() { return 4; }
+int sf_abi_version() { return 5; }
 
 // x: [N, H, W, C] (x_bf16 ? bf16 : float), y: [N, Ho, Wo, C] of the same dtype, idx: [N, Ho, Wo, C] bytes or null.
 void sf_maxpool_fwd(int64_t N, int64_t H, int64_t W, int64_t C, const void* x, int x_bf16, void* y, uint8_t* idx,
@@ -437,6 +641,44 @@ double sf_backward(const SfParams* p, const void* x, int x_bf16, const float* v0
                    : bwd_dispatch<bf16, float>(*p, x, gs, gv_last, gx, gv0, v0, want_k);
   return gs_bf16 ? bwd_dispatch<float, bf16>(*p, x, gs, gv_last, gx, gv0, v0, want_k)
                  : bwd_dispatch<float, float>(*p, x, gs, gv_last, gx, gv0, v0, want_k);
+}
+
+// BatchNorm + neuron (see above); x, s, gs, gy: [T, N] with N = (...) * C, the channel innermost, all of
+// x's dtype. mean, var: [C] double (biased variance).
+void sf_channel_stats(int64_t R, int64_t C, const void* x, int x_bf16, double* mean, double* var, int nthreads) {
+  if (x_bf16)
+    channel_stats<bf16>(R, C, static_cast<const bf16*>(x), mean, var, nthreads);
+  else
+    channel_stats<float>(R, C, static_cast<const float*>(x), mean, var, nthreads);
+}
+
+// Spikes of the neuron (from the resting membrane) driven by y = x * a[c] + b[c].
+void sf_bn_forward(const SfParams* p, int64_t C, const float* a, const float* b, const void* x, int x_bf16,
+                   void* s) {
+  if (x_bf16)
+    bn_fwd_all<bf16>(*p, C, a, b, static_cast<const bf16*>(x), static_cast<bf16*>(s));
+  else
+    bn_fwd_all<float>(*p, C, a, b, static_cast<const float*>(x), static_cast<float*>(s));
+}
+
+// dL/dy into gy, and per channel sum dL/dy (sum_g) and sum dL/dy (x - mean[c]) (sum_gx), both [C] double.
+void sf_bn_backward(const SfParams* p, int64_t C, const float* a, const float* b, const float* mean, const void* x,
+                    int x_bf16, const void* gs, void* gy, double* sum_g, double* sum_gx) {
+  if (x_bf16)
+    bn_bwd_dispatch<bf16>(*p, C, a, b, mean, static_cast<const bf16*>(x), static_cast<const bf16*>(gs),
+                          static_cast<bf16*>(gy), sum_g, sum_gx);
+  else
+    bn_bwd_dispatch<float>(*p, C, a, b, mean, static_cast<const float*>(x), static_cast<const float*>(gs),
+                           static_cast<float*>(gy), sum_g, sum_gx);
+}
+
+// g [R, C] (dL/dy in, dL/dx out, in place) = g * A[c] + x * B[c] + D[c].
+void sf_bn_input_grad(int64_t R, int64_t C, const void* x, int x_bf16, void* g, const float* A, const float* B,
+                      const float* D, int nthreads) {
+  if (x_bf16)
+    bn_input_grad<bf16>(R, C, static_cast<const bf16*>(x), static_cast<bf16*>(g), A, B, D, nthreads);
+  else
+    bn_input_grad<float>(R, C, static_cast<const float*>(x), static_cast<float*>(g), A, B, D, nthreads);
 }
 
 }  // extern "C"

@@ -1,0 +1,116 @@
+"""BatchNorm followed by a spiking neuron (conv/linear -> BN -> LIF, the pattern of every spiking transformer), run
+as one compiled CPU kernel where it can be.
+
+:func:`bn_neuron` computes ``neuron(bn(x))``. On the fast path (``fuse``: fast kernels or reduced precision, see
+below) the compiled kernel of ``neurons/neuron_cpu.cpp`` takes the BatchNorm into the neuron recursion: in
+training, one pass computes the per-channel statistics and a second normalises each input on the fly as the
+membrane integrates it, so the BatchNorm output is never written, read or kept for backward; backward recomputes
+the membrane from ``x``, runs BPTT and adds up BatchNorm's two per-channel sums in the same pass, then turns the
+result into ``dL/dx`` in place. Autograd keeps ``x`` alone instead of ``x`` and the BatchNorm output. In eval mode
+the running statistics become a per-channel scale and shift of the neuron's input (inference).
+
+Numerics: the normalised input is rounded to ``x``'s dtype, as an unfused BatchNorm output stored in that dtype is;
+the statistics are summed in another order than PyTorch's kernel (shifted sums, float64 across chunks), so a
+pre-activation may differ by an ulp and flip a spike. That is why the exact path (fp32 without fast kernels, whose
+spikes must equal the official code's) never fuses. Running statistics, ``num_batches_tracked`` and the momentum
+(``None``: cumulative average) follow ``nn.BatchNorm``.
+
+Where the kernel cannot run (no compiler, ``SPIKEFORMER_NATIVE=0``, another device or dtype, PLIF or a custom
+neuron or surrogate, SyncBatchNorm, a layout without the channel innermost, an eval-mode call that needs
+gradients, a forward or backward hook on either module, which must see its call) the two modules run one after
+the other, as before.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..neurons import _kernels, _native
+from ..neurons.nodes import IF, LIF
+from ..neurons.surrogate import ATan, Sigmoid
+from .norm import TokenBN
+from .time import seq_apply
+
+
+def _channels(bn: nn.Module, x: torch.Tensor) -> Optional[int]:
+    """The channel count when ``x``'s memory is ``[..., C]`` in the layout ``bn`` normalises, else None."""
+    if type(bn) is TokenBN:
+        ok = x.dim() >= 2 and x.shape[-1] == bn.num_features and x.is_contiguous()
+    elif type(bn) is nn.BatchNorm2d:  # frames [T, B, C, H, W], each frame channels-last
+        ok = (x.dim() == 5 and x.shape[2] == bn.num_features and x.stride(0) == x[0].numel()
+              and x[0].is_contiguous(memory_format=torch.channels_last))
+    else:
+        return None
+    return bn.num_features if ok else None
+
+
+def _batch_stats(bn: nn.Module) -> bool:
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Any forward/backward hook on the modules (or global ones): the fused kernel would bypass their calls, and
+    hooks are how firing rates, energy reports and tools observe a layer."""
+    from torch.nn.modules import module as M
+
+    if (M._global_forward_hooks or M._global_forward_pre_hooks or M._global_backward_hooks
+            or getattr(M, "_global_backward_pre_hooks", None)):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in modules)
+
+
+def can_fuse(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the compiled BatchNorm+neuron kernel can run ``neuron(bn(x))`` (never when either module has hooks:
+    they are called as usual)."""
+    if _hooked(bn, neuron):
+        return False
+    if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.numel() > 0
+            and type(neuron) in (LIF, IF) and type(neuron.surrogate) in (Sigmoid, ATan) and bn.affine
+            and _channels(bn, x) is not None and _native.enabled()):
+        return False
+    if _kernels.select_kernel(x) is not _kernels.default_kernel:  # a registered kernel for this device wins
+        return False
+    if _batch_stats(bn):
+        if x.numel() // bn.num_features <= 1:  # let nn.BatchNorm raise its error
+            return False
+    elif bn.running_mean is None or (torch.is_grad_enabled() and (
+            x.requires_grad or bn.weight.requires_grad or bn.bias.requires_grad)):
+        return False  # eval-mode statistics with gradients: the unfused modules
+    return _native.library() is not None
+
+
+def _unfused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # frames: BatchNorm2d (or what replaced it: SyncBatchNorm, the DDP global-batch BN) over the merged T*B batch
+    y = seq_apply(bn, x) if x.dim() == 5 and not isinstance(bn, TokenBN) else bn(x)
+    return neuron(y)
+
+
+def bn_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, fuse: Optional[bool] = None) -> torch.Tensor:
+    """``neuron(bn(x))`` for tokens ``[T, ..., C]`` (``TokenBN``) or frames ``[T, B, C, H, W]`` (``BatchNorm2d``,
+    channels-last frames for the fused kernel). ``fuse=None`` fuses when ``bn.fast`` is set
+    (:func:`spikeformer.layers.use_fast_kernels`) or ``x`` is not fp32 (autocast); ``fuse=False`` never does."""
+    if fuse is None:
+        fuse = bool(getattr(bn, "fast", False)) or x.dtype != torch.float32
+    if not (fuse and can_fuse(bn, neuron, x)):
+        return _unfused(bn, neuron, x)
+    C = bn.num_features
+    spec, sur = neuron.spec(), neuron.surrogate
+    if not _batch_stats(bn):
+        with torch.no_grad():
+            inv = (bn.running_var.double() + bn.eps).rsqrt()
+            a = (bn.weight.double() * inv).float()
+            b = (bn.bias.double() - bn.running_mean.double() * bn.weight.double() * inv).float()
+            return _native.bn_inference(x, C, a, b, spec, sur)
+    s, mean, var = _native.NativeBNNeuron.apply(x, bn.weight, bn.bias, C, bn.eps, spec, sur)
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
+            n = x.numel() // C
+            bn.running_mean.mul_(1.0 - f).add_(mean.to(bn.running_mean.dtype), alpha=f)
+            bn.running_var.mul_(1.0 - f).add_((var * (n / (n - 1))).to(bn.running_var.dtype), alpha=f)
+    return s

@@ -1,0 +1,234 @@
+"""The fused BatchNorm + neuron kernel (layers/fused_bn.py, neurons/neuron_cpu.cpp) against BatchNorm then the
+neuron (the unfused modules, themselves checked against the reference elsewhere): spikes, gradients of the input,
+weight and bias, running statistics; the fallbacks; and the Spikformer blocks that use it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from spikeformer.layers import TokenBN
+from spikeformer.layers import fused_bn as BNN
+from spikeformer.layers.fused_bn import bn_neuron, can_fuse
+from spikeformer.neurons import _native
+from spikeformer.neurons.nodes import IF, LIF, PLIF
+
+pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C++ compiler: the compiled kernel is off")
+
+
+def _frames(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+
+
+def _make(kind: str, C: int, seed: int = 0) -> nn.Module:
+    bn = TokenBN(C) if kind == "tokens" else nn.BatchNorm2d(C)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(C, generator=g) + 0.5)
+        bn.bias.copy_(torch.rand(C, generator=g) * 0.6 - 0.3)
+        bn.running_mean.copy_(torch.rand(C, generator=g) - 0.5)
+        bn.running_var.copy_(torch.rand(C, generator=g) + 0.5)
+    return bn
+
+
+def _input(kind: str, shape, dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 1.5 + 0.3
+    return (_frames(x) if kind == "frames" else x).to(dtype)
+
+
+def _run(bn, neuron, x0, grad, fuse):
+    bn = copy.deepcopy(bn)
+    x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    s = bn_neuron(bn, neuron, x, fuse)
+    (s.float() * grad.float()).sum().backward()
+    return s.detach(), x.grad, bn.weight.grad, bn.bias.grad, bn
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+
+
+SHAPES = {"tokens": (4, 6, 20, 24), "frames": (3, 4, 16, 9, 7)}  # C = 24 / 16; 480 / 252 rows per step
+
+
+@pytest.mark.parametrize("kind", ["tokens", "frames"])
+@pytest.mark.parametrize("neuron", [
+    LIF(tau=2.0, detach_reset=True),  # Spikformer's neuron (sigmoid surrogate)
+    LIF(tau=3.0, decay_input=False, v_reset=None, surrogate="atan"),  # soft reset, reset in the graph, ATan
+    IF(v_threshold=0.5),
+], ids=["lif", "lif-soft-atan", "if"])
+def test_fp32_training_matches_unfused(kind, neuron):
+    shape = SHAPES[kind]
+    C = shape[-1] if kind == "tokens" else shape[2]
+    bn = _make(kind, C)
+    x = _input(kind, shape, torch.float32, 1)
+    grad = _input(kind, shape, torch.float32, 2)
+    assert can_fuse(bn, neuron, x.requires_grad_())
+    ref = _run(bn, neuron, x, grad, fuse=False)
+    out = _run(bn, neuron, x, grad, fuse=True)
+    assert out[0].shape == ref[0].shape and out[0].stride() == ref[0].stride()
+    assert torch.equal(out[0], ref[0])  # the statistics differ by rounding only: no spike flips on this data
+    assert ref[0].mean().item() > 0.02  # the neurons do fire
+    assert _rel(out[1], ref[1]) < 1e-5
+    assert _rel(out[2], ref[2]) < 1e-5
+    assert _rel(out[3], ref[3]) < 1e-5
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(out[4], name), getattr(ref[4], name), rtol=1e-6, atol=1e-6)
+    assert out[4].num_batches_tracked.item() == ref[4].num_batches_tracked.item() == 1
+
+
+@pytest.mark.parametrize("kind", ["tokens", "frames"])
+def test_bf16_training_matches_unfused(kind):
+    shape = (4, 16, 32, 48) if kind == "tokens" else (4, 8, 48, 8, 8)
+    C = 48
+    bn = _make(kind, C)
+    neuron = LIF(tau=2.0, detach_reset=True)
+    x = _input(kind, shape, torch.bfloat16, 3)
+    grad = _input(kind, shape, torch.bfloat16, 4)
+    ref = _run(bn, neuron, x, grad, fuse=False)
+    out = _run(bn, neuron, x, grad, fuse=True)
+    assert out[0].dtype == out[1].dtype == torch.bfloat16
+    assert (out[0] != ref[0]).float().mean().item() < 1e-3
+    assert _rel(out[2], ref[2]) < 2e-2 and _rel(out[3], ref[3]) < 2e-2
+    agree = (out[0] == ref[0]).flatten(1).all(0)  # neurons whose spikes agree at every step
+    d = (out[1].float() - ref[1].float()).flatten(1)[:, agree]
+    assert d.abs().max().item() < 3e-2 * ref[1].float().abs().max().item()
+    torch.testing.assert_close(out[4].running_mean, ref[4].running_mean, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["tokens", "frames"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eval_running_stats(kind, dtype):
+    shape = SHAPES[kind]
+    C = shape[-1] if kind == "tokens" else shape[2]
+    bn = _make(kind, C).eval()
+    neuron = LIF(tau=2.0, detach_reset=True)
+    x = _input(kind, shape, dtype, 5)
+    with torch.no_grad():
+        ref = bn_neuron(bn, neuron, x, fuse=False)
+        out = bn_neuron(bn, neuron, x, fuse=True)
+    assert torch.equal(out, ref) and ref.sum().item() > 0
+    assert bn.num_batches_tracked.item() == 0
+
+
+def test_momentum_none_and_zero():
+    x = _input("tokens", SHAPES["tokens"], torch.float32, 6)
+    neuron = LIF()
+    for momentum in (None, 0.0):
+        bn = _make("tokens", 24)
+        bn.momentum = momentum
+        bn.num_batches_tracked.fill_(3)
+        ref = copy.deepcopy(bn)
+        bn_neuron(ref, neuron, x, fuse=False)
+        before = bn.running_mean.clone()
+        bn_neuron(bn, neuron, x, fuse=True)
+        torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-6, atol=1e-6)
+        assert bn.num_batches_tracked.item() == 4
+        if momentum == 0.0:  # recomputation under checkpoint_blocks: running statistics untouched, bit for bit
+            assert torch.equal(bn.running_mean, before)
+
+
+def test_fallbacks(monkeypatch):
+    x = _input("tokens", SHAPES["tokens"], torch.float32, 7).requires_grad_()
+    bn = _make("tokens", 24)
+    assert can_fuse(bn, LIF(), x)
+    assert not can_fuse(bn, PLIF(), x)  # learnable decay: the unfused modules
+    assert not can_fuse(nn.BatchNorm1d(24), LIF(), x)  # plain BatchNorm1d normalises dim 1, not the last
+    assert not can_fuse(bn, LIF(), x.transpose(1, 2))  # channel not innermost in memory
+    frames = _input("frames", SHAPES["frames"], torch.float32, 8)
+    bn2 = _make("frames", 16)
+    assert can_fuse(bn2, LIF(), frames)
+    assert not can_fuse(bn2, LIF(), frames.contiguous())  # NCHW frames
+    bn.eval()
+    assert not can_fuse(bn, LIF(), x)  # eval statistics but gradients wanted
+    with torch.no_grad():
+        assert can_fuse(bn, LIF(), x)
+    monkeypatch.setattr(_native, "enabled", lambda: False)
+    with torch.no_grad():
+        assert not can_fuse(bn, LIF(), x)
+
+
+def test_fallback_gives_the_unfused_result():
+    # PLIF cannot fuse: bn_neuron must still compute neuron(bn(x)), gradients included
+    x = _input("tokens", SHAPES["tokens"], torch.float32, 9)
+    grad = _input("tokens", SHAPES["tokens"], torch.float32, 10)
+    bn = _make("tokens", 24)
+    neuron = PLIF()
+    out = _run(bn, neuron, x, grad, fuse=True)
+    b2 = copy.deepcopy(bn)
+    x2 = x.clone().requires_grad_()
+    s = neuron(b2(x2))
+    (s * grad).sum().backward()
+    assert torch.equal(out[0], s.detach()) and torch.equal(out[1], x2.grad)
+
+
+def test_exact_path_never_fuses(monkeypatch):
+    # fp32 without fast kernels must give the official code's bits: the fused kernel is not called
+    import spikeformer.layers
+
+    calls = []
+    real = BNN._native.NativeBNNeuron.apply
+    monkeypatch.setattr(BNN._native.NativeBNNeuron, "apply", lambda *a: calls.append(1) or real(*a))
+    from spikeformer.models.spikformer import Spikformer
+
+    torch.manual_seed(0)
+    m = Spikformer("cifar", num_classes=10, embed_dim=64, depth=1, num_heads=4, T=2)
+    m(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert calls == []
+    spikeformer.layers.use_fast_kernels(m)
+    m(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert len(calls) == 5 + 6  # the SPS stem's five BN -> LIF, and six in the block
+
+
+def test_spikformer_fast_step_matches_unfused(monkeypatch):
+    """A training step of the fast model with and without fusion: same loss, same gradients within rounding."""
+    import spikeformer
+    from spikeformer.models.spikformer import Spikformer
+
+    torch.manual_seed(0)
+    m = Spikformer("cifar", num_classes=10, embed_dim=64, depth=1, num_heads=4, T=2)
+    spikeformer.layers.use_fast_kernels(m)
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.randint(0, 10, (4,))
+    results = []
+    for fuse in (True, False):
+        mm = copy.deepcopy(m)
+        if not fuse:
+            monkeypatch.setattr(BNN, "can_fuse", lambda *a: False)
+        loss = torch.nn.functional.cross_entropy(mm(x), y)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in mm.named_parameters()},
+                        {n: b.clone() for n, b in mm.named_buffers()}))
+    (l1, g1, b1), (l2, g2, b2) = results
+    assert abs(l1 - l2) < 1e-5
+    top = max(g.abs().max().item() for g in g2.values())
+    for n in g1:  # (a Linear bias before BatchNorm has a zero gradient up to rounding: hence the atol)
+        torch.testing.assert_close(g1[n], g2[n], rtol=1e-3, atol=1e-5 * top, msg=n)
+    for n in b1:
+        torch.testing.assert_close(b1[n], b2[n], rtol=1e-5, atol=1e-6)
+
+
+def test_hooks_see_every_neuron_call():
+    # energy reports and user tools observe neurons with hooks: a hooked module is never fused away
+    x = _input("tokens", SHAPES["tokens"], torch.bfloat16, 11)
+    bn, neuron = _make("tokens", 24), LIF()
+    assert can_fuse(bn, neuron, x)
+    seen = []
+    h = neuron.register_forward_hook(lambda m, i, o: seen.append(o.sum().item()))
+    try:
+        assert not can_fuse(bn, neuron, x)
+        s = bn_neuron(bn, neuron, x, fuse=True)
+    finally:
+        h.remove()
+    assert seen == [s.sum().item()]
+    h = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        assert not can_fuse(bn, neuron, x)
+    finally:
+        h.remove()
+    assert can_fuse(bn, neuron, x)
