@@ -52,6 +52,16 @@ inline void st(bf16* p, int64_t i, float v) { p[i] = f2bf(v); }
 inline float rnd(const float*, float v) { return v; }
 inline float rnd(const bf16*, float v) { return bf2f(f2bf(v)); }
 
+// a * b + c, fused where the CPU has FMA (the build is per CPU). Only the surrogate's exponential (backward) uses
+// it: the forward keeps PyTorch's separate roundings, bit for bit.
+inline float madd(float a, float b, float c) {
+#ifdef __FMA__
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 // exp(x) for the sigmoid surrogate: Cody-Waite range reduction and a degree-6 polynomial; branch-free so the
 // loops vectorise. Relative error about 2e-7 on the range used (|x| <= 87).
 inline float exp_approx(float x) {
@@ -61,12 +71,12 @@ inline float exp_approx(float x) {
   float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  float y = p * r * r + r + 1.0f;
+  p = madd(p, r, 1.3981999507e-3f);
+  p = madd(p, r, 8.3334519073e-3f);
+  p = madd(p, r, 4.1665795894e-2f);
+  p = madd(p, r, 1.6666665459e-1f);
+  p = madd(p, r, 5.0000001201e-1f);
+  float y = madd(p * r, r, r) + 1.0f;
   int32_t e = static_cast<int32_t>(n) + 127;
   uint32_t bits = static_cast<uint32_t>(e) << 23;
   float scale;
