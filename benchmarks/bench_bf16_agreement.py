@@ -4,8 +4,9 @@
     python benchmarks/bench_bf16_agreement.py --weights RUN/best.safetensors
     python benchmarks/bench_bf16_agreement.py --out DIR           # train into / reuse DIR (DIR/best.safetensors)
 
-Every neuron module's output is hooked; agreement = the fraction of equal elements over all spike sites of that
-layer (all: over every site of every layer). Two measurements per layer:
+Every neuron layer's output is recorded (by a forward hook, or at the fused BatchNorm -> neuron call, so the fused
+kernel runs as it does in training and inference); agreement = the fraction of equal elements over all spike sites
+of that layer (all: over every site of every layer). Two measurements per layer:
 
 * end to end: the bf16 forward runs on its own, so a flip upstream propagates;
 * local: during the bf16 forward every neuron's output is replaced by the fp32 forward's spikes after being
@@ -54,6 +55,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import spikeformer.layers.attention as attention_mod  # noqa: E402
+import spikeformer.models.spikformer as spikformer_module  # noqa: E402
 from spikeformer.models import create_model  # noqa: E402
 from spikeformer.neurons import MALIF, BaseNode  # noqa: E402
 
@@ -74,7 +76,10 @@ def forward(model: nn.Module, x: torch.Tensor, bf16: bool, force: dict | None = 
     gets the inputs of the forward that produced ``force`` (local, teacher-forced measurement)."""
     rec: dict[str, torch.Tensor] = {}
     hooks = []
+    names = {}
     for name, m in neuron_layers(model):
+        names[id(m)] = name
+
         def hook(mod, inp, out, name=name):
             if name in rec:
                 raise RuntimeError(f"neuron {name} is called twice in one forward")
@@ -84,11 +89,31 @@ def forward(model: nn.Module, x: torch.Tensor, bf16: bool, force: dict | None = 
             return None
 
         hooks.append(m.register_forward_hook(hook))
+
+    # A hooked neuron is never fused with its BatchNorm (layers/fused_bn.py), so the BatchNorm -> neuron pairs that
+    # Spikformer runs through bn_neuron are recorded at that call instead, with the neuron's hook set aside: the
+    # fused kernel then runs exactly as in training and inference.
+    real = spikformer_module.bn_neuron
+
+    def recorded_bn_neuron(bn, neuron, inp, fuse=None):
+        saved = neuron._forward_hooks.copy()
+        neuron._forward_hooks.clear()
+        try:
+            out = real(bn, neuron, inp, fuse)
+        finally:
+            neuron._forward_hooks.update(saved)
+        for h in saved.values():
+            replaced = h(neuron, (inp,), out)
+            out = out if replaced is None else replaced
+        return out
+
+    spikformer_module.bn_neuron = recorded_bn_neuron
     try:
         ctx = torch.autocast("cpu", dtype=BF16) if bf16 else contextlib.nullcontext()
         with ctx:
             logits = model(x)
     finally:
+        spikformer_module.bn_neuron = real
         for h in hooks:
             h.remove()
     return logits.float(), rec
