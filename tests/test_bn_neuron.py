@@ -232,3 +232,21 @@ def test_hooks_see_every_neuron_call():
     finally:
         h.remove()
     assert can_fuse(bn, neuron, x)
+
+
+def test_spikingformer_qkv_fuse_on_the_fast_path(monkeypatch):
+    import spikeformer.layers
+    from spikeformer.models.spikingformer import Spikingformer
+
+    calls = []
+    real = BNN._native.NativeBNNeuron.apply
+    monkeypatch.setattr(BNN._native.NativeBNNeuron, "apply", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    m = Spikingformer("cifar", num_classes=10, embed_dim=64, depth=1, num_heads=4, T=2)
+    x = torch.randn(2, 3, 32, 32)
+    ref = m(x)
+    assert calls == []  # exact fp32 path
+    spikeformer.layers.use_fast_kernels(m)
+    out = m(x)
+    assert len(calls) == 3  # q, k, v
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
