@@ -225,10 +225,10 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
         raise SpikeformerError(f"the training split has {len(train_set)} samples, fewer than batch_size "
                                f"{cfg['batch_size']}; lower --batch-size")
     if cfg["sync_bn"] and info.enabled:
-        if info.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            D.convert_sync_bn(model)
+        # global-batch statistics on every device with our own BatchNorm mixin: PyTorch's SyncBatchNorm refuses CPU
+        # tensors, and its converter turns TokenBN (channel-last tokens [T, B, N, C]) into a BatchNorm over dim 1,
+        # which breaks every token model (tests/test_sync_bn.py)
+        D.convert_sync_bn(model)
     model.to(info.device)
     if cfg["fast_kernels"] and info.device.type == "cpu":
         use_fast_kernels(model)
