@@ -91,7 +91,8 @@ class _GlobalBN:
         c = x2.shape[1]
         dims = [d for d in range(x2.dim()) if d != 1]
         n_local = x2.numel() // c
-        stats = torch.cat([x2.sum(dims), (x2 * x2).sum(dims), x2.new_tensor([float(n_local)])])
+        xs = x2.float()  # statistics in fp32 under autocast (an fp16 square overflows above 256); no copy for fp32
+        stats = torch.cat([xs.sum(dims), (xs * xs).sum(dims), xs.new_tensor([float(n_local)])])
         stats = all_reduce(stats)
         n = stats[-1]
         mean = stats[:c] / n
@@ -103,10 +104,10 @@ class _GlobalBN:
                 self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
                 self.num_batches_tracked.add_(1)
         view = [1, c] + [1] * (x2.dim() - 2)
-        y = (x2 - mean.view(view)) * torch.rsqrt(var.view(view) + self.eps)
+        y = (xs - mean.view(view)) * torch.rsqrt(var.view(view) + self.eps)
         if self.affine:
             y = y * self.weight.view(view) + self.bias.view(view)
-        return y.reshape(shape)
+        return y.to(x.dtype).reshape(shape)
 
 
 _GLOBAL_CLASSES: dict[type, type] = {}
