@@ -167,13 +167,20 @@ def test_fallback_gives_the_unfused_result():
     assert torch.equal(out[0], s.detach()) and torch.equal(out[1], x2.grad)
 
 
-def test_exact_path_never_fuses(monkeypatch):
-    # fp32 without fast kernels must give the official code's bits: the fused kernel is not called
-    import spikeformer.layers
-
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """A list that gets one entry per training-mode call of the fused kernel."""
     calls = []
     real = BNN._native.NativeBNNeuron.apply
     monkeypatch.setattr(BNN._native.NativeBNNeuron, "apply", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_exact_path_never_fuses(fused_calls):
+    # fp32 without fast kernels must give the official code's bits: the fused kernel is not called
+    import spikeformer.layers
+
+    calls = fused_calls
     from spikeformer.models.spikformer import Spikformer
 
     torch.manual_seed(0)
@@ -234,13 +241,11 @@ def test_hooks_see_every_neuron_call():
     assert can_fuse(bn, neuron, x)
 
 
-def test_spikingformer_qkv_fuse_on_the_fast_path(monkeypatch):
+def test_spikingformer_qkv_fuse_on_the_fast_path(fused_calls):
     import spikeformer.layers
     from spikeformer.models.spikingformer import Spikingformer
 
-    calls = []
-    real = BNN._native.NativeBNNeuron.apply
-    monkeypatch.setattr(BNN._native.NativeBNNeuron, "apply", lambda *a: calls.append(1) or real(*a))
+    calls = fused_calls
     torch.manual_seed(0)
     m = Spikingformer("cifar", num_classes=10, embed_dim=64, depth=1, num_heads=4, T=2)
     x = torch.randn(2, 3, 32, 32)

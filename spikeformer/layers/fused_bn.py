@@ -27,6 +27,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn.modules import module as M
 
 from ..neurons import _kernels, _native
 from ..neurons.nodes import IF, LIF
@@ -35,16 +36,14 @@ from .norm import TokenBN
 from .time import seq_apply
 
 
-def _channels(bn: nn.Module, x: torch.Tensor) -> Optional[int]:
-    """The channel count when ``x``'s memory is ``[..., C]`` in the layout ``bn`` normalises, else None."""
+def _channel_innermost(bn: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``x``'s memory is ``[..., C]`` in the layout ``bn`` normalises."""
     if type(bn) is TokenBN:
-        ok = x.dim() >= 2 and x.shape[-1] == bn.num_features and x.is_contiguous()
-    elif type(bn) is nn.BatchNorm2d:  # frames [T, B, C, H, W], each frame channels-last
-        ok = (x.dim() == 5 and x.shape[2] == bn.num_features and x.stride(0) == x[0].numel()
-              and x[0].is_contiguous(memory_format=torch.channels_last))
-    else:
-        return None
-    return bn.num_features if ok else None
+        return x.dim() >= 2 and x.shape[-1] == bn.num_features and x.is_contiguous()
+    if type(bn) is nn.BatchNorm2d:  # frames [T, B, C, H, W], each frame channels-last
+        return (x.dim() == 5 and x.shape[2] == bn.num_features and x.stride(0) == x[0].numel()
+                and x[0].is_contiguous(memory_format=torch.channels_last))
+    return False
 
 
 def _batch_stats(bn: nn.Module) -> bool:
@@ -54,8 +53,6 @@ def _batch_stats(bn: nn.Module) -> bool:
 def _hooked(*modules: nn.Module) -> bool:
     """Any forward/backward hook on the modules (or global ones): the fused kernel would bypass their calls, and
     hooks are how firing rates, energy reports and tools observe a layer."""
-    from torch.nn.modules import module as M
-
     if (M._global_forward_hooks or M._global_forward_pre_hooks or M._global_backward_hooks
             or getattr(M, "_global_backward_pre_hooks", None)):
         return True
@@ -70,17 +67,16 @@ def can_fuse(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> bool:
         return False
     if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.numel() > 0
             and type(neuron) in (LIF, IF) and type(neuron.surrogate) in (Sigmoid, ATan) and bn.affine
-            and _channels(bn, x) is not None and _native.enabled()):
+            and _channel_innermost(bn, x)):
         return False
     if _kernels.select_kernel(x) is not _kernels.default_kernel:  # a registered kernel for this device wins
         return False
     if _batch_stats(bn):
         if x.numel() // bn.num_features <= 1:  # let nn.BatchNorm raise its error
             return False
-    elif bn.running_mean is None or (torch.is_grad_enabled() and (
-            x.requires_grad or bn.weight.requires_grad or bn.bias.requires_grad)):
+    elif torch.is_grad_enabled() and (x.requires_grad or bn.weight.requires_grad or bn.bias.requires_grad):
         return False  # eval-mode statistics with gradients: the unfused modules
-    return _native.library() is not None
+    return _native.library() is not None  # None when off (SPIKEFORMER_NATIVE=0) or not buildable
 
 
 def _unfused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -100,11 +96,9 @@ def bn_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, fuse: Optional[
     C = bn.num_features
     spec, sur = neuron.spec(), neuron.surrogate
     if not _batch_stats(bn):
-        with torch.no_grad():
-            inv = (bn.running_var.double() + bn.eps).rsqrt()
-            a = (bn.weight.double() * inv).float()
-            b = (bn.bias.double() - bn.running_mean.double() * bn.weight.double() * inv).float()
-            return _native.bn_inference(x, C, a, b, spec, sur)
+        a, b = _native.bn_scale_shift(bn.weight, bn.bias, bn.running_mean.double(),
+                                      (bn.running_var.double() + bn.eps).rsqrt())
+        return _native.bn_inference(x, C, a, b, spec, sur)
     s, mean, var = _native.NativeBNNeuron.apply(x, bn.weight, bn.bias, C, bn.eps, spec, sur)
     if bn.training and bn.track_running_stats:
         with torch.no_grad():

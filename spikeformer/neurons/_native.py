@@ -341,6 +341,13 @@ def bn_inference(x: torch.Tensor, C: int, a: torch.Tensor, b: torch.Tensor, spec
     return s
 
 
+def bn_scale_shift(weight, bias, mean64, invstd64) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm as a per-channel affine map of its input, ``y = x * a + b`` (computed in float64, returned fp32):
+    ``a = weight * invstd``, ``b = bias - mean * a``."""
+    w = weight.detach().double()
+    return (w * invstd64).float(), (bias.detach().double() - mean64 * w * invstd64).float()
+
+
 def channel_stats(x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance (float64) of ``x`` whose memory is ``[R, C]``."""
     mean = torch.empty(C, dtype=torch.float64)
@@ -361,8 +368,7 @@ class NativeBNNeuron(torch.autograd.Function):
     def forward(ctx, x, weight, bias, C, eps, spec, surrogate):
         mean64, var64 = channel_stats(x, C)
         invstd64 = (var64 + eps).rsqrt()
-        a = (weight.detach().double() * invstd64).float()
-        b = (bias.detach().double() - mean64 * weight.detach().double() * invstd64).float()
+        a, b = bn_scale_shift(weight, bias, mean64, invstd64)
         p = _params(x, None, spec, surrogate)
         s = torch.empty_like(x)
         library().sf_bn_forward(ctypes.byref(p), C, _ptr(a), _ptr(b), _ptr(x), int(x.dtype == torch.bfloat16),
