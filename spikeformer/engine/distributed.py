@@ -49,9 +49,16 @@ def setup(device_pref: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
-def teardown() -> None:
+def teardown(clean: bool = True) -> None:
+    """Leave the process group. ``clean`` (the run ended without an error): first a barrier, so that every rank's
+    earlier collectives are finished and gloo's worker threads have released them while this thread still runs
+    Python (see :func:`all_reduce_sum`); after an error the barrier is skipped, since the other ranks may never reach
+    it."""
     if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+        _pinned.clear()
 
 
 def shard_order(n: int, seed: int, epoch: int, info: DistInfo, shuffle: bool, batch_size: int) -> list[int]:
@@ -66,12 +73,38 @@ def shard_order(n: int, seed: int, epoch: int, info: DistInfo, shuffle: bool, ba
     return order[info.rank :: info.world]
 
 
+# The tensor of the latest all_reduce_sum, kept referenced from Python. gloo's worker thread drops its own reference
+# to a collective's tensor only after the caller's wait() has returned. If Python had already dropped the tensor,
+# that late drop frees it on the worker thread, which then needs the GIL; when a rank returns from its last
+# collective straight into interpreter shutdown, the worker cannot get the GIL and the process aborts with
+# "terminate called without an active exception" (seen under torchrun on CPU in about one run in ten). Keeping the
+# reference here means the worker's drop is a plain decrement.
+_pinned: list[torch.Tensor] = []
+
+
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     if not info.enabled:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
+    _pinned[:] = [t]  # the previous call's tensor is released here, long after its collective ended
     return t.tolist()
+
+
+class _AllReduce(torch.autograd.Function):
+    """Sum over ranks; the gradient is summed over ranks too (each rank's loss depends on every rank's input)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
 
 
 class _GlobalBN:
@@ -84,8 +117,6 @@ class _GlobalBN:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]) if isinstance(self, TokenBN) else x
         c = x2.shape[1]
@@ -93,7 +124,7 @@ class _GlobalBN:
         n_local = x2.numel() // c
         xs = x2.float()  # statistics in fp32 under autocast (an fp16 square overflows above 256); no copy for fp32
         stats = torch.cat([xs.sum(dims), (xs * xs).sum(dims), xs.new_tensor([float(n_local)])])
-        stats = all_reduce(stats)
+        stats = _AllReduce.apply(stats)
         n = stats[-1]
         mean = stats[:c] / n
         var = stats[c : 2 * c] / n - mean * mean

@@ -49,7 +49,9 @@ def evaluate_checkpoint(path: str, data: Optional[str] = None, model: Optional[s
         net.to(info.device)
         _, test = build_data(cfg, net)
         out = evaluate(net, test, cfg, info, progress)
-    finally:
-        D.teardown()
+    except BaseException:
+        D.teardown(clean=False)
+        raise
+    D.teardown()
     out.update(model=name, data=cfg["data"], checkpoint=str(p))
     return out

@@ -204,9 +204,12 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True) -> dic
     """Train as ``cfg`` says; returns the final test metrics. ``resume`` is a run directory to continue."""
     info = D.setup(cfg["device"])
     try:
-        return _train(cfg, resume, progress, info)
-    finally:
-        D.teardown()
+        result = _train(cfg, resume, progress, info)
+    except BaseException:
+        D.teardown(clean=False)
+        raise
+    D.teardown()
+    return result
 
 
 def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -> dict:
