@@ -91,29 +91,35 @@ def forward(model: nn.Module, x: torch.Tensor, bf16: bool, force: dict | None = 
         hooks.append(m.register_forward_hook(hook))
 
     # A hooked neuron is never fused with its BatchNorm (layers/fused_bn.py), so the BatchNorm -> neuron pairs that
-    # Spikformer runs through bn_neuron are recorded at that call instead, with the neuron's hook set aside: the
-    # fused kernel then runs exactly as in training and inference.
-    real = spikformer_module.bn_neuron
+    # Spikformer runs through bn_neuron / linear_bn_neuron are recorded at that call instead, with the neuron's hook
+    # set aside: the fused kernel then runs exactly as in training and inference.
+    reals = {n: getattr(spikformer_module, n) for n in ("bn_neuron", "linear_bn_neuron")}
 
-    def recorded_bn_neuron(bn, neuron, inp, fuse=None):
-        saved = neuron._forward_hooks.copy()
-        neuron._forward_hooks.clear()
-        try:
-            out = real(bn, neuron, inp, fuse)
-        finally:
-            neuron._forward_hooks.update(saved)
-        for h in saved.values():
-            replaced = h(neuron, (inp,), out)
-            out = out if replaced is None else replaced
-        return out
+    def recorded(real, neuron_arg):
+        def call(*args, **kwargs):
+            neuron = args[neuron_arg]
+            saved = neuron._forward_hooks.copy()
+            neuron._forward_hooks.clear()
+            try:
+                out = real(*args, **kwargs)
+            finally:
+                neuron._forward_hooks.update(saved)
+            for h in saved.values():
+                replaced = h(neuron, (args[neuron_arg + 1],), out)
+                out = out if replaced is None else replaced
+            return out
 
-    spikformer_module.bn_neuron = recorded_bn_neuron
+        return call
+
+    spikformer_module.bn_neuron = recorded(reals["bn_neuron"], 1)
+    spikformer_module.linear_bn_neuron = recorded(reals["linear_bn_neuron"], 2)
     try:
         ctx = torch.autocast("cpu", dtype=BF16) if bf16 else contextlib.nullcontext()
         with ctx:
             logits = model(x)
     finally:
-        spikformer_module.bn_neuron = real
+        for n, f in reals.items():
+            setattr(spikformer_module, n, f)
         for h in hooks:
             h.remove()
     return logits.float(), rec

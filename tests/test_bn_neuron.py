@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spikeformer.layers import TokenBN
@@ -255,3 +256,76 @@ def test_spikingformer_qkv_fuse_on_the_fast_path(fused_calls):
     out = m(x)
     assert len(calls) == 3  # q, k, v
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+def _linear_run(linear, bn, neuron, x0, grad, fused: bool, dtype=None):
+    linear, bn = copy.deepcopy(linear), copy.deepcopy(bn)
+    x = x0.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        if fused:
+            s = BNN.linear_bn_neuron(linear, bn, neuron, x, fuse=True)
+        else:
+            s = neuron(bn(linear(x)))
+    (s.float() * grad).sum().backward()
+    return s.detach(), x.grad, linear, bn
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("onednn", [False, True], ids=["linear", "onednn"])
+def test_linear_bias_left_to_the_batch_mean(fused_calls, dtype, onednn):
+    """linear_bn_neuron in training leaves the Linear's bias out of the GEMM (BatchNorm's batch mean absorbs it):
+    spikes, gradients and running statistics as Linear -> BatchNorm -> LIF; the bias's gradient is exactly zero,
+    the unfused one zero up to rounding."""
+    from spikeformer.layers import OneDNNLinear
+
+    torch.manual_seed(3)
+    linear = nn.Linear(16, 24)
+    with torch.no_grad():
+        linear.bias.uniform_(-2, 2)  # large, so that a bias lost from the running mean would show
+    if onednn:
+        linear.__class__ = OneDNNLinear
+    bn, neuron = _make("tokens", 24), LIF(tau=2.0, detach_reset=True)
+    x = torch.randn(4, 6, 20, 16)
+    grad = torch.randn(4, 6, 20, 24)
+    s, gx, lin, b = _linear_run(linear, bn, neuron, x, grad, True, dtype)
+    assert len(fused_calls) == 1
+    s2, gx2, lin2, b2 = _linear_run(linear, bn, neuron, x, grad, False, dtype)
+    assert (s != s2).float().mean().item() <= (2e-3 if dtype == torch.bfloat16 else 1e-6)
+    tol = dict(rtol=0.05, atol=0.02) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-5)
+    if dtype == torch.float32:  # (in bf16 a few flipped spikes move these by more than rounding)
+        torch.testing.assert_close(gx, gx2, **tol)
+        torch.testing.assert_close(lin.weight.grad, lin2.weight.grad, **tol)
+        torch.testing.assert_close(b.weight.grad, b2.weight.grad, **tol)
+    assert torch.equal(lin.bias.grad, torch.zeros(24))
+    noise = 1e-2 if dtype == torch.bfloat16 else 1e-4  # the unfused bias gradient: zero up to the dtype's rounding
+    assert lin2.bias.grad.abs().max() <= noise * lin2.weight.grad.abs().max()
+    torch.testing.assert_close(b.running_mean, b2.running_mean, rtol=1e-5, atol=1e-5 if dtype == torch.float32 else 2e-3)
+    torch.testing.assert_close(b.running_var, b2.running_var, rtol=1e-4, atol=1e-5 if dtype == torch.float32 else 2e-3)
+    assert b.num_batches_tracked.item() == 1
+
+
+def test_linear_bn_neuron_keeps_the_bias_where_it_matters(fused_calls):
+    torch.manual_seed(4)
+    linear, bn, neuron = nn.Linear(16, 24), _make("tokens", 24), LIF()
+    x = torch.randn(4, 6, 20, 16)
+    # eval mode (running statistics): the bias is part of the input
+    bn.eval()
+    with torch.no_grad():
+        ref = neuron(bn(linear(x)))
+        assert torch.equal(BNN.linear_bn_neuron(linear, bn, neuron, x, fuse=True), ref)
+    bn.train()
+    # a hook on the Linear must see its usual call and output
+    seen = []
+    h = linear.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        b1, b2 = copy.deepcopy(bn), copy.deepcopy(bn)
+        out = BNN.linear_bn_neuron(linear, b1, neuron, x, fuse=True)
+        assert torch.equal(seen[0], F.linear(x, linear.weight, linear.bias))
+        assert torch.equal(out, BNN.bn_neuron(b2, neuron, seen[0], fuse=True))
+    finally:
+        h.remove()
+    # the exact path (fuse=False) is Linear -> BatchNorm -> LIF, bit for bit
+    b1, b2 = copy.deepcopy(bn), copy.deepcopy(bn)
+    assert torch.equal(BNN.linear_bn_neuron(linear, b1, neuron, x), neuron(b2(linear(x))))
+    assert torch.equal(b1.running_mean, b2.running_mean)
+    assert len(fused_calls) == 2  # the hooked-Linear call and its reference (BatchNorm+LIF fused, bias in the GEMM)

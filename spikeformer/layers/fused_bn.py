@@ -26,12 +26,14 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as M
 
-from ..neurons import _kernels, _native
+from ..neurons import _kernels, _kernels_linear, _native
 from ..neurons.nodes import IF, LIF
 from ..neurons.surrogate import ATan, Sigmoid
+from .linear import OneDNNLinear
 from .norm import TokenBN
 from .time import seq_apply
 
@@ -60,13 +62,18 @@ def _hooked(*modules: nn.Module) -> bool:
                for m in modules)
 
 
+def _static_ok(bn: nn.Module, neuron: nn.Module) -> bool:
+    """The conditions of :func:`can_fuse` that do not depend on the input."""
+    return (not _hooked(bn, neuron) and type(neuron) in (LIF, IF) and type(neuron.surrogate) in (Sigmoid, ATan)
+            and bn.affine and type(bn) in (TokenBN, nn.BatchNorm2d))
+
+
 def can_fuse(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> bool:
     """Whether the compiled BatchNorm+neuron kernel can run ``neuron(bn(x))`` (never when either module has hooks:
     they are called as usual)."""
-    if _hooked(bn, neuron):
+    if not _static_ok(bn, neuron):
         return False
     if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.numel() > 0
-            and type(neuron) in (LIF, IF) and type(neuron.surrogate) in (Sigmoid, ATan) and bn.affine
             and _channel_innermost(bn, x)):
         return False
     if _kernels.select_kernel(x) is not _kernels.default_kernel:  # a registered kernel for this device wins
@@ -85,26 +92,57 @@ def _unfused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return neuron(y)
 
 
+def _want_fuse(bn: nn.Module, x: torch.Tensor, fuse: Optional[bool]) -> bool:
+    if fuse is None:
+        return bool(getattr(bn, "fast", False)) or x.dtype != torch.float32
+    return fuse
+
+
 def bn_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, fuse: Optional[bool] = None) -> torch.Tensor:
     """``neuron(bn(x))`` for tokens ``[T, ..., C]`` (``TokenBN``) or frames ``[T, B, C, H, W]`` (``BatchNorm2d``,
     channels-last frames for the fused kernel). ``fuse=None`` fuses when ``bn.fast`` is set
     (:func:`spikeformer.layers.use_fast_kernels`) or ``x`` is not fp32 (autocast); ``fuse=False`` never does."""
-    if fuse is None:
-        fuse = bool(getattr(bn, "fast", False)) or x.dtype != torch.float32
-    if not (fuse and can_fuse(bn, neuron, x)):
+    if not (_want_fuse(bn, x, fuse) and can_fuse(bn, neuron, x)):
         return _unfused(bn, neuron, x)
+    return _fused(bn, neuron, x)
+
+
+def _fused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, bias_left_out: Optional[torch.Tensor] = None):
     C = bn.num_features
     spec, sur = neuron.spec(), neuron.surrogate
     if not _batch_stats(bn):
         a, b = _native.bn_scale_shift(bn.weight, bn.bias, bn.running_mean.double(),
                                       (bn.running_var.double() + bn.eps).rsqrt())
         return _native.bn_inference(x, C, a, b, spec, sur)
-    s, mean, var = _native.NativeBNNeuron.apply(x, bn.weight, bn.bias, C, bn.eps, spec, sur)
+    s, mean, var = _native.NativeBNNeuron.apply(x, bn.weight, bn.bias, bias_left_out, C, bn.eps, spec, sur)
     if bn.training and bn.track_running_stats:
         with torch.no_grad():
+            if bias_left_out is not None:  # the statistics of the input with the bias, as the unfused layers see it
+                mean = mean + bias_left_out.detach().to(x.dtype).double()
             bn.num_batches_tracked.add_(1)
             f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
             n = x.numel() // C
             bn.running_mean.mul_(1.0 - f).add_(mean.to(bn.running_mean.dtype), alpha=f)
             bn.running_var.mul_(1.0 - f).add_((var * (n / (n - 1))).to(bn.running_var.dtype), alpha=f)
     return s
+
+
+def linear_bn_neuron(linear: nn.Linear, bn: nn.Module, neuron: nn.Module, x: torch.Tensor,
+                     fuse: Optional[bool] = None) -> torch.Tensor:
+    """``neuron(bn(linear(x)))`` on tokens. Where the BatchNorm+neuron pair fuses with batch statistics (training),
+    the Linear's bias is not added: BatchNorm subtracts the batch mean, which contains the bias, so the pre-activation
+    is the same without it (and the bias's exact gradient is zero), and a GEMM without a bias is faster (bf16,
+    ``[8192, 384] x [384, 1536]``: 15.6 -> 11.7 ms). The running mean still receives the bias, so the eval-mode model
+    is unchanged, and the bias gets its zero gradient, so optimizers and DDP see every parameter as usual."""
+    if fuse is None:  # as bn_neuron decides on the Linear's output (bf16 under autocast)
+        fuse = _want_fuse(bn, x, None) or torch.is_autocast_enabled(x.device.type)
+    if not (fuse and linear.bias is not None and type(linear) in (nn.Linear, OneDNNLinear) and not _hooked(linear)
+            and _batch_stats(bn) and x.device.type == "cpu" and _static_ok(bn, neuron)):
+        return bn_neuron(bn, neuron, linear(x), fuse)
+    if type(linear) is OneDNNLinear:
+        z = _kernels_linear.token_linear(linear, x, with_bias=False)
+    else:
+        z = F.linear(x, linear.weight)
+    if can_fuse(bn, neuron, z):
+        return _fused(bn, neuron, z, linear.bias)
+    return _unfused(bn, neuron, z + linear.bias.to(z.dtype))  # e.g. fp16 tokens: the bias added after all

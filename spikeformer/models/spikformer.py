@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from ..layers.init import trunc_normal_
 from ..layers.pool import max_pool
-from ..layers.fused_bn import bn_neuron
+from ..layers.fused_bn import bn_neuron, linear_bn_neuron
 
 from ..layers import TokenBN, expand_time, seq_apply, spike_attention
 from ..neurons import neuron_factory
@@ -112,12 +112,12 @@ class SSA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, C = x.shape
-        q = self._heads(bn_neuron(self.q_bn, self.q_lif, self.q_linear(x)))
-        k = self._heads(bn_neuron(self.k_bn, self.k_lif, self.k_linear(x)))
-        v = self._heads(bn_neuron(self.v_bn, self.v_lif, self.v_linear(x)))
+        q = self._heads(linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x))
+        k = self._heads(linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x))
+        v = self._heads(linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x))
         x = spike_attention(q, k, v, self.scale).transpose(2, 3).reshape(T, B, N, C)
         x = self.attn_lif(x)
-        return bn_neuron(self.proj_bn, self.proj_lif, self.proj_linear(x))
+        return linear_bn_neuron(self.proj_linear, self.proj_bn, self.proj_lif, x)
 
 
 class MLP(nn.Module):
@@ -133,8 +133,8 @@ class MLP(nn.Module):
         self.fc2_lif = neuron()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = bn_neuron(self.fc1_bn, self.fc1_lif, self.fc1_linear(x))
-        return bn_neuron(self.fc2_bn, self.fc2_lif, self.fc2_linear(x))
+        x = linear_bn_neuron(self.fc1_linear, self.fc1_bn, self.fc1_lif, x)
+        return linear_bn_neuron(self.fc2_linear, self.fc2_bn, self.fc2_lif, x)
 
 
 class Block(nn.Module):

@@ -31,7 +31,7 @@ from ..layers.init import trunc_normal_
 
 from ..errors import SpikeformerError
 from ..layers import TokenBN, expand_time, seq_apply, spike_attention
-from ..layers.fused_bn import bn_neuron
+from ..layers.fused_bn import linear_bn_neuron
 from ..neurons import neuron_factory
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
 
@@ -95,9 +95,9 @@ class SpikingSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, C = x.shape
         x = self.in_lif(x)
-        q = self._heads(bn_neuron(self.q_bn, self.q_lif, self.q_linear(x)))
-        k = self._heads(bn_neuron(self.k_bn, self.k_lif, self.k_linear(x)))
-        v = self._heads(bn_neuron(self.v_bn, self.v_lif, self.v_linear(x)))
+        q = self._heads(linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x))
+        k = self._heads(linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x))
+        v = self._heads(linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x))
         x = spike_attention(q, k, v, self.scale).transpose(2, 3).reshape(T, B, N, C)
         return self.proj_bn(self.proj_linear(self.attn_lif(x)))
 

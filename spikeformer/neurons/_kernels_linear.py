@@ -47,10 +47,11 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def token_linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` for ``x [..., in]``, through oneDNN when that applies."""
+def token_linear(layer: torch.nn.Linear, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+    """``layer(x)`` for ``x [..., in]``, through oneDNN when that applies; ``with_bias=False`` leaves the bias out."""
+    bias = layer.bias if with_bias else None
     if not _usable(x, layer.weight):
-        return F.linear(x, layer.weight, layer.bias)
+        return F.linear(x, layer.weight, bias)
     lead = x.shape[:-1]
-    y = _DnnlLinear.apply(x.reshape(-1, x.shape[-1]), layer.weight, layer.bias)
+    y = _DnnlLinear.apply(x.reshape(-1, x.shape[-1]), layer.weight, bias)
     return y.view(*lead, y.shape[-1])

@@ -365,7 +365,9 @@ class NativeBNNeuron(torch.autograd.Function):
     ``mean`` and ``var``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, C, eps, spec, surrogate):
+    def forward(ctx, x, weight, bias, bias_left_out, C, eps, spec, surrogate):
+        # bias_left_out: a bias the producer of x did not add (layers/fused_bn.py: linear_bn_neuron). The batch
+        # mean absorbs it, so the output does not depend on it and its gradient is exactly zero.
         mean64, var64 = channel_stats(x, C)
         invstd64 = (var64 + eps).rsqrt()
         a, b = bn_scale_shift(weight, bias, mean64, invstd64)
@@ -402,4 +404,5 @@ class NativeBNNeuron(torch.autograd.Function):
         library().sf_bn_input_grad(R, C, _ptr(x), bf, _ptr(gx), _ptr(A), _ptr(B), _ptr(D), threads())
         gw = grad_w.to(weight.dtype) if ctx.needs_input_grad[1] else None
         gb = sum_g.to(weight.dtype) if ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None, None, None, None
+        g_left = torch.zeros_like(weight) if ctx.needs_input_grad[3] else None
+        return gx, gw, gb, g_left, None, None, None, None
