@@ -188,12 +188,16 @@ def _patch_attention(fn):
     import spikeformer.models.spikformer as m1
     import spikeformer.models.spikingformer as m2
 
-    saved = (m1.spike_attention, m2.spike_attention)
-    m1.spike_attention = m2.spike_attention = fn
+    def tokens(q, k, v, heads, scale, fast=False):  # Spikformer's attention on [..., N, C] tokens, heads split
+        split = [attention_mod._split_heads(t, heads) for t in (q, k, v)]
+        return fn(*split, scale).transpose(-3, -2).flatten(-2)
+
+    saved = (m1.token_spike_attention, m2.spike_attention)
+    m1.token_spike_attention, m2.spike_attention = tokens, fn
     try:
         yield
     finally:
-        m1.spike_attention, m2.spike_attention = saved
+        m1.token_spike_attention, m2.spike_attention = saved
 
 
 class _Fp32(nn.Module):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from spikeformer.layers import spike_attention
-from spikeformer.layers.attention import _products
+from spikeformer.layers.attention import _products, _split_heads
 from spikeformer.models.spikformer import Spikformer
 from spikeformer.neurons import LIF, BaseNode
 
@@ -117,7 +117,7 @@ def test_attention_neuron_agrees_exactly_given_the_same_qkv():
     model, x = _model()
     ref = _run(model, x, bf16=False)
     attn = model.block[0].attn
-    q, k, v = (attn._heads(ref[f"block.0.attn.{n}_lif"]) for n in ("q", "k", "v"))
+    q, k, v = (_split_heads(ref[f"block.0.attn.{n}_lif"], attn.num_heads) for n in ("q", "k", "v"))
     assert (_products(q, k, v, 1.0) > 256).any()  # bf16 could not hold these sums
     local = _run(model, x, bf16=True, force=ref)  # every neuron sees the fp32 forward's spikes as input
     torch.testing.assert_close(local["block.0.attn.attn_lif"], ref["block.0.attn.attn_lif"], atol=0, rtol=0)

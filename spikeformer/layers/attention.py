@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..neurons import _native
+
 # Integers of magnitude below these are exact in the dtype (8- and 11-bit significands).
 _EXACT_BELOW = {torch.bfloat16: 256, torch.float16: 2048}
 
@@ -65,3 +67,33 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
             sums = _products(q.float(), k.float(), v.float(), 1.0)
     out = sums.float() * scale
     return out if autocast else out.to(q.dtype)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    *lead, N, C = x.shape
+    return x.view(*lead, N, heads, C // heads).transpose(-3, -2)
+
+
+def _native_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> bool:
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and q.dim() >= 2
+            and q.shape == k.shape == v.shape and q.dtype == k.dtype == v.dtype and q.numel() > 0
+            and q.shape[-1] % heads == 0 and q.shape[-1] // heads in _native.ATTENTION_HEAD_DIMS
+            and q.is_contiguous() and k.is_contiguous() and v.is_contiguous() and _native.library() is not None)
+
+
+def token_spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float,
+                          fast: bool = False) -> torch.Tensor:
+    """:func:`spike_attention` over ``heads`` heads of tokens ``[..., N, C]`` (head ``h`` = channels
+    ``h*C/heads`` onwards), returning ``[..., N, C]`` with the heads concatenated in the same order.
+
+    Under autocast, for bf16 tokens or with ``fast`` (:func:`spikeformer.layers.use_fast_kernels`) on CPU, one
+    compiled kernel computes every head in the token layout (no head transposes; fp32 sums: for 0/1 spikes the
+    reference's values bit for bit, returned in fp32 under autocast); gradients equal the reference's up to fp32
+    summation order. Otherwise (the exact fp32 path, other devices, head dims without a compiled kernel, no
+    compiler) the heads are split and merged around :func:`spike_attention`."""
+    autocast = torch.is_autocast_enabled(q.device.type)
+    if (fast or autocast or q.dtype == torch.bfloat16) and _native_ok(q, k, v, heads):
+        out = _native.NativeSpikeAttention.apply(q, k, v, heads, scale)
+        return out if autocast or q.dtype == torch.float32 else out.to(q.dtype)
+    out = spike_attention(_split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads), scale)
+    return out.transpose(-3, -2).flatten(-2)

@@ -28,7 +28,8 @@ from ..layers.init import trunc_normal_
 from ..layers.pool import max_pool
 from ..layers.fused_bn import bn_neuron, linear_bn_neuron
 
-from ..layers import TokenBN, expand_time, seq_apply, spike_attention
+from ..layers import TokenBN, expand_time, seq_apply
+from ..layers.attention import token_spike_attention
 from ..neurons import neuron_factory
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
 
@@ -106,17 +107,11 @@ class SSA(nn.Module):
         self.proj_bn = TokenBN(dim, transposed=bn_transposed)
         self.proj_lif = neuron()
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        T, B, N, C = x.shape
-        return x.view(T, B, N, self.num_heads, C // self.num_heads).transpose(2, 3)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B, N, C = x.shape
-        q = self._heads(linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x))
-        k = self._heads(linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x))
-        v = self._heads(linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x))
-        x = spike_attention(q, k, v, self.scale).transpose(2, 3).reshape(T, B, N, C)
-        x = self.attn_lif(x)
+        q = linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x)
+        k = linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x)
+        v = linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x)
+        x = self.attn_lif(token_spike_attention(q, k, v, self.num_heads, self.scale, fast=self.q_bn.fast))
         return linear_bn_neuron(self.proj_linear, self.proj_bn, self.proj_lif, x)
 
 

@@ -37,7 +37,7 @@ from .surrogate import ATan, Sigmoid
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "neuron_cpu.cpp")
 _BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
-_ABI = 5
+_ABI = 6
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
@@ -153,6 +153,10 @@ def _build() -> ctypes.CDLL:
     lib.sf_bn_backward.argtypes = [ctypes.POINTER(Params), i64, vp, vp, vp, vp, ci, vp, vp, vp, vp]
     lib.sf_bn_input_grad.restype = None
     lib.sf_bn_input_grad.argtypes = [i64, i64, vp, ci, vp, vp, vp, vp, ci]
+    lib.sf_attn_fwd.restype = ci
+    lib.sf_attn_fwd.argtypes = [i64, i64, i64, i64, vp, vp, vp, ci, ctypes.c_float, vp, ci]
+    lib.sf_attn_bwd.restype = ci
+    lib.sf_attn_bwd.argtypes = [i64, i64, i64, i64, vp, vp, vp, ci, ctypes.c_float, vp, vp, vp, vp, ci]
     return lib
 
 
@@ -406,3 +410,35 @@ class NativeBNNeuron(torch.autograd.Function):
         gb = sum_g.to(weight.dtype) if ctx.needs_input_grad[2] else None
         g_left = torch.zeros_like(weight) if ctx.needs_input_grad[3] else None
         return gx, gw, gb, g_left, None, None, None, None
+
+
+# ------------------------------------------------------------------------------------------------ spike attention
+ATTENTION_HEAD_DIMS = (16, 32, 64)  # head dims the compiled attention kernel is built for
+
+
+class NativeSpikeAttention(torch.autograd.Function):
+    """``(Q K^T V) * scale`` per head on tokens ``[..., N, C]`` (head ``h`` = channels ``h*d:(h+1)*d``, ``d`` in
+    :data:`ATTENTION_HEAD_DIMS`), fp32 output of the same shape with the heads concatenated as in the input: no head
+    transposes. fp32 sums, so 0/1 spikes give exact integers (the values of any association order). Saves Q, K, V;
+    backward recomputes K^T V per head."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads, scale):
+        C, N = q.shape[-1], q.shape[-2]
+        M = q.numel() // (N * C)
+        out = torch.empty(q.shape, dtype=torch.float32)
+        if not library().sf_attn_fwd(M, N, C, heads, _ptr(q), _ptr(k), _ptr(v), int(q.dtype == torch.bfloat16),
+                                     float(scale), _ptr(out), threads()):
+            raise ValueError(f"no compiled attention kernel for head dim {C // heads}")
+        ctx.save_for_backward(q, k, v)
+        ctx.dims, ctx.scale = (M, N, C, heads), float(scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors
+        go = grad_out.to(torch.float32).contiguous()
+        gq, gk, gv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        library().sf_attn_bwd(*ctx.dims, _ptr(q), _ptr(k), _ptr(v), int(q.dtype == torch.bfloat16), ctx.scale,
+                              _ptr(go), _ptr(gq), _ptr(gk), _ptr(gv), threads())
+        return gq, gk, gv, None, None
