@@ -1,4 +1,4 @@
-"""Shared helpers for the engine/CLI tests."""
+"""Shared helpers of the tests."""
 
 import os
 import subprocess
@@ -29,3 +29,14 @@ def max_weight_diff(a, b):
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     return max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa if wa[k].numel())
+
+
+def exact_then_fast(model, x, calls: list):
+    """``model(x)`` on the exact path, then with ``spikeformer.layers.use_fast_kernels``: returns the exact output,
+    what ``calls`` (a recorder of compiled-kernel calls) held after it, and the fast output."""
+    import spikeformer.layers
+
+    ref = model(x)
+    exact_calls = list(calls)
+    spikeformer.layers.use_fast_kernels(model)
+    return ref, exact_calls, model(x)

@@ -17,6 +17,8 @@ from spikeformer.layers.fused_bn import bn_neuron, can_fuse
 from spikeformer.neurons import _native
 from spikeformer.neurons.nodes import IF, LIF, PLIF
 
+from helpers import exact_then_fast
+
 pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C++ compiler: the compiled kernel is off")
 
 
@@ -243,18 +245,13 @@ def test_hooks_see_every_neuron_call():
 
 
 def test_spikingformer_qkv_fuse_on_the_fast_path(fused_calls):
-    import spikeformer.layers
     from spikeformer.models.spikingformer import Spikingformer
 
-    calls = fused_calls
     torch.manual_seed(0)
     m = Spikingformer("cifar", num_classes=10, embed_dim=64, depth=1, num_heads=4, T=2)
-    x = torch.randn(2, 3, 32, 32)
-    ref = m(x)
-    assert calls == []  # exact fp32 path
-    spikeformer.layers.use_fast_kernels(m)
-    out = m(x)
-    assert len(calls) == 3  # q, k, v
+    ref, exact_calls, out = exact_then_fast(m, torch.randn(2, 3, 32, 32), fused_calls)
+    assert exact_calls == []  # exact fp32 path
+    assert len(fused_calls) == 3  # q, k, v
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
 
 

@@ -11,6 +11,8 @@ from spikeformer.layers import attention as A
 from spikeformer.layers.attention import spike_attention, token_spike_attention
 from spikeformer.neurons import _native
 
+from helpers import exact_then_fast
+
 pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C++ compiler: the compiled kernel is off")
 BF16 = torch.bfloat16
 
@@ -97,15 +99,11 @@ def test_fallbacks(native_calls):
 
 
 def test_spikformer_fast_path_uses_it(native_calls):
-    import spikeformer.layers
     from spikeformer.models.spikformer import Spikformer
 
     torch.manual_seed(0)
     m = Spikformer("cifar", num_classes=10, embed_dim=64, depth=2, num_heads=4, T=2)
-    x = torch.randn(2, 3, 32, 32)
-    ref = m(x)
-    assert native_calls == []  # exact fp32 path
-    spikeformer.layers.use_fast_kernels(m)
-    out = m(x)
+    ref, exact_calls, out = exact_then_fast(m, torch.randn(2, 3, 32, 32), native_calls)
+    assert exact_calls == []  # exact fp32 path
     assert native_calls == [4, 4]
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)

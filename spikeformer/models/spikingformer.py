@@ -31,6 +31,7 @@ from ..layers.init import trunc_normal_
 
 from ..errors import SpikeformerError
 from ..layers import TokenBN, expand_time, seq_apply, spike_attention
+from ..layers.attention import _split_heads
 from ..layers.fused_bn import linear_bn_neuron
 from ..neurons import neuron_factory
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
@@ -88,16 +89,12 @@ class SpikingSelfAttention(nn.Module):
         self.proj_linear = nn.Linear(dim, dim)
         self.proj_bn = TokenBN(dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        T, B, N, C = x.shape
-        return x.view(T, B, N, self.num_heads, C // self.num_heads).transpose(2, 3)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, C = x.shape
         x = self.in_lif(x)
-        q = self._heads(linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x))
-        k = self._heads(linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x))
-        v = self._heads(linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x))
+        q = _split_heads(linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x), self.num_heads)
+        k = _split_heads(linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x), self.num_heads)
+        v = _split_heads(linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x), self.num_heads)
         x = spike_attention(q, k, v, self.scale).transpose(2, 3).reshape(T, B, N, C)
         return self.proj_bn(self.proj_linear(self.attn_lif(x)))
 

@@ -129,6 +129,16 @@ inline void store_head(int64_t N, int64_t C, int64_t d, const float* src, X* dst
     for (int64_t j = 0; j < d; ++j) st(dst + n * C, j, src[n * d + j]);
 }
 
+// one head's Q, K, V (at offset off of the [M, N, C] tokens) into fp32 [N, D] buffers, and K^T V [D, D]
+template <typename X, int D>
+inline void load_head_kv(int64_t N, int64_t C, int64_t off, const X* q, const X* k, const X* v, float* qh, float* kh,
+                         float* vh, float* kv) {
+  load_head(N, C, D, q + off, qh);
+  load_head(N, C, D, k + off, kh);
+  load_head(N, C, D, v + off, vh);
+  small_gemm<D>(D, N, kh, 1, D, vh, kv);
+}
+
 inline void transpose_sq(int64_t d, const float* a, float* at) {
   for (int64_t i = 0; i < d; ++i)
     for (int64_t j = 0; j < d; ++j) at[j * d + i] = a[i * d + j];
@@ -143,11 +153,8 @@ void attn_fwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < M * H; ++task) {
       const int64_t off = (task / H) * N * C + (task % H) * D;
-      load_head(N, C, D, q + off, qh.data());
-      load_head(N, C, D, k + off, kh.data());
-      load_head(N, C, D, v + off, vh.data());
-      small_gemm<D>(D, N, kh.data(), 1, D, vh.data(), kv.data());  // K^T V
-      small_gemm<D>(N, D, qh.data(), D, 1, kv.data(), o.data());   // Q (K^T V)
+      load_head_kv<X, D>(N, C, off, q, k, v, qh.data(), kh.data(), vh.data(), kv.data());
+      small_gemm<D>(N, D, qh.data(), D, 1, kv.data(), o.data());  // Q (K^T V)
       for (int64_t n = 0; n < N; ++n) {
         float* __restrict orow = out + off + n * C;
 #pragma omp simd
@@ -167,12 +174,9 @@ void attn_bwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < M * H; ++task) {
       const int64_t off = (task / H) * N * C + (task % H) * D;
-      load_head(N, C, D, q + off, qh.data());
-      load_head(N, C, D, k + off, kh.data());
-      load_head(N, C, D, v + off, vh.data());
+      load_head_kv<X, D>(N, C, off, q, k, v, qh.data(), kh.data(), vh.data(), kv.data());
       for (int64_t n = 0; n < N; ++n)
         for (int j = 0; j < D; ++j) g[n * D + j] = go[off + n * C + j] * scale;  // dL/d(Q K^T V)
-      small_gemm<D>(D, N, kh.data(), 1, D, vh.data(), kv.data());  // K^T V
       transpose_sq(D, kv.data(), t.data());
       small_gemm<D>(N, D, g.data(), D, 1, t.data(), r.data());     // dQ = G (K^T V)^T
       store_head(N, C, D, r.data(), gq + off);
