@@ -35,6 +35,7 @@ from ..neurons.nodes import IF, LIF
 from ..neurons.surrogate import ATan, Sigmoid
 from .linear import OneDNNLinear
 from .norm import TokenBN
+from .spike_linear import spike_linear
 from .time import seq_apply
 
 
@@ -128,21 +129,28 @@ def _fused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, bias_left_out: Opt
 
 
 def linear_bn_neuron(linear: nn.Linear, bn: nn.Module, neuron: nn.Module, x: torch.Tensor,
-                     fuse: Optional[bool] = None) -> torch.Tensor:
+                     fuse: Optional[bool] = None, sparse: bool = False) -> torch.Tensor:
     """``neuron(bn(linear(x)))`` on tokens. Where the BatchNorm+neuron pair fuses with batch statistics (training),
     the Linear's bias is not added: BatchNorm subtracts the batch mean, which contains the bias, so the pre-activation
     is the same without it (and the bias's exact gradient is zero), and a GEMM without a bias is faster (bf16,
     ``[8192, 384] x [384, 1536]``: 15.6 -> 11.7 ms). The running mean still receives the bias, so the eval-mode model
-    is unchanged, and the bias gets its zero gradient, so optimizers and DDP see every parameter as usual."""
+    is unchanged, and the bias gets its zero gradient, so optimizers and DDP see every parameter as usual.
+
+    ``sparse=True`` says ``x`` is spikes (the output of a neuron): on the fused path the Linear then runs over the
+    nonzero inputs (:func:`spikeformer.layers.spike_linear.spike_linear`) when few enough of them are nonzero."""
     if fuse is None:  # as bn_neuron decides on the Linear's output (bf16 under autocast)
         fuse = _want_fuse(bn, x, None) or torch.is_autocast_enabled(x.device.type)
-    if not (fuse and linear.bias is not None and type(linear) in (nn.Linear, OneDNNLinear) and not _hooked(linear)
-            and _batch_stats(bn) and x.device.type == "cpu" and _static_ok(bn, neuron)):
-        return bn_neuron(bn, neuron, linear(x), fuse)
-    if type(linear) is OneDNNLinear:
-        z = _kernels_linear.token_linear(linear, x, with_bias=False)
-    else:
-        z = F.linear(x, linear.weight)
+    plain = type(linear) in (nn.Linear, OneDNNLinear) and not _hooked(linear)
+    if not (fuse and linear.bias is not None and plain and _batch_stats(bn) and x.device.type == "cpu"
+            and _static_ok(bn, neuron)):
+        z = spike_linear(linear, x) if (sparse and fuse and plain) else None
+        return bn_neuron(bn, neuron, linear(x) if z is None else z, fuse)
+    z = spike_linear(linear, x, with_bias=False) if sparse else None
+    if z is None:
+        if type(linear) is OneDNNLinear:
+            z = _kernels_linear.token_linear(linear, x, with_bias=False)
+        else:
+            z = F.linear(x, linear.weight)
     if can_fuse(bn, neuron, z):
         return _fused(bn, neuron, z, linear.bias)
     return _unfused(bn, neuron, z + linear.bias.to(z.dtype))  # e.g. fp16 tokens: the bias added after all

@@ -112,7 +112,7 @@ class SSA(nn.Module):
         k = linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x)
         v = linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x)
         x = self.attn_lif(token_spike_attention(q, k, v, self.num_heads, self.scale, fast=self.q_bn.fast))
-        return linear_bn_neuron(self.proj_linear, self.proj_bn, self.proj_lif, x)
+        return linear_bn_neuron(self.proj_linear, self.proj_bn, self.proj_lif, x, sparse=True)
 
 
 class MLP(nn.Module):
@@ -129,7 +129,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = linear_bn_neuron(self.fc1_linear, self.fc1_bn, self.fc1_lif, x)
-        return linear_bn_neuron(self.fc2_linear, self.fc2_bn, self.fc2_lif, x)
+        return linear_bn_neuron(self.fc2_linear, self.fc2_bn, self.fc2_lif, x, sparse=True)
 
 
 class Block(nn.Module):

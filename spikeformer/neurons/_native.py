@@ -37,7 +37,7 @@ from .surrogate import ATan, Sigmoid
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "neuron_cpu.cpp")
 _BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
-_ABI = 6
+_ABI = 7
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
@@ -157,6 +157,12 @@ def _build() -> ctypes.CDLL:
     lib.sf_attn_fwd.argtypes = [i64, i64, i64, i64, vp, vp, vp, ci, ctypes.c_float, vp, ci]
     lib.sf_attn_bwd.restype = ci
     lib.sf_attn_bwd.argtypes = [i64, i64, i64, i64, vp, vp, vp, ci, ctypes.c_float, vp, vp, vp, vp, ci]
+    lib.sf_sparse_rows.restype = i64
+    lib.sf_sparse_rows.argtypes = [i64, i64, vp, ci, i64, vp, vp, vp, vp, ci]
+    lib.sf_sparse_linear.restype = None
+    lib.sf_sparse_linear.argtypes = [i64, i64, vp, vp, vp, vp, vp, vp, vp, ci, ci]
+    lib.sf_sparse_linear_wgrad.restype = None
+    lib.sf_sparse_linear_wgrad.argtypes = [i64, i64, i64, vp, vp, vp, vp, vp, ci, vp, ci]
     return lib
 
 
@@ -442,3 +448,56 @@ class NativeSpikeAttention(torch.autograd.Function):
         library().sf_attn_bwd(*ctx.dims, _ptr(q), _ptr(k), _ptr(v), int(q.dtype == torch.bfloat16), ctx.scale,
                               _ptr(go), _ptr(gq), _ptr(gk), _ptr(gv), threads())
         return gq, gk, gv, None, None
+
+
+# ------------------------------------------------------------------------------------------ linear layers on spikes
+def sparse_rows(x2d: torch.Tensor, max_density: float) -> Optional[tuple[torch.Tensor, ...]]:
+    """The nonzeros of ``x2d`` ``[R, K]`` (contiguous fp32 or bf16) row by row: ``(rs, re, col, val)``, row ``r``'s
+    entries being ``col[rs[r]:re[r]]`` (int32 column) and ``val[...]`` (fp32 value). ``None`` when more than about
+    ``max_density`` of the entries are nonzero (then a dense product is faster)."""
+    R, K = x2d.shape
+    cap = max(int(max_density * R * K), 1)
+    rs = torch.empty(R, dtype=torch.int64)
+    re = torch.empty(R, dtype=torch.int64)
+    col = torch.empty(cap, dtype=torch.int32)
+    val = torch.empty(cap, dtype=torch.float32)
+    n = library().sf_sparse_rows(R, K, _ptr(x2d), int(x2d.dtype == torch.bfloat16), cap, _ptr(rs), _ptr(re),
+                                 _ptr(col), _ptr(val), threads())
+    return None if n < 0 else (rs, re, col, val)
+
+
+class NativeSparseLinear(torch.autograd.Function):
+    """``x @ weight^T + bias`` for ``x [R, K]`` given as its nonzeros (:func:`sparse_rows`): the products skip the
+    zeros. ``weight`` and ``bias`` are fp32 parameters; ``dtype`` is the compute dtype (bf16 under autocast: weight
+    and bias are rounded to it first, as autocast's GEMM sees them, and the output is rounded to it). Sums are fp32
+    and start from the bias, so for spikes the output differs from a dense GEMM's only by the order of the sums.
+    Backward: ``dL/dx = g @ weight`` dense (BLAS, in ``dtype``), ``dL/dW = g^T x`` over the nonzeros and
+    ``dL/db = sum g``, both fp32. Saves the nonzeros, not ``x``."""
+
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, rows, dtype):
+        R, Nout = x2d.shape[0], weight.shape[0]
+        w = weight.detach().to(dtype)
+        wt = w.float().t().contiguous()  # [K, Nout]
+        b = None if bias is None else bias.detach().to(dtype).float().contiguous()
+        out = torch.empty(R, Nout, dtype=dtype)
+        library().sf_sparse_linear(R, Nout, *(_ptr(t) for t in rows), _ptr(wt), None if b is None else _ptr(b),
+                                   _ptr(out), int(dtype == torch.bfloat16), threads())
+        ctx.rows, ctx.shape, ctx.dtype, ctx.has_bias = rows, x2d.shape, dtype, bias is not None
+        ctx.save_for_backward(w)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (w,) = ctx.saved_tensors
+        g = g.to(ctx.dtype).contiguous()
+        gx = g.mm(w) if ctx.needs_input_grad[0] else None
+        gw = gb = None
+        if ctx.needs_input_grad[1]:
+            R, K = ctx.shape
+            gw = torch.empty(w.shape[0], K, dtype=torch.float32)
+            library().sf_sparse_linear_wgrad(R, K, w.shape[0], *(_ptr(t) for t in ctx.rows), _ptr(g),
+                                             int(g.dtype == torch.bfloat16), _ptr(gw), threads())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(0, dtype=torch.float32)
+        return gx, gw, gb, None, None

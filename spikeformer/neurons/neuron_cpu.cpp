@@ -20,6 +20,9 @@
 // therefore keeps one [T, N] tensor per layer in the input's dtype, and no membrane is ever written to memory.
 
 #include <cmath>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -724,11 +727,209 @@ void pool_bwd(int64_t N, int64_t H, int64_t W, int64_t C, const X* gy, const uin
   }
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// Linear layers whose input is spikes (0/1, or the small integers of summed spikes) and mostly zero: the input is
+// turned into its nonzeros, row by row (sparse_rows), and the products skip the zeros. Forward: out[r] = sum over
+// the nonzeros (j, s) of row r of s * Wt[j] (Wt = W^T, [K, Nout] fp32). Weight gradient: dW^T[j] += s * G[r] for
+// every nonzero (j, s) of row r. The input gradient G W is dense and stays with the BLAS. Sums are fp32 with fused
+// multiply-adds; for spikes times bf16 weights every product is exact, so results differ from a dense GEMM's only by
+// the order of the fp32 sums.
+
+// Nonzeros of x [R, K] (zero: +0 and -0). Rows are split into nthreads chunks; chunk k stores its entries in
+// col/val from cap * r0 / R on, so row r's entries are col[rs[r] .. re[r]). Returns the number of nonzeros, or -1
+// when a chunk has more than its share of cap (the caller then uses the dense product).
+// Bit i set where element i of the 64 bytes at p is nonzero (32 bf16 or 16 float elements; -0 counts as zero).
+inline uint64_t nz_mask(const bf16* p) {
+#ifdef __AVX512BW__
+  return _mm512_test_epi16_mask(_mm512_loadu_si512(p), _mm512_set1_epi16(0x7FFF));
+#else
+  uint64_t m = 0;
+  for (int i = 0; i < 32; ++i) m |= static_cast<uint64_t>((p[i] & 0x7FFF) != 0) << i;
+  return m;
+#endif
+}
+
+inline uint64_t nz_mask(const float* p) {
+#ifdef __AVX512F__
+  return _mm512_test_epi32_mask(_mm512_loadu_si512(p), _mm512_set1_epi32(0x7FFFFFFF));
+#else
+  uint64_t m = 0;
+  for (int i = 0; i < 16; ++i) {
+    uint32_t u;
+    std::memcpy(&u, p + i, 4);
+    m |= static_cast<uint64_t>((u & 0x7FFFFFFFu) != 0) << i;
+  }
+  return m;
+#endif
+}
+
+inline bool nonzero(bf16 b) { return (b & 0x7FFF) != 0; }
+inline bool nonzero(float f) { return f != 0.0f || f != f; }
+
+template <typename X>
+int64_t sparse_rows(int64_t R, int64_t K, const X* x, int64_t cap, int64_t* rs, int64_t* re, int32_t* col,
+                    float* val, int nthreads) {
+  constexpr int64_t LANES = 64 / sizeof(X);
+  const int64_t nchunks = nthreads > 1 && R >= nthreads ? nthreads : 1;
+  int64_t total = 0;
+  int over = 0;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 1) reduction(+ : total) \
+    reduction(| : over)
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t r0 = R * k / nchunks, r1 = R * (k + 1) / nchunks;
+    const int64_t lo = cap * r0 / R, hi = cap * r1 / R;
+    int64_t n = lo;
+    for (int64_t r = r0; r < r1 && !over; ++r) {
+      const X* row = x + r * K;
+      rs[r] = n;
+      int64_t j = 0;
+      for (; j + LANES <= K; j += LANES) {
+        uint64_t m = nz_mask(row + j);
+        if (!m) continue;
+        if (n + __builtin_popcountll(m) > hi) {
+          over = 1;
+          break;
+        }
+        do {
+          const int e = __builtin_ctzll(m);
+          col[n] = static_cast<int32_t>(j + e);
+          val[n++] = ld(row, j + e);
+          m &= m - 1;
+        } while (m);
+      }
+      for (; j < K && !over; ++j) {
+        if (!nonzero(row[j])) continue;
+        if (n == hi) {
+          over = 1;
+          break;
+        }
+        col[n] = static_cast<int32_t>(j);
+        val[n++] = ld(row, j);
+      }
+      re[r] = n;
+    }
+    total += n - lo;
+  }
+  return over ? -1 : total;
+}
+
+// out[r, t0 .. t0 + 16 * NV) for rows [r0, r1): the accumulators of a row are NV vectors of 16 floats, held in
+// registers (a vector type of GCC and Clang; split into narrower instructions where the CPU has no 512-bit ones)
+typedef float vf16 __attribute__((vector_size(64)));
+
+template <typename O, int NV>
+void spmm_tile(int64_t r0, int64_t r1, int64_t Nout, int64_t t0, const int64_t* rs, const int64_t* re,
+               const int32_t* col, const float* val, const float* Wt, const float* bias, O* out) {
+  vf16 init[NV];
+  for (int v = 0; v < NV; ++v) {
+    init[v] = vf16{};
+    if (bias) std::memcpy(&init[v], bias + t0 + 16 * v, sizeof(vf16));
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    vf16 acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = init[v];
+    for (int64_t e = rs[r]; e < re[r]; ++e) {
+      const float s = val[e];
+      const float* w = Wt + static_cast<int64_t>(col[e]) * Nout + t0;
+      for (int v = 0; v < NV; ++v) {
+        vf16 wv;
+        std::memcpy(&wv, w + 16 * v, sizeof(wv));
+        acc[v] += s * wv;
+      }
+    }
+    O* __restrict o = out + r * Nout + t0;
+    for (int v = 0; v < NV; ++v)
+      for (int j = 0; j < 16; ++j) st(o, 16 * v + j, acc[v][j]);
+  }
+}
+
+// the same for a tile narrower than NT (the last columns)
+template <typename O>
+void spmm_tail(int64_t r0, int64_t r1, int64_t Nout, int64_t t0, int64_t w, const int64_t* rs, const int64_t* re,
+               const int32_t* col, const float* val, const float* Wt, const float* bias, O* out) {
+  std::vector<float> acc(w);
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t j = 0; j < w; ++j) acc[j] = bias ? bias[t0 + j] : 0.0f;
+    for (int64_t e = rs[r]; e < re[r]; ++e) {
+      const float s = val[e];
+      const float* w_ = Wt + static_cast<int64_t>(col[e]) * Nout + t0;
+      for (int64_t j = 0; j < w; ++j) acc[j] = acc[j] + s * w_[j];
+    }
+    for (int64_t j = 0; j < w; ++j) st(out + r * Nout + t0, j, acc[j]);
+  }
+}
+
+constexpr int SP_TILE = 32;  // output columns per tile: the tile of Wt ([K, 64] fp32) stays in L2
+constexpr int SP_NV = SP_TILE / 16;
+
+template <typename O>
+void spmm_fwd(int64_t R, int64_t Nout, const int64_t* rs, const int64_t* re, const int32_t* col, const float* val,
+              const float* Wt, const float* bias, O* out, int nthreads) {
+  const int64_t nchunks = nthreads > 1 && R >= nthreads ? nthreads : 1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 1)
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t r0 = R * k / nchunks, r1 = R * (k + 1) / nchunks;
+    // rows in slabs of 64 so each slab's entries stay in cache across the column tiles
+    for (int64_t a = r0; a < r1; a += 64) {
+      const int64_t b = a + 64 < r1 ? a + 64 : r1;
+      int64_t t0 = 0;
+      for (; t0 + SP_TILE <= Nout; t0 += SP_TILE) spmm_tile<O, SP_NV>(a, b, Nout, t0, rs, re, col, val, Wt, bias, out);
+      if (t0 < Nout) spmm_tail<O>(a, b, Nout, t0, Nout - t0, rs, re, col, val, Wt, bias, out);
+    }
+  }
+}
+
+// dW [Nout, K] = sum over rows r and nonzeros (j, s) of s * G[r, :] into column j; G [R, Nout] of dtype G_.
+// Each thread owns whole column tiles of Nout: the tile's [K, NT] fp32 accumulator stays in L2.
+template <typename G_>
+void spmm_wgrad(int64_t R, int64_t K, int64_t Nout, const int64_t* rs, const int64_t* re, const int32_t* col,
+                const float* val, const G_* g, float* dw, int nthreads) {
+  const int64_t ntiles = (Nout + SP_TILE - 1) / SP_TILE;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && ntiles > 1)
+  for (int64_t t = 0; t < ntiles; ++t) {
+    const int64_t t0 = t * SP_TILE, w = Nout - t0 < SP_TILE ? Nout - t0 : SP_TILE;
+    std::vector<float> accv(K * SP_TILE, 0.0f);
+    float* acc = accv.data();
+    float gr[SP_TILE];
+    for (int64_t r = 0; r < R; ++r) {
+      if (rs[r] == re[r]) continue;
+      const G_* grow = g + r * Nout + t0;
+      if (w == SP_TILE) {
+        vf16 gv[SP_NV];
+        for (int v = 0; v < SP_NV; ++v)
+          for (int j = 0; j < 16; ++j) gv[v][j] = ld(grow, 16 * v + j);
+        for (int64_t e = rs[r]; e < re[r]; ++e) {
+          const float s = val[e];
+          float* a = acc + static_cast<int64_t>(col[e]) * SP_TILE;
+          for (int v = 0; v < SP_NV; ++v) {
+            vf16 av;
+            std::memcpy(&av, a + 16 * v, sizeof(av));
+            av += s * gv[v];
+            std::memcpy(a + 16 * v, &av, sizeof(av));
+          }
+        }
+      } else {
+        for (int64_t j = 0; j < w; ++j) gr[j] = ld(grow, j);
+        for (int64_t e = rs[r]; e < re[r]; ++e) {
+          const float s = val[e];
+          float* a = acc + static_cast<int64_t>(col[e]) * SP_TILE;
+          for (int64_t j = 0; j < w; ++j) a[j] = a[j] + s * gr[j];
+        }
+      }
+    }
+    for (int64_t o = 0; o < w; ++o) {
+      float* __restrict d = dw + (t0 + o) * K;
+      for (int64_t j = 0; j < K; ++j) d[j] = acc[j * SP_TILE + o];
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-int sf_abi_version() { return 6; }
+int sf_abi_version() { return 7; }
 
 // x: [N, H, W, C] (x_bf16 ? bf16 : float), y: [N, Ho, Wo, C] of the same dtype, idx: [N, Ho, Wo, C] bytes or null.
 void sf_maxpool_fwd(int64_t N, int64_t H, int64_t W, int64_t C, const void* x, int x_bf16, void* y, uint8_t* idx,
@@ -837,6 +1038,31 @@ int sf_attn_bwd(int64_t M, int64_t N, int64_t C, int64_t H, const void* q, const
                          static_cast<const float*>(v), scale, go, static_cast<float*>(gq), static_cast<float*>(gk),
                          static_cast<float*>(gv), nthreads);
   });
+}
+
+
+// Nonzeros of x [R, K] (x_bf16 ? bf16 : float) into rs/re [R] and col/val [cap], see sparse_rows. Returns their
+// number, or -1 if there are more than about cap.
+int64_t sf_sparse_rows(int64_t R, int64_t K, const void* x, int x_bf16, int64_t cap, int64_t* rs, int64_t* re,
+                       int32_t* col, float* val, int nthreads) {
+  if (x_bf16) return sparse_rows<bf16>(R, K, static_cast<const bf16*>(x), cap, rs, re, col, val, nthreads);
+  return sparse_rows<float>(R, K, static_cast<const float*>(x), cap, rs, re, col, val, nthreads);
+}
+
+// out [R, Nout] (out_bf16 ? bf16 : float) = the sparse rows times Wt [K, Nout] fp32, plus bias [Nout] fp32 if not
+// null (the sums start from it)
+void sf_sparse_linear(int64_t R, int64_t Nout, const int64_t* rs, const int64_t* re, const int32_t* col,
+                      const float* val, const float* Wt, const float* bias, void* out, int out_bf16, int nthreads) {
+  if (out_bf16) spmm_fwd<bf16>(R, Nout, rs, re, col, val, Wt, bias, static_cast<bf16*>(out), nthreads);
+  else spmm_fwd<float>(R, Nout, rs, re, col, val, Wt, bias, static_cast<float*>(out), nthreads);
+}
+
+// dW [Nout, K] fp32 = G^T times the sparse rows; G [R, Nout] (g_bf16 ? bf16 : float)
+void sf_sparse_linear_wgrad(int64_t R, int64_t K, int64_t Nout, const int64_t* rs, const int64_t* re,
+                            const int32_t* col, const float* val, const void* g, int g_bf16, float* dw,
+                            int nthreads) {
+  if (g_bf16) spmm_wgrad<bf16>(R, K, Nout, rs, re, col, val, static_cast<const bf16*>(g), dw, nthreads);
+  else spmm_wgrad<float>(R, K, Nout, rs, re, col, val, static_cast<const float*>(g), dw, nthreads);
 }
 
 }  // extern "C"

@@ -1,0 +1,214 @@
+"""The Linear over nonzero spikes (layers/spike_linear.py, sparse_* in neurons/neuron_cpu.cpp) against F.linear:
+the nonzero lists, forward values, input/weight/bias gradients in fp32 and under bf16 autocast, the density
+cut-over and the fallbacks, and the Spikformer layers that use it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikeformer.layers import fused_bn as BNN
+from spikeformer.layers import spike_linear as SL
+from spikeformer.neurons import _native
+from spikeformer.neurons.nodes import LIF
+
+pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C++ compiler: the compiled kernel is off")
+
+
+def _spikes(shape, density, seed, dtype=torch.float32, counts=False):
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.rand(shape, generator=g) < density).float()
+    if counts:  # summed spikes of a residual stream: 0, 1, 2, 3
+        s = s * torch.randint(1, 4, shape, generator=g).float()
+    return s.to(dtype)
+
+
+def _int_linear(K, N, seed, bias=True):
+    # integer weights: every sum is exact in fp32 (and in bf16 below 256), in any order
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(K, N, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randint(-4, 5, (N, K), generator=g).float())
+        if bias:
+            lin.bias.copy_(torch.randint(-8, 9, (N,), generator=g).float())
+    return lin
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("K", [384, 37, 16])
+def test_sparse_rows_lists_every_nonzero(dtype, K):
+    x = _spikes((50, K), 0.2, 0, dtype, counts=True)
+    x[3] = 0.0
+    x[4, : K // 2] = -0.0  # negative zero is zero
+    x[5, -1] = -2.5  # any value, negative too
+    rows = _native.sparse_rows(x, 1.0)
+    rs, re, col, val = rows
+    dense = torch.zeros(50, K)
+    for r in range(50):
+        idx = col[rs[r]:re[r]].long()
+        assert torch.all(idx[1:] > idx[:-1])  # column order
+        dense[r, idx] = val[rs[r]:re[r]]
+    assert torch.equal(dense, x.float())
+    assert re[3] == rs[3]
+    assert int(sum((re - rs).tolist())) == int((x != 0).sum())
+
+
+def test_sparse_rows_gives_up_when_too_dense():
+    x = _spikes((64, 128), 0.3, 1)
+    assert _native.sparse_rows(x, 0.1) is None
+    assert _native.sparse_rows(x, 0.5) is not None
+    assert SL.spike_linear(nn.Linear(128, 32), x) is None  # above MAX_DENSITY: the caller's dense GEMM
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("N", [384, 100])  # full 64-column tiles, and a narrower last tile
+def test_forward_and_gradients_equal_f_linear_fp32(bias, N):
+    lin = _int_linear(96, N, 2, bias)
+    x = _spikes((3, 40, 96), 0.05, 3, counts=True)
+    g = torch.randint(-3, 4, (3, 40, N)).float()
+    outs = []
+    for sparse in (True, False):
+        m = copy.deepcopy(lin)
+        xi = x.clone().requires_grad_()
+        y = SL.spike_linear(m, xi) if sparse else F.linear(xi, m.weight, m.bias)
+        assert y is not None
+        (y * g).sum().backward()
+        outs.append((y.detach(), xi.grad, m.weight.grad, None if m.bias is None else m.bias.grad))
+    (y, gx, gw, gb), (y2, gx2, gw2, gb2) = outs
+    assert y.dtype == torch.float32 and y.shape == (3, 40, N)
+    assert torch.equal(y, y2)  # integer data: exact in any summation order
+    assert torch.equal(gx, gx2)
+    assert torch.equal(gw, gw2)
+    assert (gb is None and gb2 is None) or torch.equal(gb, gb2)
+
+
+def test_random_weights_fp32_within_rounding():
+    torch.manual_seed(5)
+    lin = nn.Linear(200, 72)
+    x = _spikes((2, 64, 200), 0.05, 6).requires_grad_()
+    y = SL.spike_linear(lin, x)
+    torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ref = g.reshape(-1, 72).t() @ x.detach().reshape(-1, 200)
+    torch.testing.assert_close(lin.weight.grad, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32], ids=["bf16-spikes", "fp32-spikes"])
+def test_bf16_autocast_as_the_dense_gemm_sees_it(x_dtype):
+    """Under bf16 autocast: weights and bias rounded to bf16, fp32 sums, bf16 output. With bf16-exact integer data the
+    output equals autocast's F.linear bit for bit; the weight gradient is fp32 (the dense path's is rounded to bf16)."""
+    lin = _int_linear(192, 128, 7)
+    x = _spikes((4, 30, 192), 0.06, 8, x_dtype)
+    g = torch.randint(-2, 3, (4, 30, 128)).to(torch.bfloat16)
+    res = []
+    for sparse in (True, False):
+        m = copy.deepcopy(lin)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = SL.spike_linear(m, xi) if sparse else F.linear(xi, m.weight, m.bias)
+        assert y is not None
+        (y.float() * g.float()).sum().backward()
+        res.append((y.detach(), xi.grad, m.weight.grad, m.bias.grad))
+    (y, gx, gw, gb), (y2, gx2, gw2, gb2) = res
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, y2)
+    assert gx.dtype == x_dtype and torch.equal(gx, gx2)
+    assert gw.dtype == torch.float32 and torch.equal(gw, gw2)  # integer sums below 256: exact in both
+    assert torch.equal(gb, gb2)
+    # random weights: the same bf16 output up to one rounding of a differently ordered fp32 sum
+    torch.manual_seed(9)
+    lin = nn.Linear(192, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = SL.spike_linear(lin, x), F.linear(x, lin.weight, lin.bias)
+    ulp = b.float().abs().clamp_min(1e-3) * 2 ** -7
+    assert torch.all((a.float() - b.float()).abs() <= ulp)
+
+
+def test_fallbacks():
+    lin = nn.Linear(64, 32)
+    x = _spikes((10, 64), 0.05, 10)
+    assert SL.spike_linear(lin, x) is not None
+    assert SL.spike_linear(lin, x.to(torch.bfloat16)) is None  # bf16 input, fp32 weight, no autocast: F.linear's error
+    assert SL.spike_linear(lin, x.t().contiguous().t()) is None  # not contiguous
+    assert SL.spike_linear(lin, x.double()) is None
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert SL.spike_linear(lin, x) is None  # fp16 autocast: not compiled
+    half = copy.deepcopy(lin).to(torch.bfloat16)
+    assert SL.spike_linear(half, x.to(torch.bfloat16)) is None  # a bf16 model's weights
+
+
+def _mlp_step(m, x, y, dtype):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = F.cross_entropy(m(x).float(), y)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+@pytest.fixture
+def sparse_calls(monkeypatch):
+    calls = []
+    real = BNN.spike_linear
+
+    def spy(linear, x, *a, **k):
+        out = real(linear, x, *a, **k)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(BNN, "spike_linear", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32-fast", "bf16"])
+def test_spikformer_proj_and_fc2_run_on_the_nonzeros(sparse_calls, monkeypatch, dtype):
+    """A training step of a small Spikformer: its attention projection and second MLP layer (inputs: spikes) take the
+    sparse product on the fast path; loss and gradients equal the dense step's within rounding."""
+    import spikeformer
+    from spikeformer.models.spikformer import Spikformer
+
+    torch.manual_seed(0)
+    m = Spikformer("cifar", num_classes=10, embed_dim=64, depth=2, num_heads=4, T=2)
+    spikeformer.layers.use_fast_kernels(m)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    m_dense = copy.deepcopy(m)
+    l1, g1 = _mlp_step(m, x, y, dtype)
+    used = sum(sparse_calls)
+    assert len(sparse_calls) == 4 and used >= 2  # proj and fc2 of both blocks were offered; sparse where sparse
+    monkeypatch.setattr(BNN, "spike_linear", lambda *a, **k: None)
+    l2, g2 = _mlp_step(m_dense, x, y, dtype)
+    if dtype == torch.float32:
+        assert abs(l1 - l2) < 1e-4
+        top = max(g.abs().max().item() for g in g2.values())
+        for n in g1:
+            torch.testing.assert_close(g1[n], g2[n], rtol=1e-3, atol=1e-4 * top, msg=n)
+    else:  # bf16: a few pre-activations round differently and flip spikes; the step is the same to ~1 %
+        assert abs(l1 - l2) < 0.02 * abs(l2)
+
+
+def test_exact_path_and_hooks_keep_the_dense_linear(sparse_calls):
+    from spikeformer.layers import TokenBN
+
+    lin, bn, neuron = nn.Linear(32, 24), TokenBN(24), LIF()
+    x = _spikes((2, 3, 10, 32), 0.05, 12)
+    ref = neuron(copy.deepcopy(bn)(lin(x)))
+    assert torch.equal(BNN.linear_bn_neuron(lin, copy.deepcopy(bn), neuron, x, sparse=True), ref)  # exact fp32
+    assert sparse_calls == []
+    seen = []
+    h = lin.register_forward_hook(lambda mod, i, o: seen.append(o))
+    try:
+        BNN.linear_bn_neuron(lin, copy.deepcopy(bn), neuron, x, fuse=True, sparse=True)
+    finally:
+        h.remove()
+    assert len(seen) == 1 and sparse_calls == []
+    # eval mode on the fast path: the sparse product with the bias inside, then BatchNorm+LIF
+    bn.eval()
+    with torch.no_grad():
+        out = BNN.linear_bn_neuron(lin, bn, neuron, x, fuse=True, sparse=True)
+        assert sparse_calls == [True]
+        z = F.linear(x, lin.weight, lin.bias)
+        torch.testing.assert_close(SL.spike_linear(lin, x), z, rtol=1e-5, atol=1e-5)
+        assert (out != BNN.bn_neuron(bn, neuron, z, fuse=True)).float().mean() < 0.01
