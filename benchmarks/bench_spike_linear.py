@@ -1,4 +1,4 @@
-"""The Linear over nonzero spikes (``spikeformer.layers.spike_linear``) against the dense GEMM, in one run.
+"""The Linear over nonzero spikes (``spikeformer.layers.sparse.spike_linear``) against the dense GEMM, in one run.
 
 For each shape and density: the dense bf16 GEMMs of a Linear's forward (``x @ W^T``) and weight gradient
 (``g^T x``), against the sparse path's pass over the input that lists the nonzeros, its forward and its weight

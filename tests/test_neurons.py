@@ -1,5 +1,6 @@
 """Our neurons against SpikingJelly 2.0 (the numerical oracle): spikes and input gradients."""
 
+import zlib
 
 import pytest
 import torch
@@ -47,7 +48,8 @@ CASES = [
 
 @pytest.mark.parametrize("kind,v_reset,sur,alpha,detach,decay", CASES)
 def test_matches_spikingjelly(kind, v_reset, sur, alpha, detach, decay):
-    torch.manual_seed(hash((kind, str(v_reset), sur, detach, decay)) % 2**31)
+    # a seed per case that is the same in every run (Python's hash() of strings is randomised per process)
+    torch.manual_seed(zlib.crc32(repr((kind, v_reset, sur, detach, decay)).encode()))
     ours, ref = _pair(kind, v_reset, sur, alpha, detach, decay)
     x = (torch.randn(8, 3, 5, 7) * 1.5 + 0.4).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
@@ -59,7 +61,8 @@ def test_matches_spikingjelly(kind, v_reset, sur, alpha, detach, decay):
     g = torch.randn_like(s)
     (s * g).sum().backward()
     (s_ref * g).sum().backward()
-    assert (x.grad - x_ref.grad).abs().max().item() <= 1e-6
+    # fp32 rounding of gradients up to ~3 (the kernel's surrogate exponential is a polynomial): a few ulps
+    assert (x.grad - x_ref.grad).abs().max().item() <= 1e-6 * max(1.0, x_ref.grad.abs().max().item())
     if kind == "plif":
         assert abs(ours.w.grad.item() - ref.w.grad.item()) <= 1e-5 * max(1.0, abs(ref.w.grad.item()))
 

@@ -35,7 +35,7 @@ from ..neurons.nodes import IF, LIF
 from ..neurons.surrogate import ATan, Sigmoid
 from .linear import OneDNNLinear
 from .norm import TokenBN
-from .spike_linear import spike_linear
+from .sparse import spike_linear
 from .time import seq_apply
 
 
@@ -137,7 +137,7 @@ def linear_bn_neuron(linear: nn.Linear, bn: nn.Module, neuron: nn.Module, x: tor
     is unchanged, and the bias gets its zero gradient, so optimizers and DDP see every parameter as usual.
 
     ``sparse=True`` says ``x`` is spikes (the output of a neuron): on the fused path the Linear then runs over the
-    nonzero inputs (:func:`spikeformer.layers.spike_linear.spike_linear`) when few enough of them are nonzero."""
+    nonzero inputs (:func:`spikeformer.layers.sparse.spike_linear`) when few enough of them are nonzero."""
     if fuse is None:  # as bn_neuron decides on the Linear's output (bf16 under autocast)
         fuse = _want_fuse(bn, x, None) or torch.is_autocast_enabled(x.device.type)
     plain = type(linear) in (nn.Linear, OneDNNLinear) and not _hooked(linear)

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from ..layers.init import trunc_normal_
 from ..layers.pool import max_pool
-from ..layers.fused_bn import bn_neuron, linear_bn_neuron
+from ..layers.fused_bn import _hooked, bn_neuron, linear_bn_neuron
+from ..layers.sparse import spike_conv3x3
 
 from ..layers import TokenBN, expand_time, seq_apply
 from ..layers.attention import token_spike_attention
@@ -71,7 +72,11 @@ class SPS(nn.Module):
             # bf16, 99.0 % with the first stage in fp32, 99.5 % with two; the second costs ~3 % of a CIFAR step.
             fp32_stage = i < 2 and autocast
             with torch.autocast(x.device.type, enabled=False) if fp32_stage else contextlib.nullcontext():
-                x = seq_apply(conv, x.float() if fp32_stage else x)
+                x = x.float() if fp32_stage else x
+                # after the first stage the input is spikes: on the fast path the convolution runs over the
+                # nonzero ones (layers/sparse.py) when few enough fire
+                z = _spike_conv(conv, x) if i > 0 and fuse else None
+                x = seq_apply(conv, x) if z is None else z
                 if i == 0 and fuse:
                     # with one input channel (digits) the frames are both NCHW- and channels-last-contiguous, and
                     # oneDNN then returns NCHW: set the layout once here so every later stage keeps it
@@ -82,6 +87,14 @@ class SPS(nn.Module):
         x_feat = x
         x = bn_neuron(self.rpe_bn, self.rpe_lif, seq_apply(self.rpe_conv, x), fuse)
         return x + x_feat
+
+
+def _spike_conv(conv: nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``conv`` on spike frames ``[T, B, C, H, W]`` over their nonzeros, or ``None`` (hooked, too dense, ...)."""
+    if _hooked(conv):
+        return None
+    out = spike_conv3x3(conv, x.flatten(0, 1))
+    return None if out is None else out.unflatten(0, x.shape[:2])
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

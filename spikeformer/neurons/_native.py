@@ -37,7 +37,7 @@ from .surrogate import ATan, Sigmoid
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "neuron_cpu.cpp")
 _BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
-_ABI = 7
+_ABI = 8
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
@@ -163,6 +163,10 @@ def _build() -> ctypes.CDLL:
     lib.sf_sparse_linear.argtypes = [i64, i64, vp, vp, vp, vp, vp, vp, vp, ci, ci]
     lib.sf_sparse_linear_wgrad.restype = None
     lib.sf_sparse_linear_wgrad.argtypes = [i64, i64, i64, vp, vp, vp, vp, vp, ci, vp, ci]
+    lib.sf_sparse_conv3x3.restype = None
+    lib.sf_sparse_conv3x3.argtypes = [i64] * 5 + [vp] * 7 + [ci, ci]
+    lib.sf_sparse_conv3x3_wgrad.restype = None
+    lib.sf_sparse_conv3x3_wgrad.argtypes = [i64] * 5 + [vp] * 5 + [ci, vp, ci]
     return lib
 
 
@@ -501,3 +505,47 @@ class NativeSparseLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0, dtype=torch.float32)
         return gx, gw, gb, None, None
+
+
+class NativeSparseConv3x3(torch.autograd.Function):
+    """A 3x3 convolution, stride 1, padding 1, no groups, of channels-last frames ``x [M, Cin, H, W]`` given as
+    their pixels' nonzeros (:func:`sparse_rows` of the ``[M * H * W, Cin]`` view); output channels-last
+    ``[M, Cout, H, W]`` in ``dtype``. As :class:`NativeSparseLinear`: weight (and bias) rounded to ``dtype``, fp32
+    sums; backward: ``dL/dx`` a dense transposed convolution (oneDNN, in ``dtype``), ``dL/dW`` over the nonzeros in
+    fp32. Saves the nonzeros, not ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, rows, dtype):
+        M, Cin, H, W = x.shape
+        Cout = weight.shape[0]
+        w = weight.detach().to(dtype)
+        wt = w.float().permute(2, 3, 1, 0).contiguous()  # [3, 3, Cin, Cout]
+        b = None if bias is None else bias.detach().to(dtype).float().contiguous()
+        out = torch.empty((M, Cout, H, W), dtype=dtype, memory_format=torch.channels_last)
+        library().sf_sparse_conv3x3(M, H, W, Cin, Cout, *(_ptr(t) for t in rows), _ptr(wt),
+                                    None if b is None else _ptr(b), _ptr(out), int(dtype == torch.bfloat16),
+                                    threads())
+        ctx.rows, ctx.shape, ctx.dtype, ctx.has_bias = rows, x.shape, dtype, bias is not None
+        ctx.save_for_backward(w)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (w,) = ctx.saved_tensors
+        M, Cin, H, W = ctx.shape
+        Cout = w.shape[0]
+        g = g.to(ctx.dtype).contiguous(memory_format=torch.channels_last)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            # the input only gives its shape and layout to the data-gradient convolution (never read)
+            like = torch.empty(ctx.shape, dtype=ctx.dtype, memory_format=torch.channels_last)
+            gx = torch.ops.aten.convolution_backward(g, like, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                     [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            gw = torch.empty(Cout, Cin, 3, 3, dtype=torch.float32)
+            library().sf_sparse_conv3x3_wgrad(M, H, W, Cin, Cout, *(_ptr(t) for t in ctx.rows), _ptr(g),
+                                              int(g.dtype == torch.bfloat16), _ptr(gw), threads())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum((0, 2, 3), dtype=torch.float32)
+        return gx, gw, gb, None, None
+

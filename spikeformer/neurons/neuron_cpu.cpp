@@ -736,9 +736,9 @@ void pool_bwd(int64_t N, int64_t H, int64_t W, int64_t C, const X* gy, const uin
 // multiply-adds; for spikes times bf16 weights every product is exact, so results differ from a dense GEMM's only by
 // the order of the fp32 sums.
 
-// Nonzeros of x [R, K] (zero: +0 and -0). Rows are split into nthreads chunks; chunk k stores its entries in
-// col/val from cap * r0 / R on, so row r's entries are col[rs[r] .. re[r]). Returns the number of nonzeros, or -1
-// when a chunk has more than its share of cap (the caller then uses the dense product).
+// Nonzeros of x [R, K] (zero: +0 and -0), row r's being col[rs[r] .. re[r]) and val[...]. Rows are split into
+// nthreads chunks; chunk k stores its entries in its share of cap. Returns the number of nonzeros, or -1 when a
+// chunk has more than its share (the caller then uses the dense product).
 // Bit i set where element i of the 64 bytes at p is nonzero (32 bf16 or 16 float elements; -0 counts as zero).
 inline uint64_t nz_mask(const bf16* p) {
 #ifdef __AVX512BW__
@@ -772,15 +772,19 @@ int64_t sparse_rows(int64_t R, int64_t K, const X* x, int64_t cap, int64_t* rs, 
                     float* val, int nthreads) {
   constexpr int64_t LANES = 64 / sizeof(X);
   const int64_t nchunks = nthreads > 1 && R >= nthreads ? nthreads : 1;
+  // chunk k takes the blocks of 64 rows k, k + nchunks, ...: interleaved, so that each chunk sees every part of the
+  // input (the first time steps of a spiking layer fire less than the last); its share of cap is its share of rows
+  std::vector<int64_t> first(nchunks + 1, 0);
+  for (int64_t b = 0; b * 64 < R; ++b) first[b % nchunks + 1] += (R - b * 64 < 64 ? R - b * 64 : 64);
+  for (int64_t k = 0; k < nchunks; ++k) first[k + 1] += first[k];
   int64_t total = 0;
   int over = 0;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 1) reduction(+ : total) \
     reduction(| : over)
   for (int64_t k = 0; k < nchunks; ++k) {
-    const int64_t r0 = R * k / nchunks, r1 = R * (k + 1) / nchunks;
-    const int64_t lo = cap * r0 / R, hi = cap * r1 / R;
+    const int64_t lo = cap * first[k] / R, hi = cap * first[k + 1] / R;
     int64_t n = lo;
-    for (int64_t r = r0; r < r1 && !over; ++r) {
+    for (int64_t r = k * 64; r < R && !over; r += (r % 64 == 63) ? 64 * (nchunks - 1) + 1 : 1) {
       const X* row = x + r * K;
       rs[r] = n;
       int64_t j = 0;
@@ -818,6 +822,26 @@ int64_t sparse_rows(int64_t R, int64_t K, const X* x, int64_t cap, int64_t* rs, 
 // registers (a vector type of GCC and Clang; split into narrower instructions where the CPU has no 512-bit ones)
 typedef float vf16 __attribute__((vector_size(64)));
 
+// acc + s * w in one fused multiply-add per lane where the CPU has 512-bit ones (for spikes times weights the product
+// is exact, so fused or not gives the same sum; fused halves the instructions and the dependency chain)
+inline vf16 vfma(float s, vf16 w, vf16 acc) {
+#ifdef __AVX512F__
+  return reinterpret_cast<vf16>(_mm512_fmadd_ps(_mm512_set1_ps(s), reinterpret_cast<__m512>(w),
+                                                reinterpret_cast<__m512>(acc)));
+#else
+  return acc + s * w;
+#endif
+}
+
+// o[0 .. 16 * NV) = the accumulators, rounded to O (one vectorised loop)
+template <typename O, int NV>
+inline void store_vectors(const vf16* acc, O* __restrict o) {
+  float tmp[16 * NV];
+  std::memcpy(tmp, acc, sizeof(tmp));
+#pragma omp simd
+  for (int j = 0; j < 16 * NV; ++j) st(o, j, tmp[j]);
+}
+
 template <typename O, int NV>
 void spmm_tile(int64_t r0, int64_t r1, int64_t Nout, int64_t t0, const int64_t* rs, const int64_t* re,
                const int32_t* col, const float* val, const float* Wt, const float* bias, O* out) {
@@ -835,12 +859,10 @@ void spmm_tile(int64_t r0, int64_t r1, int64_t Nout, int64_t t0, const int64_t* 
       for (int v = 0; v < NV; ++v) {
         vf16 wv;
         std::memcpy(&wv, w + 16 * v, sizeof(wv));
-        acc[v] += s * wv;
+        acc[v] = vfma(s, wv, acc[v]);
       }
     }
-    O* __restrict o = out + r * Nout + t0;
-    for (int v = 0; v < NV; ++v)
-      for (int j = 0; j < 16; ++j) st(o, 16 * v + j, acc[v][j]);
+    store_vectors<O, NV>(acc, out + r * Nout + t0);
   }
 }
 
@@ -905,7 +927,7 @@ void spmm_wgrad(int64_t R, int64_t K, int64_t Nout, const int64_t* rs, const int
           for (int v = 0; v < SP_NV; ++v) {
             vf16 av;
             std::memcpy(&av, a + 16 * v, sizeof(av));
-            av += s * gv[v];
+            av = vfma(s, gv[v], av);
             std::memcpy(a + 16 * v, &av, sizeof(av));
           }
         }
@@ -925,11 +947,210 @@ void spmm_wgrad(int64_t R, int64_t K, int64_t Nout, const int64_t* rs, const int
   }
 }
 
+
+// 3x3 convolution, stride 1, padding 1, on channels-last frames [M, H, W, Cin] whose pixels are given as their
+// nonzeros (sparse_rows of the [M * H * W, Cin] view). Forward: out[p] = bias + sum over the 3x3 taps k and the
+// nonzeros (c, s) of the input pixel p + offset(k) of s * Wt[k][c] (Wt [9, Cin, Cout] fp32, per output column tile
+// with the accumulators in registers). Weight gradient: dW[k][c] += s * G[p] for the same triples.
+// f(std::integral_constant<int, nv>{}) for nv in 1..12 (the number of 16-wide accumulator vectors)
+template <typename F>
+inline void with_vectors(int nv, F&& f) {
+  switch (nv) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 9: f(std::integral_constant<int, 9>{}); break;
+    case 10: f(std::integral_constant<int, 10>{}); break;
+    case 11: f(std::integral_constant<int, 11>{}); break;
+    default: f(std::integral_constant<int, 12>{}); break;
+  }
+}
+
+template <typename O, int NV>
+void sconv_tile(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t t0, const int64_t* rs,
+                const int64_t* re, const int32_t* col, const float* val, const float* Wt, const float* bias, O* out) {
+  vf16 init[NV];
+  for (int v = 0; v < NV; ++v) {
+    init[v] = vf16{};
+    if (bias) std::memcpy(&init[v], bias + t0 + 16 * v, sizeof(vf16));
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t w = 0; w < W; ++w) {
+      vf16 acc[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[v] = init[v];
+      for (int64_t kh = 0; kh < 3; ++kh) {
+        const int64_t ih = h + kh - 1;
+        if (ih < 0 || ih >= H) continue;
+        for (int64_t kw = 0; kw < 3; ++kw) {
+          const int64_t iw = w + kw - 1;
+          if (iw < 0 || iw >= W) continue;
+          const int64_t q = (m * H + ih) * W + iw;
+          const float* wk = Wt + (kh * 3 + kw) * Cin * Cout + t0;
+          for (int64_t e = rs[q]; e < re[q]; ++e) {
+            const float sv = val[e];
+            const float* wr = wk + static_cast<int64_t>(col[e]) * Cout;
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) {
+              vf16 wv;
+              std::memcpy(&wv, wr + 16 * v, sizeof(wv));
+              acc[v] = vfma(sv, wv, acc[v]);
+            }
+          }
+        }
+      }
+      store_vectors<O, NV>(acc, out + ((m * H + h) * W + w) * Cout + t0);
+    }
+  }
+}
+
+// the same for one column (the columns beyond the last full 16-wide vector)
+template <typename O>
+void sconv_col(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t c0, const int64_t* rs,
+               const int64_t* re, const int32_t* col, const float* val, const float* Wt, const float* bias, O* out) {
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t w = 0; w < W; ++w) {
+      float acc = bias ? bias[c0] : 0.0f;
+      for (int64_t kh = 0; kh < 3; ++kh) {
+        const int64_t ih = h + kh - 1;
+        if (ih < 0 || ih >= H) continue;
+        for (int64_t kw = 0; kw < 3; ++kw) {
+          const int64_t iw = w + kw - 1;
+          if (iw < 0 || iw >= W) continue;
+          const int64_t q = (m * H + ih) * W + iw;
+          const float* wk = Wt + (kh * 3 + kw) * Cin * Cout + c0;
+          for (int64_t e = rs[q]; e < re[q]; ++e) acc = acc + val[e] * wk[static_cast<int64_t>(col[e]) * Cout];
+        }
+      }
+      st(out + ((m * H + h) * W + w) * Cout, c0, acc);
+    }
+}
+
+template <typename O>
+void sconv_fwd(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const int64_t* rs, const int64_t* re,
+               const int32_t* col, const float* val, const float* Wt, const float* bias, O* out, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && M > 1)
+  for (int64_t m = 0; m < M; ++m) {
+    int64_t t0 = 0;
+    while (t0 + 16 <= Cout) {  // as few passes over the frame as the registers allow: up to 12 vectors of 16
+      const int nv = static_cast<int>((Cout - t0) / 16 < 12 ? (Cout - t0) / 16 : 12);
+      with_vectors(nv, [&](auto c) {
+        sconv_tile<O, decltype(c)::value>(m, H, W, Cin, Cout, t0, rs, re, col, val, Wt, bias, out);
+      });
+      t0 += 16 * nv;
+    }
+    for (; t0 < Cout; ++t0) sconv_col<O>(m, H, W, Cin, Cout, t0, rs, re, col, val, Wt, bias, out);
+  }
+}
+
+// acc [9 * Cin, Cout] += the products of frames [m0, m1); each thread has its own acc, summed into dW at the end
+template <typename G_, int NV>
+void sconv_wgrad_tile(int64_t m0, int64_t m1, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t t0,
+                      const int64_t* rs, const int64_t* re, const int32_t* col, const float* val, const G_* g,
+                      float* acc) {
+  for (int64_t m = m0; m < m1; ++m)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) {
+        const G_* gp = g + ((m * H + h) * W + w) * Cout + t0;
+        vf16 gv[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v)
+          for (int j = 0; j < 16; ++j) gv[v][j] = ld(gp, 16 * v + j);
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t ih = h + kh - 1;
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t kw = 0; kw < 3; ++kw) {
+            const int64_t iw = w + kw - 1;
+            if (iw < 0 || iw >= W) continue;
+            const int64_t q = (m * H + ih) * W + iw;
+            float* ak = acc + (kh * 3 + kw) * Cin * Cout + t0;
+            for (int64_t e = rs[q]; e < re[q]; ++e) {
+              const float sv = val[e];
+              float* a = ak + static_cast<int64_t>(col[e]) * Cout;
+#pragma GCC unroll 8
+              for (int v = 0; v < NV; ++v) {
+                vf16 av;
+                std::memcpy(&av, a + 16 * v, sizeof(av));
+                av = vfma(sv, gv[v], av);
+                std::memcpy(a + 16 * v, &av, sizeof(av));
+              }
+            }
+          }
+        }
+      }
+}
+
+template <typename G_>
+void sconv_wgrad_col(int64_t m0, int64_t m1, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t c0,
+                     const int64_t* rs, const int64_t* re, const int32_t* col, const float* val, const G_* g,
+                     float* acc) {
+  for (int64_t m = m0; m < m1; ++m)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) {
+        const float gvv = ld(g + ((m * H + h) * W + w) * Cout, c0);
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t ih = h + kh - 1;
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t kw = 0; kw < 3; ++kw) {
+            const int64_t iw = w + kw - 1;
+            if (iw < 0 || iw >= W) continue;
+            const int64_t q = (m * H + ih) * W + iw;
+            float* ak = acc + (kh * 3 + kw) * Cin * Cout + c0;
+            for (int64_t e = rs[q]; e < re[q]; ++e) {
+              float* a = ak + static_cast<int64_t>(col[e]) * Cout;
+              *a = *a + val[e] * gvv;
+            }
+          }
+        }
+      }
+}
+
+// dW [Cout, Cin, 3, 3] fp32 (PyTorch's layout)
+template <typename G_>
+void sconv_wgrad(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const int64_t* rs, const int64_t* re,
+                 const int32_t* col, const float* val, const G_* g, float* dw, int nthreads) {
+  const int64_t nchunks = nthreads > 1 && M >= nthreads ? nthreads : 1;
+  const int64_t KC = 9 * Cin;
+  std::vector<float> accs(nchunks * KC * Cout, 0.0f);
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 1)
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t m0 = M * k / nchunks, m1 = M * (k + 1) / nchunks;
+    float* acc = accs.data() + k * KC * Cout;
+    // frames in groups of 4 so the group's entries stay in cache across the column tiles
+    for (int64_t a = m0; a < m1; a += 4) {
+      const int64_t b = a + 4 < m1 ? a + 4 : m1;
+      int64_t t0 = 0;
+      while (t0 + 16 <= Cout) {
+        const int nv = static_cast<int>((Cout - t0) / 16 < 12 ? (Cout - t0) / 16 : 12);
+        with_vectors(nv, [&](auto c) {
+          sconv_wgrad_tile<G_, decltype(c)::value>(a, b, H, W, Cin, Cout, t0, rs, re, col, val, g, acc);
+        });
+        t0 += 16 * nv;
+      }
+      for (; t0 < Cout; ++t0) sconv_wgrad_col<G_>(a, b, H, W, Cin, Cout, t0, rs, re, col, val, g, acc);
+    }
+  }
+  // dW[o][c][k] = sum over chunks of acc[k * Cin + c][o]
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t o = 0; o < Cout; ++o)
+    for (int64_t c = 0; c < Cin; ++c)
+      for (int64_t kk = 0; kk < 9; ++kk) {
+        float sum = 0.0f;
+        for (int64_t k = 0; k < nchunks; ++k) sum += accs[(k * KC + kk * Cin + c) * Cout + o];
+        dw[(o * Cin + c) * 9 + kk] = sum;
+      }
+}
+
 }  // namespace
 
 extern "C" {
 
-int sf_abi_version() { return 7; }
+int sf_abi_version() { return 8; }
 
 // x: [N, H, W, C] (x_bf16 ? bf16 : float), y: [N, Ho, Wo, C] of the same dtype, idx: [N, Ho, Wo, C] bytes or null.
 void sf_maxpool_fwd(int64_t N, int64_t H, int64_t W, int64_t C, const void* x, int x_bf16, void* y, uint8_t* idx,
@@ -1063,6 +1284,28 @@ void sf_sparse_linear_wgrad(int64_t R, int64_t K, int64_t Nout, const int64_t* r
                             int nthreads) {
   if (g_bf16) spmm_wgrad<bf16>(R, K, Nout, rs, re, col, val, static_cast<const bf16*>(g), dw, nthreads);
   else spmm_wgrad<float>(R, K, Nout, rs, re, col, val, static_cast<const float*>(g), dw, nthreads);
+}
+
+
+// 3x3 convolution, stride 1, padding 1 (see sconv_fwd): frames [M, H, W, Cin] as their nonzeros, Wt [9, Cin, Cout]
+// fp32, bias [Cout] fp32 or null, out [M, H, W, Cout] (out_bf16 ? bf16 : float)
+void sf_sparse_conv3x3(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const int64_t* rs,
+                       const int64_t* re, const int32_t* col, const float* val, const float* Wt, const float* bias,
+                       void* out, int out_bf16, int nthreads) {
+  if (out_bf16)
+    sconv_fwd<bf16>(M, H, W, Cin, Cout, rs, re, col, val, Wt, bias, static_cast<bf16*>(out), nthreads);
+  else
+    sconv_fwd<float>(M, H, W, Cin, Cout, rs, re, col, val, Wt, bias, static_cast<float*>(out), nthreads);
+}
+
+// dW [Cout, Cin, 3, 3] fp32 of the same convolution; g [M, H, W, Cout] (g_bf16 ? bf16 : float)
+void sf_sparse_conv3x3_wgrad(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const int64_t* rs,
+                             const int64_t* re, const int32_t* col, const float* val, const void* g, int g_bf16,
+                             float* dw, int nthreads) {
+  if (g_bf16)
+    sconv_wgrad<bf16>(M, H, W, Cin, Cout, rs, re, col, val, static_cast<const bf16*>(g), dw, nthreads);
+  else
+    sconv_wgrad<float>(M, H, W, Cin, Cout, rs, re, col, val, static_cast<const float*>(g), dw, nthreads);
 }
 
 }  // extern "C"

@@ -1,6 +1,6 @@
-"""The Linear over nonzero spikes (layers/spike_linear.py, sparse_* in neurons/neuron_cpu.cpp) against F.linear:
-the nonzero lists, forward values, input/weight/bias gradients in fp32 and under bf16 autocast, the density
-cut-over and the fallbacks, and the Spikformer layers that use it."""
+"""Linear layers and 3x3 convolutions over nonzero spikes (layers/sparse.py, sparse_* in neurons/neuron_cpu.cpp)
+against F.linear / nn.Conv2d: the nonzero lists, forward values, input/weight/bias gradients in fp32 and under bf16
+autocast, the density cut-over and the fallbacks, and the Spikformer layers that use them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeformer.layers import fused_bn as BNN
-from spikeformer.layers import spike_linear as SL
+from spikeformer.layers import sparse as SL
 from spikeformer.neurons import _native
 from spikeformer.neurons.nodes import LIF
 
@@ -164,21 +164,33 @@ def sparse_calls(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32-fast", "bf16"])
-def test_spikformer_proj_and_fc2_run_on_the_nonzeros(sparse_calls, monkeypatch, dtype):
-    """A training step of a small Spikformer: its attention projection and second MLP layer (inputs: spikes) take the
-    sparse product on the fast path; loss and gradients equal the dense step's within rounding."""
+def test_spikformer_runs_its_spike_inputs_on_the_nonzeros(sparse_calls, monkeypatch, dtype):
+    """A training step of a small Spikformer: its attention projection and second MLP layer and its stem
+    convolutions after the first (inputs: spikes) take the sparse products on the fast path; loss and gradients
+    equal the dense step's within rounding."""
     import spikeformer
-    from spikeformer.models.spikformer import Spikformer
+    from spikeformer.models import spikformer as SFM
 
+    conv_calls = []
+    real_conv = SFM.spike_conv3x3
+
+    def conv_spy(conv, x, *a, **k):
+        out = real_conv(conv, x, *a, max_density=1.0)  # the small model's stem fires more than 8 %
+        conv_calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(SFM, "spike_conv3x3", conv_spy)
     torch.manual_seed(0)
-    m = Spikformer("cifar", num_classes=10, embed_dim=64, depth=2, num_heads=4, T=2)
+    m = SFM.Spikformer("cifar", num_classes=10, embed_dim=64, depth=2, num_heads=4, T=2)
     spikeformer.layers.use_fast_kernels(m)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     m_dense = copy.deepcopy(m)
     l1, g1 = _mlp_step(m, x, y, dtype)
     used = sum(sparse_calls)
     assert len(sparse_calls) == 4 and used >= 2  # proj and fc2 of both blocks were offered; sparse where sparse
+    assert conv_calls == [True, True, True]  # stem stages 2-4 (the first sees images)
     monkeypatch.setattr(BNN, "spike_linear", lambda *a, **k: None)
+    monkeypatch.setattr(SFM, "spike_conv3x3", lambda *a, **k: None)
     l2, g2 = _mlp_step(m_dense, x, y, dtype)
     if dtype == torch.float32:
         assert abs(l1 - l2) < 1e-4
@@ -212,3 +224,80 @@ def test_exact_path_and_hooks_keep_the_dense_linear(sparse_calls):
         z = F.linear(x, lin.weight, lin.bias)
         torch.testing.assert_close(SL.spike_linear(lin, x), z, rtol=1e-5, atol=1e-5)
         assert (out != BNN.bn_neuron(bn, neuron, z, fuse=True)).float().mean() < 0.01
+
+
+def _int_conv(Cin, Cout, seed, bias=False):
+    g = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(Cin, Cout, 3, 1, 1, bias=bias)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randint(-3, 4, conv.weight.shape, generator=g).float())
+        if bias:
+            conv.bias.copy_(torch.randint(-5, 6, (Cout,), generator=g).float())
+    return conv
+
+
+def _frames(shape, density, seed, dtype=torch.float32):
+    return _spikes(shape, density, seed, dtype, counts=True).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("Cin,Cout,bias", [(8, 16, False), (5, 20, True), (24, 200, False), (3, 7, True)])
+def test_spike_conv_equals_conv2d(dtype, Cin, Cout, bias):
+    """Forward, input, weight and bias gradients equal nn.Conv2d's (integer data: exact in any summation order),
+    borders (padding) included, for full 16-wide column vectors, vector counts above 12 and single columns."""
+    conv = _int_conv(Cin, Cout, 13, bias)
+    x = _frames((3, Cin, 7, 5), 0.06, 14)
+    g = torch.randint(-2, 3, (3, Cout, 7, 5)).float().contiguous(memory_format=torch.channels_last)
+    res = []
+    for sparse in (True, False):
+        c = copy.deepcopy(conv)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = SL.spike_conv3x3(c, xi, max_density=1.0) if sparse else c(xi)
+        assert y is not None
+        (y.float() * g).sum().backward()
+        res.append((y.detach(), xi.grad, c.weight.grad, None if c.bias is None else c.bias.grad))
+    (y, gx, gw, gb), (y2, gx2, gw2, gb2) = res
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, y2)
+    assert torch.equal(gx, gx2)
+    assert gw.dtype == torch.float32 and torch.equal(gw, gw2)
+    assert (gb is None and gb2 is None) or torch.equal(gb, gb2)
+
+
+def test_spike_conv_random_weights_within_rounding():
+    torch.manual_seed(15)
+    conv = nn.Conv2d(16, 32, 3, 1, 1, bias=False)
+    x = _frames((4, 16, 9, 9), 0.05, 16).requires_grad_()
+    y = SL.spike_conv3x3(conv, x)
+    torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ref = torch.nn.grad.conv2d_weight(x.detach(), conv.weight.shape, g, padding=1)
+    torch.testing.assert_close(conv.weight.grad, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_spike_conv_fallbacks():
+    x = _frames((2, 8, 6, 6), 0.05, 17)
+    assert SL.spike_conv3x3(_int_conv(8, 16, 0), x) is not None
+    assert SL.spike_conv3x3(_int_conv(8, 16, 0), x.contiguous()) is None  # NCHW frames
+    assert SL.spike_conv3x3(_int_conv(8, 16, 0), _frames((2, 8, 6, 6), 0.3, 18)) is None  # too dense
+    for conv in (nn.Conv2d(8, 16, 3, 2, 1), nn.Conv2d(8, 16, 1), nn.Conv2d(8, 16, 3, 1, 1, groups=2),
+                 nn.Conv2d(8, 16, 3, 1, 2, dilation=2), nn.Conv2d(8, 16, 3, 1, 1, padding_mode="reflect"),
+                 nn.Conv2d(8, 16, 3, 1, 0)):
+        assert SL.spike_conv3x3(conv, x) is None
+
+
+def test_spikformer_stem_keeps_a_hooked_convolution_dense():
+    from spikeformer.models.spikformer import _spike_conv
+
+    conv = _int_conv(8, 16, 0)
+    x = _frames((6, 8, 6, 6), 0.05, 19).unflatten(0, (2, 3))  # [T, B, C, H, W], channels-last frames
+    out = _spike_conv(conv, x)
+    assert out is not None and out.shape == (2, 3, 16, 6, 6)
+    assert torch.equal(out, conv(x.flatten(0, 1)).unflatten(0, (2, 3)))
+    h = conv.register_forward_hook(lambda *a: None)
+    try:
+        assert _spike_conv(conv, x) is None  # hooks (energy reports, firing rates) see the convolution's call
+    finally:
+        h.remove()

@@ -1,4 +1,4 @@
-"""A Linear layer whose input is spikes, computed over the nonzero inputs only.
+"""Linear layers and 3x3 convolutions whose input is spikes, computed over the nonzero inputs only.
 
 Spiking transformers feed many of their Linear layers with the output of a neuron: 0/1 spikes, most of them zero
 (Spikformer's MLP hidden layer fires about 3 % of the time at initialisation, the attention output a few percent).
@@ -8,8 +8,11 @@ input gradient ``g @ W`` is dense and stays a GEMM. On the benchmark machine (bf
 3 % of the inputs nonzero) the forward with its pass over the input takes 5.4 ms instead of 10.9 ms and the weight
 gradient 3.1 ms instead of 12.7 ms (``benchmarks/bench_spike_linear.py``).
 
-It is used where a model says its input is spikes (``linear_bn_neuron(..., sparse=True)``) and only on the fast
-path (fast kernels or autocast): sums are fp32 in another order than the BLAS's, so outputs differ from
+:func:`spike_conv3x3` does the same for a 3x3 convolution (stride 1, padding 1) of channels-last frames: every
+nonzero input pixel channel adds its 3x3 weight taps into the outputs around it (Spikformer's stem, 5-7 % nonzero).
+
+Both are used where a model says its input is spikes (``linear_bn_neuron(..., sparse=True)``, Spikformer's stem
+after its first stage) and only on the fast path (fast kernels or autocast): sums are fp32 in another order than the BLAS's, so outputs differ from
 ``F.linear``'s by rounding (for spikes times bf16 weights every product is exact and only the order of the fp32
 sums differs). When more than :data:`MAX_DENSITY` of the inputs are nonzero the dense GEMM is faster and is used.
 """
@@ -56,3 +59,26 @@ def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
     bias = linear.bias if with_bias else None
     out = _native.NativeSparseLinear.apply(x2d, weight, bias, rows, dtype)
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor, max_density: float = MAX_DENSITY) -> Optional[torch.Tensor]:
+    """``conv(x)`` for channels-last frames ``x [N, C, H, W]`` over their nonzeros, or ``None`` where that does not
+    apply: not a 3x3 / stride 1 / padding 1 / ungrouped / zero-padded convolution, not channels-last, more than
+    ``max_density`` nonzero, and the cases of :func:`spike_linear`. The output is channels-last."""
+    weight = conv.weight
+    if not (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and x.dim() == 4 and x.device.type == "cpu" and x.numel() > 0
+            and weight.device.type == "cpu" and weight.dtype == torch.float32 and x.shape[1] == weight.shape[1]
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    dtype = _compute_dtype(x, weight)
+    if dtype is None or _native.library() is None:
+        return None
+    M, C, H, W = x.shape
+    rows = _native.sparse_rows(x.permute(0, 2, 3, 1).view(M * H * W, C), max_density)
+    if rows is None:
+        return None
+    if dtype != x.dtype:
+        rows[3].copy_(rows[3].to(dtype))
+    return _native.NativeSparseConv3x3.apply(x, weight, conv.bias, rows, dtype)
