@@ -42,7 +42,7 @@ def run(R: int, K: int, N: int, density: float, reps: int) -> dict:
     dense_w = _median_ms(lambda: g.t().mm(x), reps)
     rows_ms = _median_ms(lambda: _native.sparse_rows(x, 1.0), reps)
     rows = _native.sparse_rows(x, 1.0)
-    wt = wb.float().t().contiguous()
+    wt = wb.t().contiguous()
     out = torch.empty(R, N, dtype=torch.bfloat16)
     ptrs = [_native._ptr(t) for t in rows]
     sp_f = _median_ms(lambda: lib.sf_sparse_linear(R, N, *ptrs, _native._ptr(wt), None, _native._ptr(out), 1,

@@ -482,7 +482,7 @@ class NativeSparseLinear(torch.autograd.Function):
     def forward(ctx, x2d, weight, bias, rows, dtype):
         R, Nout = x2d.shape[0], weight.shape[0]
         w = weight.detach().to(dtype)
-        wt = w.float().t().contiguous()  # [K, Nout]
+        wt = w.t().contiguous()  # [K, Nout], in dtype
         b = None if bias is None else bias.detach().to(dtype).float().contiguous()
         out = torch.empty(R, Nout, dtype=dtype)
         library().sf_sparse_linear(R, Nout, *(_ptr(t) for t in rows), _ptr(wt), None if b is None else _ptr(b),
@@ -519,7 +519,7 @@ class NativeSparseConv3x3(torch.autograd.Function):
         M, Cin, H, W = x.shape
         Cout = weight.shape[0]
         w = weight.detach().to(dtype)
-        wt = w.float().permute(2, 3, 1, 0).contiguous()  # [3, 3, Cin, Cout]
+        wt = w.permute(2, 3, 1, 0).contiguous()  # [3, 3, Cin, Cout], in dtype
         b = None if bias is None else bias.detach().to(dtype).float().contiguous()
         out = torch.empty((M, Cout, H, W), dtype=dtype, memory_format=torch.channels_last)
         library().sf_sparse_conv3x3(M, H, W, Cin, Cout, *(_ptr(t) for t in rows), _ptr(wt),

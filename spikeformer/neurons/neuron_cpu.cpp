@@ -731,8 +731,8 @@ void pool_bwd(int64_t N, int64_t H, int64_t W, int64_t C, const X* gy, const uin
 // ---------------------------------------------------------------------------------------------------------------
 // Linear layers whose input is spikes (0/1, or the small integers of summed spikes) and mostly zero: the input is
 // turned into its nonzeros, row by row (sparse_rows), and the products skip the zeros. Forward: out[r] = sum over
-// the nonzeros (j, s) of row r of s * Wt[j] (Wt = W^T, [K, Nout] fp32). Weight gradient: dW^T[j] += s * G[r] for
-// every nonzero (j, s) of row r. The input gradient G W is dense and stays with the BLAS. Sums are fp32 with fused
+// the nonzeros (j, s) of row r of s * Wt[j] (Wt = W^T, [K, Nout] in the compute dtype). Weight gradient:
+// dW^T[j] += s * G[r] for every nonzero (j, s) of row r. The input gradient G W is dense and stays with the BLAS. Sums are fp32 with fused
 // multiply-adds; for spikes times bf16 weights every product is exact, so results differ from a dense GEMM's only by
 // the order of the fp32 sums.
 
@@ -833,6 +833,24 @@ inline vf16 vfma(float s, vf16 w, vf16 acc) {
 #endif
 }
 
+// 16 consecutive values as fp32 (weights are stored in the compute dtype: bf16 halves the bytes read per product)
+inline vf16 load16(const float* p) {
+  vf16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline vf16 load16(const bf16* p) {
+#ifdef __AVX512F__
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return reinterpret_cast<vf16>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#else
+  vf16 v;
+  for (int j = 0; j < 16; ++j) v[j] = bf2f(p[j]);
+  return v;
+#endif
+}
+
 // o[0 .. 16 * NV) = the accumulators, rounded to O (one vectorised loop)
 template <typename O, int NV>
 inline void store_vectors(const vf16* acc, O* __restrict o) {
@@ -844,7 +862,7 @@ inline void store_vectors(const vf16* acc, O* __restrict o) {
 
 template <typename O, int NV>
 void spmm_tile(int64_t r0, int64_t r1, int64_t Nout, int64_t t0, const int64_t* rs, const int64_t* re,
-               const int32_t* col, const float* val, const float* Wt, const float* bias, O* out) {
+               const int32_t* col, const float* val, const O* Wt, const float* bias, O* out) {
   vf16 init[NV];
   for (int v = 0; v < NV; ++v) {
     init[v] = vf16{};
@@ -855,12 +873,8 @@ void spmm_tile(int64_t r0, int64_t r1, int64_t Nout, int64_t t0, const int64_t* 
     for (int v = 0; v < NV; ++v) acc[v] = init[v];
     for (int64_t e = rs[r]; e < re[r]; ++e) {
       const float s = val[e];
-      const float* w = Wt + static_cast<int64_t>(col[e]) * Nout + t0;
-      for (int v = 0; v < NV; ++v) {
-        vf16 wv;
-        std::memcpy(&wv, w + 16 * v, sizeof(wv));
-        acc[v] = vfma(s, wv, acc[v]);
-      }
+      const O* w = Wt + static_cast<int64_t>(col[e]) * Nout + t0;
+      for (int v = 0; v < NV; ++v) acc[v] = vfma(s, load16(w + 16 * v), acc[v]);
     }
     store_vectors<O, NV>(acc, out + r * Nout + t0);
   }
@@ -869,14 +883,14 @@ void spmm_tile(int64_t r0, int64_t r1, int64_t Nout, int64_t t0, const int64_t* 
 // the same for a tile narrower than NT (the last columns)
 template <typename O>
 void spmm_tail(int64_t r0, int64_t r1, int64_t Nout, int64_t t0, int64_t w, const int64_t* rs, const int64_t* re,
-               const int32_t* col, const float* val, const float* Wt, const float* bias, O* out) {
+               const int32_t* col, const float* val, const O* Wt, const float* bias, O* out) {
   std::vector<float> acc(w);
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t j = 0; j < w; ++j) acc[j] = bias ? bias[t0 + j] : 0.0f;
     for (int64_t e = rs[r]; e < re[r]; ++e) {
       const float s = val[e];
-      const float* w_ = Wt + static_cast<int64_t>(col[e]) * Nout + t0;
-      for (int64_t j = 0; j < w; ++j) acc[j] = acc[j] + s * w_[j];
+      const O* w_ = Wt + static_cast<int64_t>(col[e]) * Nout + t0;
+      for (int64_t j = 0; j < w; ++j) acc[j] = acc[j] + s * ld(w_, j);
     }
     for (int64_t j = 0; j < w; ++j) st(out + r * Nout + t0, j, acc[j]);
   }
@@ -887,7 +901,7 @@ constexpr int SP_NV = SP_TILE / 16;
 
 template <typename O>
 void spmm_fwd(int64_t R, int64_t Nout, const int64_t* rs, const int64_t* re, const int32_t* col, const float* val,
-              const float* Wt, const float* bias, O* out, int nthreads) {
+              const O* Wt, const float* bias, O* out, int nthreads) {
   const int64_t nchunks = nthreads > 1 && R >= nthreads ? nthreads : 1;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 1)
   for (int64_t k = 0; k < nchunks; ++k) {
@@ -950,8 +964,9 @@ void spmm_wgrad(int64_t R, int64_t K, int64_t Nout, const int64_t* rs, const int
 
 // 3x3 convolution, stride 1, padding 1, on channels-last frames [M, H, W, Cin] whose pixels are given as their
 // nonzeros (sparse_rows of the [M * H * W, Cin] view). Forward: out[p] = bias + sum over the 3x3 taps k and the
-// nonzeros (c, s) of the input pixel p + offset(k) of s * Wt[k][c] (Wt [9, Cin, Cout] fp32, per output column tile
-// with the accumulators in registers). Weight gradient: dW[k][c] += s * G[p] for the same triples.
+// nonzeros (c, s) of the input pixel p + offset(k) of s * Wt[k][c] (Wt [9, Cin, Cout] in the compute dtype, per
+// output column tile with the accumulators in registers). Weight gradient: dW[k][c] += s * G[p] for the same triples,
+// channel by channel (FrameColumns), the accumulators of a (tap, channel) pair in registers.
 // f(std::integral_constant<int, nv>{}) for nv in 1..12 (the number of 16-wide accumulator vectors)
 template <typename F>
 inline void with_vectors(int nv, F&& f) {
@@ -973,7 +988,7 @@ inline void with_vectors(int nv, F&& f) {
 
 template <typename O, int NV>
 void sconv_tile(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t t0, const int64_t* rs,
-                const int64_t* re, const int32_t* col, const float* val, const float* Wt, const float* bias, O* out) {
+                const int64_t* re, const int32_t* col, const float* val, const O* Wt, const float* bias, O* out) {
   vf16 init[NV];
   for (int v = 0; v < NV; ++v) {
     init[v] = vf16{};
@@ -991,16 +1006,12 @@ void sconv_tile(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int6
           const int64_t iw = w + kw - 1;
           if (iw < 0 || iw >= W) continue;
           const int64_t q = (m * H + ih) * W + iw;
-          const float* wk = Wt + (kh * 3 + kw) * Cin * Cout + t0;
+          const O* wk = Wt + (kh * 3 + kw) * Cin * Cout + t0;
           for (int64_t e = rs[q]; e < re[q]; ++e) {
             const float sv = val[e];
-            const float* wr = wk + static_cast<int64_t>(col[e]) * Cout;
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; ++v) {
-              vf16 wv;
-              std::memcpy(&wv, wr + 16 * v, sizeof(wv));
-              acc[v] = vfma(sv, wv, acc[v]);
-            }
+            const O* wr = wk + static_cast<int64_t>(col[e]) * Cout;
+#pragma GCC unroll 12
+            for (int v = 0; v < NV; ++v) acc[v] = vfma(sv, load16(wr + 16 * v), acc[v]);
           }
         }
       }
@@ -1012,7 +1023,7 @@ void sconv_tile(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int6
 // the same for one column (the columns beyond the last full 16-wide vector)
 template <typename O>
 void sconv_col(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t c0, const int64_t* rs,
-               const int64_t* re, const int32_t* col, const float* val, const float* Wt, const float* bias, O* out) {
+               const int64_t* re, const int32_t* col, const float* val, const O* Wt, const float* bias, O* out) {
   for (int64_t h = 0; h < H; ++h)
     for (int64_t w = 0; w < W; ++w) {
       float acc = bias ? bias[c0] : 0.0f;
@@ -1023,8 +1034,8 @@ void sconv_col(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64
           const int64_t iw = w + kw - 1;
           if (iw < 0 || iw >= W) continue;
           const int64_t q = (m * H + ih) * W + iw;
-          const float* wk = Wt + (kh * 3 + kw) * Cin * Cout + c0;
-          for (int64_t e = rs[q]; e < re[q]; ++e) acc = acc + val[e] * wk[static_cast<int64_t>(col[e]) * Cout];
+          const O* wk = Wt + (kh * 3 + kw) * Cin * Cout + c0;
+          for (int64_t e = rs[q]; e < re[q]; ++e) acc = acc + val[e] * ld(wk, static_cast<int64_t>(col[e]) * Cout);
         }
       }
       st(out + ((m * H + h) * W + w) * Cout, c0, acc);
@@ -1033,7 +1044,7 @@ void sconv_col(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64
 
 template <typename O>
 void sconv_fwd(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const int64_t* rs, const int64_t* re,
-               const int32_t* col, const float* val, const float* Wt, const float* bias, O* out, int nthreads) {
+               const int32_t* col, const float* val, const O* Wt, const float* bias, O* out, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && M > 1)
   for (int64_t m = 0; m < M; ++m) {
     int64_t t0 = 0;
@@ -1048,69 +1059,87 @@ void sconv_fwd(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const
   }
 }
 
-// acc [9 * Cin, Cout] += the products of frames [m0, m1); each thread has its own acc, summed into dW at the end
+// The nonzeros of one frame by input channel (the transpose of its rows' lists): channel c's entries are
+// [first[c], first[c + 1]) of h / w (the pixel) and s (the value).
+struct FrameColumns {
+  std::vector<int64_t> first;
+  std::vector<int16_t> h, w;
+  std::vector<float> s;
+
+  void build(int64_t q0, int64_t H, int64_t W, int64_t Cin, const int64_t* rs, const int64_t* re, const int32_t* col,
+             const float* val) {
+    first.assign(Cin + 1, 0);
+    int64_t n = 0;
+    for (int64_t q = 0; q < H * W; ++q) {
+      n += re[q0 + q] - rs[q0 + q];
+      for (int64_t e = rs[q0 + q]; e < re[q0 + q]; ++e) ++first[col[e] + 1];
+    }
+    for (int64_t c = 0; c < Cin; ++c) first[c + 1] += first[c];
+    h.resize(n);
+    w.resize(n);
+    s.resize(n);
+    std::vector<int64_t> pos(first.begin(), first.end() - 1);
+    for (int64_t q = 0; q < H * W; ++q)
+      for (int64_t e = rs[q0 + q]; e < re[q0 + q]; ++e) {
+        const int64_t i = pos[col[e]]++;
+        h[i] = static_cast<int16_t>(q / W);
+        w[i] = static_cast<int16_t>(q % W);
+        s[i] = val[e];
+      }
+  }
+};
+
+// acc[k][c][t0 .. t0 + 16 * NV) += sum over channel c's nonzeros (q, s) of frame m of s * G[q - offset(k)]: the
+// accumulators of one (tap, channel) pair in registers, the frame's G rows read from cache
 template <typename G_, int NV>
-void sconv_wgrad_tile(int64_t m0, int64_t m1, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t t0,
-                      const int64_t* rs, const int64_t* re, const int32_t* col, const float* val, const G_* g,
-                      float* acc) {
-  for (int64_t m = m0; m < m1; ++m)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) {
-        const G_* gp = g + ((m * H + h) * W + w) * Cout + t0;
-        vf16 gv[NV];
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v)
-          for (int j = 0; j < 16; ++j) gv[v][j] = ld(gp, 16 * v + j);
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t ih = h + kh - 1;
-          if (ih < 0 || ih >= H) continue;
-          for (int64_t kw = 0; kw < 3; ++kw) {
-            const int64_t iw = w + kw - 1;
-            if (iw < 0 || iw >= W) continue;
-            const int64_t q = (m * H + ih) * W + iw;
-            float* ak = acc + (kh * 3 + kw) * Cin * Cout + t0;
-            for (int64_t e = rs[q]; e < re[q]; ++e) {
-              const float sv = val[e];
-              float* a = ak + static_cast<int64_t>(col[e]) * Cout;
-#pragma GCC unroll 8
-              for (int v = 0; v < NV; ++v) {
-                vf16 av;
-                std::memcpy(&av, a + 16 * v, sizeof(av));
-                av = vfma(sv, gv[v], av);
-                std::memcpy(a + 16 * v, &av, sizeof(av));
-              }
-            }
-          }
+void sconv_wgrad_tile(const FrameColumns& fc, int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t t0,
+                      const G_* g, float* acc) {
+  const G_* gm = g + m * H * W * Cout + t0;
+  for (int64_t c = 0; c < Cin; ++c) {
+    const int64_t e0 = fc.first[c], e1 = fc.first[c + 1];
+    if (e0 == e1) continue;
+    for (int64_t kh = 0; kh < 3; ++kh)
+      for (int64_t kw = 0; kw < 3; ++kw) {
+        vf16 a[NV];
+        for (int v = 0; v < NV; ++v) a[v] = vf16{};
+        for (int64_t e = e0; e < e1; ++e) {
+          const int64_t h = fc.h[e] - kh + 1, w = fc.w[e] - kw + 1;
+          if (h < 0 || h >= H || w < 0 || w >= W) continue;
+          const G_* gp = gm + (h * W + w) * Cout;
+          const float sv = fc.s[e];
+#pragma GCC unroll 12
+          for (int v = 0; v < NV; ++v) a[v] = vfma(sv, load16(gp + 16 * v), a[v]);
+        }
+        float* ak = acc + ((kh * 3 + kw) * Cin + c) * Cout + t0;
+        for (int v = 0; v < NV; ++v) {
+          vf16 av = load16(ak + 16 * v);
+          av += a[v];
+          std::memcpy(ak + 16 * v, &av, sizeof(av));
         }
       }
+  }
 }
 
+// the same for one column
 template <typename G_>
-void sconv_wgrad_col(int64_t m0, int64_t m1, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t c0,
-                     const int64_t* rs, const int64_t* re, const int32_t* col, const float* val, const G_* g,
-                     float* acc) {
-  for (int64_t m = m0; m < m1; ++m)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) {
-        const float gvv = ld(g + ((m * H + h) * W + w) * Cout, c0);
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t ih = h + kh - 1;
-          if (ih < 0 || ih >= H) continue;
-          for (int64_t kw = 0; kw < 3; ++kw) {
-            const int64_t iw = w + kw - 1;
-            if (iw < 0 || iw >= W) continue;
-            const int64_t q = (m * H + ih) * W + iw;
-            float* ak = acc + (kh * 3 + kw) * Cin * Cout + c0;
-            for (int64_t e = rs[q]; e < re[q]; ++e) {
-              float* a = ak + static_cast<int64_t>(col[e]) * Cout;
-              *a = *a + val[e] * gvv;
-            }
-          }
+void sconv_wgrad_col(const FrameColumns& fc, int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t o,
+                     const G_* g, float* acc) {
+  const G_* gm = g + m * H * W * Cout + o;
+  for (int64_t c = 0; c < Cin; ++c)
+    for (int64_t kh = 0; kh < 3; ++kh)
+      for (int64_t kw = 0; kw < 3; ++kw) {
+        float a = 0.0f;
+        for (int64_t e = fc.first[c]; e < fc.first[c + 1]; ++e) {
+          const int64_t h = fc.h[e] - kh + 1, w = fc.w[e] - kw + 1;
+          if (h < 0 || h >= H || w < 0 || w >= W) continue;
+          a = a + fc.s[e] * ld(gm, (h * W + w) * Cout);
         }
+        acc[((kh * 3 + kw) * Cin + c) * Cout + o] += a;
       }
 }
 
-// dW [Cout, Cin, 3, 3] fp32 (PyTorch's layout)
+// dW [Cout, Cin, 3, 3] fp32 (PyTorch's layout). Each thread sums its frames into its own [9, Cin, Cout] accumulator;
+// the accumulators are added at the end.
 template <typename G_>
 void sconv_wgrad(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const int64_t* rs, const int64_t* re,
                  const int32_t* col, const float* val, const G_* g, float* dw, int nthreads) {
@@ -1119,20 +1148,17 @@ void sconv_wgrad(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, con
   std::vector<float> accs(nchunks * KC * Cout, 0.0f);
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 1)
   for (int64_t k = 0; k < nchunks; ++k) {
-    const int64_t m0 = M * k / nchunks, m1 = M * (k + 1) / nchunks;
     float* acc = accs.data() + k * KC * Cout;
-    // frames in groups of 4 so the group's entries stay in cache across the column tiles
-    for (int64_t a = m0; a < m1; a += 4) {
-      const int64_t b = a + 4 < m1 ? a + 4 : m1;
+    FrameColumns fc;
+    for (int64_t m = M * k / nchunks; m < M * (k + 1) / nchunks; ++m) {
+      fc.build(m * H * W, H, W, Cin, rs, re, col, val);
       int64_t t0 = 0;
       while (t0 + 16 <= Cout) {
         const int nv = static_cast<int>((Cout - t0) / 16 < 12 ? (Cout - t0) / 16 : 12);
-        with_vectors(nv, [&](auto c) {
-          sconv_wgrad_tile<G_, decltype(c)::value>(a, b, H, W, Cin, Cout, t0, rs, re, col, val, g, acc);
-        });
+        with_vectors(nv, [&](auto c) { sconv_wgrad_tile<G_, decltype(c)::value>(fc, m, H, W, Cin, Cout, t0, g, acc); });
         t0 += 16 * nv;
       }
-      for (; t0 < Cout; ++t0) sconv_wgrad_col<G_>(a, b, H, W, Cin, Cout, t0, rs, re, col, val, g, acc);
+      for (; t0 < Cout; ++t0) sconv_wgrad_col<G_>(fc, m, H, W, Cin, Cout, t0, g, acc);
     }
   }
   // dW[o][c][k] = sum over chunks of acc[k * Cin + c][o]
@@ -1270,12 +1296,15 @@ int64_t sf_sparse_rows(int64_t R, int64_t K, const void* x, int x_bf16, int64_t 
   return sparse_rows<float>(R, K, static_cast<const float*>(x), cap, rs, re, col, val, nthreads);
 }
 
-// out [R, Nout] (out_bf16 ? bf16 : float) = the sparse rows times Wt [K, Nout] fp32, plus bias [Nout] fp32 if not
-// null (the sums start from it)
+// out [R, Nout] (out_bf16 ? bf16 : float) = the sparse rows times Wt [K, Nout] (of out's dtype), plus bias [Nout]
+// fp32 if not null (the sums start from it)
 void sf_sparse_linear(int64_t R, int64_t Nout, const int64_t* rs, const int64_t* re, const int32_t* col,
-                      const float* val, const float* Wt, const float* bias, void* out, int out_bf16, int nthreads) {
-  if (out_bf16) spmm_fwd<bf16>(R, Nout, rs, re, col, val, Wt, bias, static_cast<bf16*>(out), nthreads);
-  else spmm_fwd<float>(R, Nout, rs, re, col, val, Wt, bias, static_cast<float*>(out), nthreads);
+                      const float* val, const void* Wt, const float* bias, void* out, int out_bf16, int nthreads) {
+  if (out_bf16)
+    spmm_fwd<bf16>(R, Nout, rs, re, col, val, static_cast<const bf16*>(Wt), bias, static_cast<bf16*>(out), nthreads);
+  else
+    spmm_fwd<float>(R, Nout, rs, re, col, val, static_cast<const float*>(Wt), bias, static_cast<float*>(out),
+                    nthreads);
 }
 
 // dW [Nout, K] fp32 = G^T times the sparse rows; G [R, Nout] (g_bf16 ? bf16 : float)
@@ -1288,14 +1317,16 @@ void sf_sparse_linear_wgrad(int64_t R, int64_t K, int64_t Nout, const int64_t* r
 
 
 // 3x3 convolution, stride 1, padding 1 (see sconv_fwd): frames [M, H, W, Cin] as their nonzeros, Wt [9, Cin, Cout]
-// fp32, bias [Cout] fp32 or null, out [M, H, W, Cout] (out_bf16 ? bf16 : float)
+// of out's dtype, bias [Cout] fp32 or null, out [M, H, W, Cout] (out_bf16 ? bf16 : float)
 void sf_sparse_conv3x3(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const int64_t* rs,
-                       const int64_t* re, const int32_t* col, const float* val, const float* Wt, const float* bias,
+                       const int64_t* re, const int32_t* col, const float* val, const void* Wt, const float* bias,
                        void* out, int out_bf16, int nthreads) {
   if (out_bf16)
-    sconv_fwd<bf16>(M, H, W, Cin, Cout, rs, re, col, val, Wt, bias, static_cast<bf16*>(out), nthreads);
+    sconv_fwd<bf16>(M, H, W, Cin, Cout, rs, re, col, val, static_cast<const bf16*>(Wt), bias,
+                    static_cast<bf16*>(out), nthreads);
   else
-    sconv_fwd<float>(M, H, W, Cin, Cout, rs, re, col, val, Wt, bias, static_cast<float*>(out), nthreads);
+    sconv_fwd<float>(M, H, W, Cin, Cout, rs, re, col, val, static_cast<const float*>(Wt), bias,
+                     static_cast<float*>(out), nthreads);
 }
 
 // dW [Cout, Cin, 3, 3] fp32 of the same convolution; g [M, H, W, Cout] (g_bf16 ? bf16 : float)
