@@ -66,14 +66,15 @@ def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
 
 def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor, max_density: float = MAX_DENSITY) -> Optional[torch.Tensor]:
     """``conv(x)`` for channels-last frames ``x [N, C, H, W]`` over their nonzeros, or ``None`` where that does not
-    apply: not a 3x3 / stride 1 / padding 1 / ungrouped / zero-padded convolution, not channels-last, more than
-    ``max_density`` nonzero, and the cases of :func:`spike_linear`. The output is channels-last."""
+    apply: not a 3x3 / stride 1 / padding 1 / ungrouped / zero-padded convolution, not channels-last, frames of
+    32768 pixels or more on a side, more than ``max_density`` nonzero, and the cases of :func:`spike_linear`. The
+    output is channels-last."""
     weight = conv.weight
     if not (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros" and x.dim() == 4 and x.device.type == "cpu" and x.numel() > 0
             and weight.device.type == "cpu" and weight.dtype == torch.float32 and x.shape[1] == weight.shape[1]
-            and x.is_contiguous(memory_format=torch.channels_last)):
+            and x.is_contiguous(memory_format=torch.channels_last) and max(x.shape[2:]) < 2 ** 15):
         return None
     dtype = _compute_dtype(x, weight)
     if dtype is None or _native.library() is None:

@@ -784,34 +784,37 @@ int64_t sparse_rows(int64_t R, int64_t K, const X* x, int64_t cap, int64_t* rs, 
   for (int64_t k = 0; k < nchunks; ++k) {
     const int64_t lo = cap * first[k] / R, hi = cap * first[k + 1] / R;
     int64_t n = lo;
-    for (int64_t r = k * 64; r < R && !over; r += (r % 64 == 63) ? 64 * (nchunks - 1) + 1 : 1) {
-      const X* row = x + r * K;
-      rs[r] = n;
-      int64_t j = 0;
-      for (; j + LANES <= K; j += LANES) {
-        uint64_t m = nz_mask(row + j);
-        if (!m) continue;
-        if (n + __builtin_popcountll(m) > hi) {
-          over = 1;
-          break;
+    for (int64_t b = k; b * 64 < R && !over; b += nchunks) {
+      const int64_t r1 = b * 64 + 64 < R ? b * 64 + 64 : R;
+      for (int64_t r = b * 64; r < r1 && !over; ++r) {
+        const X* row = x + r * K;
+        rs[r] = n;
+        int64_t j = 0;
+        for (; j + LANES <= K; j += LANES) {
+          uint64_t m = nz_mask(row + j);
+          if (!m) continue;
+          if (n + __builtin_popcountll(m) > hi) {
+            over = 1;
+            break;
+          }
+          do {
+            const int e = __builtin_ctzll(m);
+            col[n] = static_cast<int32_t>(j + e);
+            val[n++] = ld(row, j + e);
+            m &= m - 1;
+          } while (m);
         }
-        do {
-          const int e = __builtin_ctzll(m);
-          col[n] = static_cast<int32_t>(j + e);
-          val[n++] = ld(row, j + e);
-          m &= m - 1;
-        } while (m);
-      }
-      for (; j < K && !over; ++j) {
-        if (!nonzero(row[j])) continue;
-        if (n == hi) {
-          over = 1;
-          break;
+        for (; j < K && !over; ++j) {
+          if (!nonzero(row[j])) continue;
+          if (n == hi) {
+            over = 1;
+            break;
+          }
+          col[n] = static_cast<int32_t>(j);
+          val[n++] = ld(row, j);
         }
-        col[n] = static_cast<int32_t>(j);
-        val[n++] = ld(row, j);
+        re[r] = n;
       }
-      re[r] = n;
     }
     total += n - lo;
   }
