@@ -11,7 +11,9 @@ the first two stages stay fp32, and 96 -> 192 in bf16) at the densities given: o
 (``convolution_backward`` with only the weight's gradient) against the listing, the sparse forward and the sparse
 weight gradient.
 
-Prints medians in ms and the ratios dense / sparse; the input gradient is dense on both paths and is not timed.
+Prints medians in ms and the ratios dense / sparse; the input gradient is dense on both paths and is not timed. The
+allocator setting of ``spikeformer train`` (``reuse_memory``) is applied, so that the dense products' fresh outputs
+are not page-faulted in at every call (the sparse kernels write into buffers made once).
 
     python benchmarks/bench_sparse.py --threads 2
 """
@@ -24,6 +26,7 @@ import time
 
 import torch
 
+from spikeformer.engine.runtime import reuse_freed_memory
 from spikeformer.neurons import _native
 
 
@@ -105,6 +108,7 @@ def main(argv=None) -> None:
     ap.add_argument("--densities", type=float, nargs="+", default=[0.01, 0.03, 0.05, 0.1, 0.2])
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    reuse_freed_memory()
     if _native.library() is None:
         raise SystemExit("the compiled kernels are unavailable: " + str(_native.build_error()))
     print(f"threads {a.threads}, medians of {a.reps} (ms); sparse forward = nonzero listing + products")

@@ -5,12 +5,12 @@ Spiking transformers feed many of their Linear layers with the output of a neuro
 A dense GEMM multiplies all those zeros. :func:`spike_linear` instead lists each row's nonzeros (one pass over the
 input) and adds up the weight rows they select; backward forms the weight gradient over the same nonzeros. The
 input gradient ``g @ W`` is dense and stays a GEMM. On the benchmark machine (bf16, ``[8192, 1536] x [1536, 384]``,
-3 % of the inputs nonzero) the forward with its pass over the input takes 4.7 ms instead of 11.8 ms and the weight
-gradient 4.6 ms instead of 15.0 ms (``python benchmarks/bench_sparse.py``).
+3 % of the inputs nonzero) the forward with its pass over the input takes 4.0 ms instead of 12.1 ms and the weight
+gradient 3.2 ms instead of 13.2 ms (``python benchmarks/bench_sparse.py``).
 
 :func:`spike_conv3x3` does the same for a 3x3 convolution (stride 1, padding 1) of channels-last frames: every
 output pixel gathers the weight taps of its neighbours' nonzero channels (Spikformer's stem, 5-7 % nonzero: forward
-plus weight gradient 3.3-3.5x faster than oneDNN's in the same script).
+plus weight gradient 2.9-3.3x faster than oneDNN's in the same script).
 
 Both are used where a model says its input is spikes (``linear_bn_neuron(..., sparse=True)``, Spikformer's stem
 after its first stage) and only on the fast path (fast kernels or autocast): sums are fp32 in another order than
@@ -30,7 +30,7 @@ from torch import nn
 from ..neurons import _native
 
 # above this fraction of nonzero inputs the dense GEMM is as fast or faster (benchmarks/bench_sparse.py: the sparse
-# forward plus weight gradient against the dense pair, bf16: 1.7-2.4x at 5 %, 0.9-1.1x at 10 %, 0.4-0.6x at 20 %)
+# forward plus weight gradient against the dense pair, bf16: 2.1-2.2x at 5 %, 1.1-1.2x at 10 %, 0.6x at 20 %)
 MAX_DENSITY = 0.08
 
 
