@@ -470,6 +470,12 @@ def sparse_rows(x2d: torch.Tensor, max_density: float) -> Optional[tuple[torch.T
     return None if n < 0 else (rs, re, col, val)
 
 
+def _compute_weights(weight, bias, dtype):
+    """The weight in the compute dtype (what autocast's GEMM would see) and the bias rounded to it, as fp32."""
+    b = None if bias is None else bias.detach().to(dtype).float().contiguous()
+    return weight.detach().to(dtype), b
+
+
 class NativeSparseLinear(torch.autograd.Function):
     """``x @ weight^T + bias`` for ``x [R, K]`` given as its nonzeros (:func:`sparse_rows`): the products skip the
     zeros. ``weight`` and ``bias`` are fp32 parameters; ``dtype`` is the compute dtype (bf16 under autocast: weight
@@ -481,9 +487,8 @@ class NativeSparseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, rows, dtype):
         R, Nout = x2d.shape[0], weight.shape[0]
-        w = weight.detach().to(dtype)
+        w, b = _compute_weights(weight, bias, dtype)
         wt = w.t().contiguous()  # [K, Nout], in dtype
-        b = None if bias is None else bias.detach().to(dtype).float().contiguous()
         out = torch.empty(R, Nout, dtype=dtype)
         library().sf_sparse_linear(R, Nout, *(_ptr(t) for t in rows), _ptr(wt), None if b is None else _ptr(b),
                                    _ptr(out), int(dtype == torch.bfloat16), threads())
@@ -518,9 +523,8 @@ class NativeSparseConv3x3(torch.autograd.Function):
     def forward(ctx, x, weight, bias, rows, dtype):
         M, Cin, H, W = x.shape
         Cout = weight.shape[0]
-        w = weight.detach().to(dtype)
+        w, b = _compute_weights(weight, bias, dtype)
         wt = w.permute(2, 3, 1, 0).contiguous()  # [3, 3, Cin, Cout], in dtype
-        b = None if bias is None else bias.detach().to(dtype).float().contiguous()
         out = torch.empty((M, Cout, H, W), dtype=dtype, memory_format=torch.channels_last)
         library().sf_sparse_conv3x3(M, H, W, Cin, Cout, *(_ptr(t) for t in rows), _ptr(wt),
                                     None if b is None else _ptr(b), _ptr(out), int(dtype == torch.bfloat16),

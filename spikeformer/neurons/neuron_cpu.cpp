@@ -989,6 +989,20 @@ inline void with_vectors(int nv, F&& f) {
   }
 }
 
+// Calls f(q, k) for the 3x3 neighbours (h + kh - 1, w + kw - 1) of pixel (h, w) of frame m that lie inside the
+// H x W frame (zero padding): q is the neighbour's row in the [M * H * W] pixel list, k = kh * 3 + kw the tap.
+template <typename F>
+inline void for_taps(int64_t m, int64_t h, int64_t w, int64_t H, int64_t W, F&& f) {
+  for (int64_t kh = 0; kh < 3; ++kh) {
+    const int64_t ih = h + kh - 1;
+    if (ih < 0 || ih >= H) continue;
+    for (int64_t kw = 0; kw < 3; ++kw) {
+      const int64_t iw = w + kw - 1;
+      if (iw >= 0 && iw < W) f((m * H + ih) * W + iw, kh * 3 + kw);
+    }
+  }
+}
+
 template <typename O, int NV>
 void sconv_tile(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t t0, const int64_t* rs,
                 const int64_t* re, const int32_t* col, const float* val, const O* Wt, const float* bias, O* out) {
@@ -1002,22 +1016,15 @@ void sconv_tile(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int6
       vf16 acc[NV];
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[v] = init[v];
-      for (int64_t kh = 0; kh < 3; ++kh) {
-        const int64_t ih = h + kh - 1;
-        if (ih < 0 || ih >= H) continue;
-        for (int64_t kw = 0; kw < 3; ++kw) {
-          const int64_t iw = w + kw - 1;
-          if (iw < 0 || iw >= W) continue;
-          const int64_t q = (m * H + ih) * W + iw;
-          const O* wk = Wt + (kh * 3 + kw) * Cin * Cout + t0;
-          for (int64_t e = rs[q]; e < re[q]; ++e) {
-            const float sv = val[e];
-            const O* wr = wk + static_cast<int64_t>(col[e]) * Cout;
+      for_taps(m, h, w, H, W, [&](int64_t q, int64_t k) {
+        const O* wk = Wt + k * Cin * Cout + t0;
+        for (int64_t e = rs[q]; e < re[q]; ++e) {
+          const float sv = val[e];
+          const O* wr = wk + static_cast<int64_t>(col[e]) * Cout;
 #pragma GCC unroll 12
-            for (int v = 0; v < NV; ++v) acc[v] = vfma(sv, load16(wr + 16 * v), acc[v]);
-          }
+          for (int v = 0; v < NV; ++v) acc[v] = vfma(sv, load16(wr + 16 * v), acc[v]);
         }
-      }
+      });
       store_vectors<O, NV>(acc, out + ((m * H + h) * W + w) * Cout + t0);
     }
   }
@@ -1030,17 +1037,10 @@ void sconv_col(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64
   for (int64_t h = 0; h < H; ++h)
     for (int64_t w = 0; w < W; ++w) {
       float acc = bias ? bias[c0] : 0.0f;
-      for (int64_t kh = 0; kh < 3; ++kh) {
-        const int64_t ih = h + kh - 1;
-        if (ih < 0 || ih >= H) continue;
-        for (int64_t kw = 0; kw < 3; ++kw) {
-          const int64_t iw = w + kw - 1;
-          if (iw < 0 || iw >= W) continue;
-          const int64_t q = (m * H + ih) * W + iw;
-          const O* wk = Wt + (kh * 3 + kw) * Cin * Cout + c0;
-          for (int64_t e = rs[q]; e < re[q]; ++e) acc = acc + val[e] * ld(wk, static_cast<int64_t>(col[e]) * Cout);
-        }
-      }
+      for_taps(m, h, w, H, W, [&](int64_t q, int64_t k) {
+        const O* wk = Wt + k * Cin * Cout + c0;
+        for (int64_t e = rs[q]; e < re[q]; ++e) acc = acc + val[e] * ld(wk, static_cast<int64_t>(col[e]) * Cout);
+      });
       st(out + ((m * H + h) * W + w) * Cout, c0, acc);
     }
 }
