@@ -41,6 +41,21 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtyp
     return torch.float32 if x.dtype == torch.float32 and weight.dtype == torch.float32 else None
 
 
+def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, max_density: float):
+    """``(rows, dtype)``: the nonzeros of ``x2d [R, K]`` (:func:`spikeformer.neurons._native.sparse_rows`) with their
+    values as the compute ``dtype`` has them; ``None`` if there is no compute dtype for these tensors, no compiled
+    kernel, or more than ``max_density`` of ``x2d`` is nonzero."""
+    dtype = _compute_dtype(x2d, weight)
+    if dtype is None or _native.library() is None:
+        return None
+    rows = _native.sparse_rows(x2d, max_density)
+    if rows is None:
+        return None
+    if dtype != x2d.dtype:  # fp32 inputs under bf16 autocast: the values the GEMM would see
+        rows[3].copy_(rows[3].to(dtype))
+    return rows, dtype
+
+
 def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
                  max_density: float = MAX_DENSITY) -> Optional[torch.Tensor]:
     """``linear(x)`` (without its bias if ``with_bias=False``) over the nonzeros of ``x [..., in]``, or ``None``
@@ -50,15 +65,11 @@ def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
     if not (x.device.type == "cpu" and weight.device.type == "cpu" and weight.dtype == torch.float32
             and x.dim() >= 2 and x.numel() > 0 and x.shape[-1] == weight.shape[1] and x.is_contiguous()):
         return None
-    dtype = _compute_dtype(x, weight)
-    if dtype is None or _native.library() is None:
-        return None
     x2d = x.view(-1, x.shape[-1])
-    rows = _native.sparse_rows(x2d, max_density)
-    if rows is None:
+    found = _nonzeros(x2d, weight, max_density)
+    if found is None:
         return None
-    if dtype != x.dtype:  # fp32 inputs under bf16 autocast: the values the GEMM would see
-        rows[3].copy_(rows[3].to(dtype))
+    rows, dtype = found
     bias = linear.bias if with_bias else None
     out = _native.NativeSparseLinear.apply(x2d, weight, bias, rows, dtype)
     return out.view(*x.shape[:-1], weight.shape[0])
@@ -76,13 +87,9 @@ def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor, max_density: float = MAX_DEN
             and weight.device.type == "cpu" and weight.dtype == torch.float32 and x.shape[1] == weight.shape[1]
             and x.is_contiguous(memory_format=torch.channels_last) and max(x.shape[2:]) < 2 ** 15):
         return None
-    dtype = _compute_dtype(x, weight)
-    if dtype is None or _native.library() is None:
-        return None
     M, C, H, W = x.shape
-    rows = _native.sparse_rows(x.permute(0, 2, 3, 1).view(M * H * W, C), max_density)
-    if rows is None:
+    found = _nonzeros(x.permute(0, 2, 3, 1).view(M * H * W, C), weight, max_density)
+    if found is None:
         return None
-    if dtype != x.dtype:
-        rows[3].copy_(rows[3].to(dtype))
+    rows, dtype = found
     return _native.NativeSparseConv3x3.apply(x, weight, conv.bias, rows, dtype)

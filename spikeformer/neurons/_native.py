@@ -516,8 +516,8 @@ class NativeSparseConv3x3(torch.autograd.Function):
     """A 3x3 convolution, stride 1, padding 1, no groups, of channels-last frames ``x [M, Cin, H, W]`` given as
     their pixels' nonzeros (:func:`sparse_rows` of the ``[M * H * W, Cin]`` view); output channels-last
     ``[M, Cout, H, W]`` in ``dtype``. As :class:`NativeSparseLinear`: weight (and bias) rounded to ``dtype``, fp32
-    sums; backward: ``dL/dx`` a dense transposed convolution (oneDNN, in ``dtype``), ``dL/dW`` over the nonzeros in
-    fp32. Saves the nonzeros, not ``x``."""
+    sums; backward: ``dL/dx`` dense (oneDNN's convolution data gradient, in ``dtype``), ``dL/dW`` over the nonzeros
+    in fp32. Saves the nonzeros, not ``x``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, rows, dtype):
