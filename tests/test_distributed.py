@@ -16,10 +16,10 @@ from helpers import ROOT, max_weight_diff, run_cli
 # Ten steps: DDP sums gradients in another order than one process does, so weights differ by fp32 rounding
 # (measured 6e-8 after 1 step, 2.4e-7 after 10); over longer runs a one-ulp difference eventually flips a spike at
 # a threshold and the runs drift apart at the 1e-3 level, as any change of summation order does in an SNN.
-# fast_kernels=false: with the fast kernels the stem's frames are channels-last, where one process's BatchNorm and
+# numerics=exact: with the fast kernels the stem's frames are channels-last, where one process's BatchNorm and
 # the ranks' SyncBatchNorm reduce in different orders; that flips spikes within these ten steps (measured 2e-3)
 # and would hide what this test isolates, the gradient averaging and sharding of DDP.
-SETS = ["T=2", "fast_kernels=false", "epochs=1", "batch_size=64", "sync_bn=true", "optimizer=sgd", "lr=0.05", "warmup_epochs=0",
+SETS = ["T=2", "numerics=exact", "epochs=1", "batch_size=64", "sync_bn=true", "optimizer=sgd", "lr=0.05", "warmup_epochs=0",
         "report=false", "max_steps=10"]
 
 

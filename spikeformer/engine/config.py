@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "clip_grad": 1.0,  # max grad norm; null disables
     "amp": "none",  # none | bf16 | fp16
     "reuse_memory": True,  # CPU, glibc: keep freed memory for reuse, not with checkpoint_blocks (engine/runtime.py)
-    "fast_kernels": True,  # CPU: oneDNN Linear GEMMs, flat TokenBN (layers/linear.py); false: official bits
+    "numerics": "fast",  # fast | exact (the official code's operations and bits; layers/numerics.py)
     "ema_decay": 0.0,  # 0 disables the weight EMA
     "sync_bn": False,
     "mixup": 0.0,

@@ -43,7 +43,7 @@ def evaluate_checkpoint(path: str, data: Optional[str] = None, model: Optional[s
     kwargs["num_classes"] = meta.get("num_classes") or get_dataset_info(cfg["data"]).num_classes
     if cfg.get("T"):
         kwargs["T"] = cfg["T"]
-    net = create_model(name, checkpoint_path=str(p), **kwargs)
+    net = create_model(name, checkpoint_path=str(p), numerics=cfg["numerics"], **kwargs)
     info = D.setup(cfg["device"])
     try:
         net.to(info.device)

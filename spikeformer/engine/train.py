@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import build_dataset, get_dataset_info
 from ..errors import SpikeformerError
-from ..layers.linear import use_fast_kernels
+from ..layers.numerics import check_numerics
 from .runtime import reuse_freed_memory
 from ..models import create_model
 from . import distributed as D
@@ -55,7 +55,7 @@ def build_model(cfg: dict) -> nn.Module:
     kwargs.setdefault("num_classes", data.num_classes)
     if cfg.get("T"):
         kwargs["T"] = cfg["T"]
-    return create_model(name, **kwargs)
+    return create_model(name, numerics=check_numerics(cfg["numerics"]), **kwargs)
 
 
 def build_data(cfg: dict, model: nn.Module):
@@ -68,11 +68,13 @@ def build_data(cfg: dict, model: nn.Module):
 
 
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    # timm convention: no weight decay on 1-D parameters (biases, norms, neuron time constants).
+    # timm convention: no weight decay on 1-D parameters (biases, norms, neuron time constants), nor on what the
+    # model names in no_weight_decay() (position and time embeddings, ...)
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for p in model.parameters():
+    for n, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if p.ndim <= 1 or n in skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     name, lr = cfg["optimizer"], cfg["lr"]
     if name == "adamw":
@@ -233,8 +235,6 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
         # which breaks every token model (tests/test_sync_bn.py)
         D.convert_sync_bn(model)
     model.to(info.device)
-    if cfg["fast_kernels"] and info.device.type == "cpu":
-        use_fast_kernels(model)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(model, cfg["ema_decay"]) if cfg["ema_decay"] > 0 else None
     scaler = torch.amp.GradScaler(info.device.type) if cfg["amp"] == "fp16" else None

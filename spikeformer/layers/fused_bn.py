@@ -33,7 +33,7 @@ from torch.nn.modules import module as M
 from ..neurons import _kernels, _kernels_linear, _native
 from ..neurons.nodes import IF, LIF
 from ..neurons.surrogate import ATan, Sigmoid
-from .linear import OneDNNLinear
+from .linear import OneDNNLinear, TokenLinear
 from .norm import TokenBN
 from .sparse import spike_linear
 from .time import seq_apply
@@ -140,14 +140,14 @@ def linear_bn_neuron(linear: nn.Linear, bn: nn.Module, neuron: nn.Module, x: tor
     nonzero inputs (:func:`spikeformer.layers.sparse.spike_linear`) when few enough of them are nonzero."""
     if fuse is None:  # as bn_neuron decides on the Linear's output (bf16 under autocast)
         fuse = _want_fuse(bn, x, None) or torch.is_autocast_enabled(x.device.type)
-    plain = type(linear) in (nn.Linear, OneDNNLinear) and not _hooked(linear)
+    plain = type(linear) in (nn.Linear, OneDNNLinear, TokenLinear) and not _hooked(linear)
     if not (fuse and linear.bias is not None and plain and _batch_stats(bn) and x.device.type == "cpu"
             and _static_ok(bn, neuron)):
         z = spike_linear(linear, x) if (sparse and fuse and plain) else None
         return bn_neuron(bn, neuron, linear(x) if z is None else z, fuse)
     z = spike_linear(linear, x, with_bias=False) if sparse else None
     if z is None:
-        if type(linear) is OneDNNLinear:
+        if type(linear) is OneDNNLinear or (type(linear) is TokenLinear and linear.fast):
             z = _kernels_linear.token_linear(linear, x, with_bias=False)
         else:
             z = F.linear(x, linear.weight)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .numerics import NumericsAware
 
-class TokenBN(nn.BatchNorm1d):
+
+class TokenBN(NumericsAware, nn.BatchNorm1d):
     """BatchNorm1d applied to channel-last tokens ``[..., C]``.
 
     Statistics are taken over every leading dimension (T, B and tokens), which is what the official models' BN1d
@@ -16,8 +18,8 @@ class TokenBN(nn.BatchNorm1d):
     the second-to-last dim): the same statistics, but PyTorch's CPU kernel then rounds exactly as code that applies
     BatchNorm1d to ``x.transpose(-1, -2)`` does (Spikformer's official CIFAR model). A one-ulp difference can flip
     a spike, so bit-exact agreement with that code needs the same kernel path. Only fp32 outside the fast mode
-    takes it: for bf16/fp16 input (autocast) there is no bit-exact reference, and ``fast=True`` (set by
-    :func:`spikeformer.layers.use_fast_kernels`, which ``spikeformer train`` applies on CPU) trades those bits for
+    takes it: for bf16/fp16 input (autocast) there is no bit-exact reference, and ``numerics='fast'`` (the
+    default, :mod:`spikeformer.layers.numerics`) trades those bits for
     speed; both take the flat view, whose kernel is vectorised (on ``[8192, 1536]`` tokens, forward + backward:
     3x faster in fp32, 9x in bf16, on the benchmark machine).
     """
@@ -25,7 +27,6 @@ class TokenBN(nn.BatchNorm1d):
     def __init__(self, num_features: int, *args, transposed: bool = False, **kwargs):
         super().__init__(num_features, *args, **kwargs)
         self.transposed = transposed
-        self.fast = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -86,7 +86,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
             raise SpikeformerError(
                 f"{name}: no weights are downloaded; pass checkpoint_path=PATH to load a local checkpoint"
             )
-        return _build(info, kwargs)
+        return _build(info, kwargs, kwargs.pop("numerics", "fast"))
 
     timm_entry.__module__ = __name__
     default_cfgs[name] = {k: getattr(info, k) for k in _TIMM_KEYS if getattr(info, k)}
@@ -144,7 +144,10 @@ class _TimmHook(importlib.abc.MetaPathFinder):
         return spec
 
 
-def _build(info: ModelInfo, overrides: dict) -> nn.Module:
+def _build(info: ModelInfo, overrides: dict, numerics: str = "fast") -> nn.Module:
+    from ..layers.numerics import check_numerics, set_numerics
+
+    check_numerics(numerics)
     kwargs = dict(overrides)
     kwargs.setdefault("num_classes", info.num_classes)
     kwargs.setdefault("T", info.T)
@@ -155,6 +158,7 @@ def _build(info: ModelInfo, overrides: dict) -> nn.Module:
     model.pretrained_cfg = info.as_dict()
     model.default_cfg = model.pretrained_cfg
     model.model_name = info.name
+    set_numerics(model, numerics)
     return model
 
 
@@ -173,15 +177,19 @@ def list_models(pattern: str = "*", family: Optional[str] = None) -> list[str]:
     )
 
 
-def create_model(name: str, checkpoint_path: Optional[str] = None, **overrides: Any) -> nn.Module:
+def create_model(name: str, checkpoint_path: Optional[str] = None, numerics: str = "fast", **overrides: Any) -> nn.Module:
     """Build a registered model; ``overrides`` replace config values (``num_classes``, ``T``, ``neuron``, ...).
+
+    ``numerics="fast"`` (default) lets every block take its fast kernels (outputs differ from the official code's by
+    rounding only); ``"exact"`` runs the official code's operations, whose logits equal the official code's bit for
+    bit given the same weights (:mod:`spikeformer.layers.numerics`).
 
     ``checkpoint_path`` loads weights: one of our ``.safetensors`` checkpoints, or an official checkpoint of the
     family (``.pth``/``.pth.tar``, read with ``weights_only=True``), remapped by the family's
     ``checkpoint_filter_fn``.
     """
     info = get_model_info(name)
-    model = _build(info, overrides)
+    model = _build(info, overrides, numerics)
     if checkpoint_path is not None:
         from ..convert.checkpoint import load_checkpoint
 

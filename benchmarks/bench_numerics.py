@@ -1,0 +1,111 @@
+"""Fast against exact numerics, for every registered model: one training step (forward, backward, AdamW step).
+
+    python benchmarks/bench_numerics.py                          # every model at a small input (B=4, T=2, 32x32)
+    python benchmarks/bench_numerics.py --models 'spikingresformer_cifar' 'masnn_*' --batch 32 --T 4
+
+For each model the three variants -- exact fp32 (the official operations), fast fp32 (the default) and fast under
+bf16 autocast -- are built once in this process from the same weights and their steps alternate (exact, fast, bf16,
+exact, ...) for ``--rounds`` rounds, so load from elsewhere hits all three alike; the median step time of each is
+reported with the ratios exact/fast (> 1: fast is faster) and exact-fp32/fast-bf16. Run it with nothing else on the
+machine. Static models get images (16x16 for the digits configs), event models event-count frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import spikeformer  # noqa: E402
+from spikeformer.engine.runtime import reuse_freed_memory  # noqa: E402
+from spikeformer.layers import set_numerics  # noqa: E402
+from spikeformer.models import get_model_info, list_models  # noqa: E402
+
+
+def make_input(name: str, batch: int, T: int, side: int | None):
+    info = get_model_info(name)
+    c, h, _ = info.input_size
+    s = side or (16 if h <= 16 else 32)
+    g = torch.Generator().manual_seed(0)
+    if c == 2:
+        x = torch.randint(0, 3, (T, batch, c, s, s), generator=g).float()
+    else:
+        x = torch.rand(batch, c, s, s, generator=g) * 2 - 1
+    return x, torch.randint(0, info.num_classes, (batch,), generator=g)
+
+
+def bench_model(name: str, a) -> dict:
+    torch.manual_seed(0)
+    base = spikeformer.create_model(name, T=a.T, numerics="exact")
+    variants = {}
+    for tag, numerics, bf16 in (("exact", "exact", False), ("fast", "fast", False), ("fast-bf16", "fast", True)):
+        m = copy.deepcopy(base)
+        set_numerics(m, numerics)
+        m.train()
+        variants[tag] = (m, torch.optim.AdamW(m.parameters(), lr=1e-4), bf16)
+    x, y = make_input(name, a.batch, a.T, a.side)
+
+    def step(tag):
+        m, opt, bf16 = variants[tag]
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(m(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    times = {tag: [] for tag in variants}
+    for r in range(a.warmup + a.rounds):
+        for tag in variants:
+            t = step(tag)
+            if r >= a.warmup:
+                times[tag].append(t)
+    return {tag: statistics.median(v) for tag, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["*"], help="shell patterns of registered names")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--T", type=int, default=2)
+    ap.add_argument("--side", type=int, default=None, help="input height and width (default 32; 16 for digits)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    reuse_freed_memory()  # as `spikeformer train` does on CPU
+    names = [n for n in list_models() if any(fnmatch.fnmatch(n, p) for p in a.models)]
+    print(f"command: python benchmarks/{os.path.basename(__file__)} " + " ".join(sys.argv[1:]))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{a.threads} threads; batch {a.batch}, T={a.T}; medians of {a.rounds} alternating rounds after "
+          f"{a.warmup} warm-up rounds; 1-min load average at start {os.getloadavg()[0]:.1f}")
+    print()
+    print("| model | exact fp32 s/step | fast fp32 s/step | fast bf16 s/step | fast vs exact | bf16 fast vs exact fp32 |")
+    print("|---|---|---|---|---|---|")
+    slower = []
+    for n in names:
+        r = bench_model(n, a)
+        ratio = r["exact"] / r["fast"]
+        if ratio < 1.0:
+            slower.append(n)
+        print(f"| {n} | {r['exact']:.4f} | {r['fast']:.4f} | {r['fast-bf16']:.4f} | {ratio:.2f}x | "
+              f"{r['exact'] / r['fast-bf16']:.2f}x |", flush=True)
+    print()
+    print(f"1-min load average at end {os.getloadavg()[0]:.1f}; fast slower than exact: "
+          + (", ".join(slower) if slower else "none"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The blocks every family is built from: convolution / token projection, BatchNorm and a neuron.
+
+Each block picks its own kernels from its modules' numerics (:mod:`spikeformer.layers.numerics`) and its input; no
+model or engine sets a flag on it.
+
+* :func:`conv_bn_neuron` / :func:`conv_bn` on frames ``[T, B, C, H, W]``. Exact: the convolution and BatchNorm2d on
+  the merged ``[T*B, C, H, W]`` NCHW batch, as every official implementation. Fast: channels-last frames (oneDNN
+  convolutions without layout reorders), a 3x3 convolution over the nonzero inputs when the input is spikes
+  (``spikes_in=True``, :mod:`spikeformer.layers.sparse`), 1x1 convolutions as GEMMs on the channel-last view (over the
+  nonzero inputs when they are spikes), and BatchNorm + neuron as one compiled kernel (:mod:`.fused_bn`).
+* :func:`linear_bn_neuron` / :func:`linear_bn` on tokens ``[T, B, N, C]``. Exact: a :class:`TokenLinear` runs the
+  official operation on the official layout (1x1 ``Conv1d`` on ``[T*B, C, N]`` and BatchNorm1d on its output, or
+  ``nn.Linear`` and BatchNorm1d on the transposed view). Fast: a bias-free GEMM where BatchNorm absorbs the bias,
+  products over nonzero spikes, BatchNorm + neuron fused.
+* :class:`ConvBNNeuron` and :class:`LinearBNNeuron`: the same as modules (children ``conv``/``linear``, ``bn``,
+  ``lif``), for new families.
+
+Every fast kernel falls back by itself to the exact operations where it does not apply (another device or dtype,
+hooks on a module, too many nonzero inputs, no compiler).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import fused_bn
+from .fused_bn import _hooked, bn_neuron
+from .linear import TokenLinear
+from .norm import TokenBN
+from .numerics import NumericsAware, wants_fast
+from .sparse import spike_conv3x3, spike_linear
+from .time import seq_apply
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Frames ``[T, B, C, H, W]`` with each frame channels-last (a copy only if they are not already)."""
+    if x.dim() != 5:
+        return x
+    return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+
+
+def _is_channels_last_frames(x: torch.Tensor) -> bool:
+    return x.dim() == 5 and x.stride(0) == x[0].numel() and x[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def _fast(x: torch.Tensor, *modules: nn.Module) -> bool:
+    """Fast kernels apply when a numerics-aware module among ``modules`` is on fast numerics, or the input is in
+    reduced precision. Plain ``nn`` modules carry no numerics: the family module calling a block passes ``fast``."""
+    return any(wants_fast(m, x) for m in modules if isinstance(m, NumericsAware)) or (
+        torch.is_autocast_enabled(x.device.type) or x.dtype in (torch.bfloat16, torch.float16))
+
+
+def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = False) -> torch.Tensor:
+    """``conv`` over frames ``[T, B, C, H, W]``; on the fast path channels-last, over nonzero spikes where that pays."""
+    if not fast:
+        return seq_apply(conv, x)
+    x = channels_last(x)
+    if spikes_in and not _hooked(conv):
+        out = None
+        if conv.kernel_size == (3, 3):
+            out = spike_conv3x3(conv, x.flatten(0, 1))
+        elif _pointwise(conv) and x.device.type == "cpu":
+            tokens = x.permute(0, 1, 3, 4, 2)  # channels-last frames: a contiguous [T, B, H, W, C] view
+            lin = spike_linear(_as_linear(conv), tokens)
+            out = None if lin is None else lin.permute(0, 1, 4, 2, 3).flatten(0, 1)
+        if out is not None:
+            return channels_last(out.unflatten(0, x.shape[:2]))
+    y = seq_apply(conv, x)
+    # a 1-channel input is both NCHW- and channels-last-contiguous, and oneDNN then returns NCHW: fix the layout once
+    return channels_last(y)
+
+
+def _pointwise(conv: nn.Conv2d) -> bool:
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
+            and conv.dilation == (1, 1) and conv.groups == 1)
+
+
+class _LinearView:
+    """A 1x1 convolution's parameters seen as a Linear's (``weight [out, in]``), without copying."""
+
+    def __init__(self, conv: nn.Conv2d):
+        self.weight = conv.weight.flatten(1)
+        self.bias = conv.bias
+        self.in_features, self.out_features = conv.in_channels, conv.out_channels
+
+
+def _as_linear(conv: nn.Conv2d):
+    return _LinearView(conv)
+
+
+def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, spikes_in: bool = False,
+            fast: Optional[bool] = None) -> torch.Tensor:
+    """``bn(conv(x))`` on frames ``[T, B, C, H, W]`` (BatchNorm over the merged T*B batch)."""
+    fast = _fast(x, conv, bn) if fast is None else fast
+    return seq_apply(bn, conv_frames(conv, x, fast, spikes_in))
+
+
+def conv_bn_neuron(conv: nn.Conv2d, bn: nn.Module, neuron: nn.Module, x: torch.Tensor, spikes_in: bool = False,
+                   fast: Optional[bool] = None) -> torch.Tensor:
+    """``neuron(bn(conv(x)))`` on frames ``[T, B, C, H, W]``; see the module docstring for the two paths."""
+    fast = _fast(x, conv, bn, neuron) if fast is None else fast
+    z = conv_frames(conv, x, fast, spikes_in)
+    return bn_neuron(bn, neuron, z, fuse=fast)
+
+
+def _exact_official(linear: nn.Module, x: torch.Tensor) -> bool:
+    return (isinstance(linear, TokenLinear) and not linear.fast and linear.official_op != "linear"
+            and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type))
+
+
+def _official_channel_first(linear: TokenLinear, x: torch.Tensor, grid: Optional[tuple[int, int]]):
+    """Tokens ``[T, B, N, C]`` -> the official conv's contiguous input ``[T*B, C, N]`` (or ``[T*B, C, H, W]``)."""
+    T, B, N, C = x.shape
+    cf = x.reshape(T * B, N, C).transpose(1, 2).contiguous()
+    if linear.official_op == "conv2d":
+        if grid is None:
+            raise ValueError("a conv2d token projection needs the token grid (H, W) on the exact path")
+        cf = cf.view(T * B, C, *grid)
+    return cf
+
+
+def linear_bn(linear: nn.Module, bn: nn.Module, x: torch.Tensor, grid: Optional[tuple[int, int]] = None,
+              sparse: bool = False) -> torch.Tensor:
+    """``bn(linear(x))`` on tokens ``[T, B, N, C]``."""
+    if _exact_official(linear, x) and x.dim() == 4:
+        T, B, N, _ = x.shape
+        y = bn_channel_first(bn, linear.official(_official_channel_first(linear, x, grid)))
+        return y.reshape(T, B, linear.out_features, N).transpose(-1, -2)
+    z = spike_linear(linear, x) if sparse and _fast(x, linear, bn) and not _hooked(linear) else None
+    return bn(linear(x) if z is None else z)
+
+
+def bn_channel_first(bn: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """BatchNorm on a channel-first tensor ``[M, C, ...]`` with PyTorch's plain kernel, as the official code calls it
+    (TokenBN holds the parameters and buffers of ``nn.BatchNorm1d``, which an official BatchNorm2d also has)."""
+    if not isinstance(bn, TokenBN):
+        return bn(y)
+    # nn.modules.batchnorm._BatchNorm.forward, without the rank check of BatchNorm1d
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep = not bn.training or bn.track_running_stats
+    return F.batch_norm(y, bn.running_mean if keep else None, bn.running_var if keep else None, bn.weight, bn.bias,
+                        batch_stats, factor, bn.eps)
+
+
+def linear_bn_neuron(linear: nn.Module, bn: nn.Module, neuron: nn.Module, x: torch.Tensor, sparse: bool = False,
+                     grid: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """``neuron(bn(linear(x)))`` on tokens ``[T, B, N, C]``. ``sparse=True`` says ``x`` is spikes (a neuron's
+    output), so the fast path may run the product over the nonzero inputs; ``grid`` is the token grid ``(H, W)``,
+    needed where the official code projects with a 1x1 ``Conv2d``."""
+    if _exact_official(linear, x) and x.dim() == 4:
+        T, B, N, _ = x.shape
+        y = bn_channel_first(bn, linear.official(_official_channel_first(linear, x, grid)))
+        s = neuron(y.reshape(T, B, linear.out_features, N))
+        return s.transpose(-1, -2)
+    return fused_bn.linear_bn_neuron(linear, bn, neuron, x, fuse=True if _fast(x, linear, bn) else False,
+                                     sparse=sparse)
+
+
+class ConvBNNeuron(NumericsAware, nn.Module):
+    """Conv2d -> BatchNorm2d -> neuron on frames ``[T, B, C, H, W]`` (``neuron=None``: no neuron)."""
+
+    def __init__(self, in_chans: int, out_chans: int, neuron=None, kernel_size: int = 3, stride: int = 1,
+                 padding: Optional[int] = None, bias: bool = False, spikes_in: bool = False, groups: int = 1):
+        super().__init__()
+        padding = kernel_size // 2 if padding is None else padding
+        self.conv = nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, bias=bias, groups=groups)
+        self.bn = nn.BatchNorm2d(out_chans)
+        self.lif = neuron() if neuron is not None else None
+        self.spikes_in = spikes_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = wants_fast(self, x)
+        if self.lif is None:
+            return conv_bn(self.conv, self.bn, x, self.spikes_in, fast)
+        return conv_bn_neuron(self.conv, self.bn, self.lif, x, self.spikes_in, fast)
+
+
+class LinearBNNeuron(NumericsAware, nn.Module):
+    """TokenLinear -> TokenBN -> neuron on tokens ``[T, B, N, C]`` (``neuron=None``: no neuron)."""
+
+    def __init__(self, in_features: int, out_features: int, neuron=None, bias: bool = True,
+                 official_op: str = "linear", spikes_in: bool = False):
+        super().__init__()
+        self.linear = TokenLinear(in_features, out_features, bias=bias, official_op=official_op)
+        self.bn = TokenBN(out_features, transposed=official_op == "linear")
+        self.lif = neuron() if neuron is not None else None
+        self.spikes_in = spikes_in
+
+    def forward(self, x: torch.Tensor, grid: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        if self.lif is None:
+            return linear_bn(self.linear, self.bn, x, grid, self.spikes_in)
+        return linear_bn_neuron(self.linear, self.bn, self.lif, x, self.spikes_in, grid)
