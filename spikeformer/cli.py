@@ -62,10 +62,10 @@ def cmd_train(args) -> int:
         saved = load_config_file(run / "config.yaml")
         cfg = build_config(None, args.set, **{**saved, **{k: v for k, v in cli.items() if v is not None},
                                               "out": str(run)})
-        result = train(cfg, resume=str(run), progress=not args.quiet)
+        result = train(cfg, resume=str(run), progress=not args.quiet, bars=args.progress)
     else:
         cfg = build_config(args.config, args.set, **cli)
-        result = train(cfg, progress=not args.quiet)
+        result = train(cfg, progress=not args.quiet, bars=args.progress)
     if "top1" in result:
         if cfg.get("report") and _is_main():
             _write_report(result["run_dir"], args.quiet)
@@ -148,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     t.add_argument("--out", help="run directory")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--quiet", action="store_true", help="print nothing but the final metrics")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: only on a terminal; otherwise one line per epoch and every "
+                   "log_every steps)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")

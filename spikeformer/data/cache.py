@@ -9,6 +9,7 @@ events. A new T, split or size uses a new directory, so it never reads frames ma
 from __future__ import annotations
 
 import os
+import sys
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -78,7 +79,11 @@ def run_tasks(fn: Callable, tasks: Sequence, workers: Optional[int] = None, desc
     if workers is None:
         workers = min(len(tasks), os.cpu_count() or 1, 8)
     results = []
-    with tqdm(total=len(tasks), desc=desc, unit="file", disable=not progress or not tasks) as bar:
+    # a bar redraws its line: on a terminal only; in a log file one line says what is being built
+    bars = progress and bool(tasks) and _stderr_is_terminal()
+    if progress and tasks and not bars:
+        print(f"{desc}: building {len(tasks)} cache entries", file=sys.stderr, flush=True)
+    with tqdm(total=len(tasks), desc=desc, unit="file", disable=not bars) as bar:
         if workers <= 1:
             for task in tasks:
                 results.append(fn(task))
@@ -89,6 +94,13 @@ def run_tasks(fn: Callable, tasks: Sequence, workers: Optional[int] = None, desc
                 results.append(r)
                 bar.update()
     return results
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def stray_temp_files(directory) -> Iterable[Path]:

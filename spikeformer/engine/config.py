@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "num_workers": 0,
     "eval_every": 1,
+    "log_every": 200,  # without progress bars (log files), a line every N optimizer steps of epochs longer than N
     "checkpoint_every": 0,  # also checkpoint every N optimizer steps (0: only at the end of each epoch)
     "stop_after": None,  # end this invocation after N epochs as if interrupted; --resume continues
     "max_steps": None,  # end training after N optimizer steps (smoke tests), then evaluate

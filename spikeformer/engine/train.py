@@ -11,6 +11,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -162,12 +163,27 @@ def evaluate(model: nn.Module, dataset, cfg: dict, info: D.DistInfo, progress: b
     return {"loss": tot_loss / n, "top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "n": int(n)}
 
 
+def show_bars(bars: Optional[bool] = None) -> bool:
+    """Progress bars redraw their line with carriage returns, which is right on a terminal and a wall of text in a log
+    file: by default they are shown only when stderr (where tqdm writes) is a terminal; ``bars`` forces either way
+    (``--progress`` / ``--no-progress``)."""
+    if bars is not None:
+        return bool(bars)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _bar(it, desc, enabled):
-    if not enabled:
+    if not enabled or not show_bars(_BARS[0]):
         return it
     from tqdm.auto import tqdm
 
     return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5)
+
+
+_BARS: list = [None]  # the --progress / --no-progress choice of the running command (None: follow the terminal)
 
 
 # ------------------------------------------------------------------------------------------------------ run dir
@@ -202,8 +218,12 @@ def check_disk(run_dir: Path, model: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- train
-def train(cfg: dict, resume: Optional[str] = None, progress: bool = True) -> dict:
-    """Train as ``cfg`` says; returns the final test metrics. ``resume`` is a run directory to continue."""
+def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, bars: Optional[bool] = None) -> dict:
+    """Train as ``cfg`` says; returns the final test metrics. ``resume`` is a run directory to continue.
+
+    ``progress=False`` prints nothing; otherwise progress bars are drawn on a terminal (``bars=None``) and replaced by
+    one line every ``log_every`` steps (long epochs only) and one per epoch in a log file."""
+    _BARS[0] = bars
     info = D.setup(cfg["device"])
     try:
         result = _train(cfg, resume, progress, info)
@@ -323,6 +343,10 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
             correct += (logits.argmax(1) == y).sum().item()
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%", lr=f"{lr:.2e}")
+            elif (progress and info.is_main and cfg["log_every"] and steps_per_epoch > cfg["log_every"]
+                  and last_micro and state["batch_in_epoch"] % cfg["log_every"] == 0):
+                print(f"epoch {epoch + 1}/{total_epochs} step {state['batch_in_epoch']}/{steps_per_epoch}  "
+                      f"train loss {loss_sum / seen:.4f} top-1 {100 * correct / seen:.2f}%  lr {lr:.2e}", flush=True)
             if cfg["max_steps"] and state["step"] >= cfg["max_steps"]:
                 break
         loss_sum, correct, seen = D.all_reduce_sum([loss_sum, correct, seen], info)
