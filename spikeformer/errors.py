@@ -13,6 +13,11 @@ class SpikeformerError(Exception):
     """
 
 
+class ModelOptionError(SpikeformerError, TypeError):
+    """An option a model does not take: a user error of ours, and the ``TypeError`` timm's contract expects of a
+    model factory given an unknown keyword."""
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """A ' Did you mean ...?' hint listing the closest names, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

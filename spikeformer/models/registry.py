@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from ..errors import SpikeformerError, suggest
+from ..errors import ModelOptionError, SpikeformerError, suggest
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -80,8 +80,6 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
     @functools.wraps(fn)
     def timm_entry(pretrained: bool = False, **kwargs):
-        for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-            kwargs.pop(k, None)
         if pretrained:
             raise SpikeformerError(
                 f"{name}: no weights are downloaded; pass checkpoint_path=PATH to load a local checkpoint"
@@ -149,17 +147,39 @@ def _build(info: ModelInfo, overrides: dict, numerics: str = "fast") -> nn.Modul
 
     check_numerics(numerics)
     kwargs = dict(overrides)
+    # what timm.create_model passes to every factory
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    kwargs.pop("cache_dir", None)
+    kwargs.pop("pretrained_cfg", None)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
     kwargs.setdefault("num_classes", info.num_classes)
     kwargs.setdefault("T", info.T)
     try:
         model = info.builder(**kwargs)
     except TypeError as e:
-        raise SpikeformerError(f"{info.name}: bad model option ({e})") from None
-    model.pretrained_cfg = info.as_dict()
+        raise ModelOptionError(f"{info.name}: bad model option ({e}).{_suggest_option(info, kwargs, str(e))}") from None
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    model.pretrained_cfg = {**info.as_dict(), **overlay}
     model.default_cfg = model.pretrained_cfg
     model.model_name = info.name
     set_numerics(model, numerics)
     return model
+
+
+def _suggest_option(info: ModelInfo, kwargs: dict, message: str) -> str:
+    """A ' Did you mean ...?' hint for an unexpected keyword, from the model class's constructor arguments."""
+    import inspect
+    import re
+
+    m = re.search(r"unexpected keyword argument '([^']+)'", message)
+    if not m:
+        return ""
+    try:
+        model_cls = type(info.builder(**{k: v for k, v in kwargs.items() if k != m.group(1)}))
+    except Exception:  # noqa: BLE001 - only for the hint
+        return ""
+    return suggest(m.group(1), [p for p in inspect.signature(model_cls.__init__).parameters if p != "self"])
 
 
 def get_model_info(name: str) -> ModelInfo:

@@ -63,6 +63,15 @@ def test_contract(name):
         assert model(x).shape == (B, 5)
         assert model.forward_per_step(x).shape == (T, B, 5)
 
+    # timm's default-cfg contract: features only after reset_classifier(0); first conv and classifier are real keys
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).shape == (B, model.num_features)
+    sd = model.state_dict()
+    assert info.first_conv + ".weight" in sd, info.first_conv
+    model.reset_classifier(K)
+    assert info.classifier + ".weight" in model.state_dict(), info.classifier
+
     names = {n for n, _ in model.named_parameters()}
     nwd = set(model.no_weight_decay())
     assert nwd <= names, f"no_weight_decay names that are not parameters: {sorted(nwd - names)}"
@@ -89,3 +98,13 @@ def test_optimizer_honours_no_weight_decay():
 def test_create_model_rejects_unknown_numerics():
     with pytest.raises(spikeformer.SpikeformerError, match="numerics must be 'fast' or 'exact'"):
         spikeformer.create_model("spikformer_digits_1_64", numerics="fastest")
+
+
+def test_timm_keywords_and_unknown_option():
+    m = spikeformer.create_model("spikformer_digits_1_64", device="cpu", dtype=torch.float64, pretrained_cfg=None,
+                                 pretrained_cfg_overlay={"crop_pct": 0.9}, cache_dir="unused")
+    assert next(m.parameters()).dtype == torch.float64 and m.pretrained_cfg["crop_pct"] == 0.9
+    with pytest.raises(TypeError, match="Did you mean 'embed_dim'"):
+        spikeformer.create_model("spikformer_digits_1_64", embed_dimm=3)
+    with pytest.raises(spikeformer.SpikeformerError):
+        spikeformer.create_model("spikformer_digits_1_64", embed_dimm=3)
