@@ -17,6 +17,7 @@ from ..errors import SpikeformerError, suggest
 
 DEFAULTS: dict[str, Any] = {
     # what to train
+    "task": "classify",  # classify | reconstruct (spike-camera image reconstruction)
     "model": None,  # None: the dataset's default model (digits -> spikformer_digits_1_64)
     "data": "digits",
     "data_root": None,

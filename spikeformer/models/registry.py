@@ -49,6 +49,7 @@ class ModelInfo:
     first_conv: str = ""
     classifier: str = "head"
     notes: str = ""
+    task: str = "classify"  # "classify" (SpikingClassifier) or "reconstruct" (image reconstruction)
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "builder"}
@@ -190,10 +191,12 @@ def get_model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
-def list_models(pattern: str = "*", family: Optional[str] = None) -> list[str]:
-    """Names of the registered models matching a shell-style ``pattern``, optionally of one ``family``."""
+def list_models(pattern: str = "*", family: Optional[str] = None, task: Optional[str] = None) -> list[str]:
+    """Names of the registered models matching a shell-style ``pattern``, optionally of one ``family`` or ``task``
+    (``"classify"``, ``"reconstruct"``)."""
     return sorted(
         n for n, i in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (family is None or i.family == family)
+        and (task is None or i.task == task)
     )
 
 
