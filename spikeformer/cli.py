@@ -52,7 +52,7 @@ def cmd_train(args) -> int:
     from .engine.config import load_config_file
 
     cli = {"model": args.model, "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
-           "out": args.out}
+           "out": args.out, "task": args.task}
     if args.resume:
         from pathlib import Path
 
@@ -70,6 +70,8 @@ def cmd_train(args) -> int:
         if cfg.get("report") and _is_main():
             _write_report(result["run_dir"], args.quiet)
         _print_metrics(result)
+    elif "psnr" in result:
+        print(f"PSNR: {result['psnr']:.2f} dB  SSIM: {result['ssim']:.4f}", flush=True)
     return 0
 
 
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (no arguments: the default model on the embedded digits)")
     t.add_argument("--model", help="registered model name (see 'spikeformer models')")
     t.add_argument("--data", help="dataset name (see 'spikeformer datasets')")
+    t.add_argument("--task", choices=["classify", "reconstruct"], help="classify (default) or reconstruct "
+                   "(spike-camera images, e.g. --data spikecam-digits)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     t.add_argument("--config", help="YAML recipe file (e.g. configs/<recipe>.yaml)")

@@ -224,6 +224,12 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, bars: 
     ``progress=False`` prints nothing; otherwise progress bars are drawn on a terminal (``bars=None``) and replaced by
     one line every ``log_every`` steps (long epochs only) and one per epoch in a log file."""
     _BARS[0] = bars
+    if cfg.get("task", "classify") == "reconstruct":
+        from .reconstruct import train_reconstruct
+
+        return train_reconstruct(cfg, resume, progress)
+    if cfg.get("task", "classify") != "classify":
+        raise SpikeformerError(f"task must be 'classify' or 'reconstruct'; got {cfg['task']!r}")
     info = D.setup(cfg["device"])
     try:
         result = _train(cfg, resume, progress, info)
