@@ -15,6 +15,8 @@ reference, so blocks take their fast kernels whatever the setting.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -72,6 +74,28 @@ def set_numerics(model: nn.Module, mode: str) -> int:
     if not isinstance(model, NumericsAware):
         model.numerics = mode
     return n
+
+
+@contextlib.contextmanager
+def numerics(model: nn.Module, mode: str):
+    """Run ``model`` on ``mode`` inside the ``with`` block and put every module back as it was afterwards (the
+    energy report and attention maps observe the official operations: compiled kernels are invisible to hooks)."""
+    from .linear import OneDNNLinear
+
+    saved = [(m, m.numerics) for m in model.modules() if isinstance(m, NumericsAware)]
+    onednn = [m for m in model.modules() if type(m) is OneDNNLinear]
+    had = getattr(model, "numerics", None)
+    set_numerics(model, mode)
+    try:
+        yield model
+    finally:
+        for m, mode_m in saved:
+            m.numerics = mode_m
+        for m in model.modules():
+            if type(m) in (nn.Linear, OneDNNLinear):
+                m.__class__ = OneDNNLinear if any(m is o for o in onednn) else nn.Linear
+        if had is not None and not isinstance(model, NumericsAware):
+            model.numerics = had
 
 
 def numerics_of(model: nn.Module) -> str:

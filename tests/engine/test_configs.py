@@ -21,7 +21,7 @@ from spikeformer.models import get_model_info, list_models
 
 # The package re-exports the train() function under the module's name, so fetch the module itself.
 engine_train = importlib.import_module("spikeformer.engine.train")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 # The largest models: their optimizer step over 36-78M parameters dominates the file's run time.
 # Stand-in resolution: every model accepts 32x32 (2x2 tokens after the 16x tokenizers; MA-SNN's Gesture net is
