@@ -8,6 +8,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import SpikeformerError
+from .integer import IntegerLIF, expand_integer_spikes, sum_substeps
 from .liaf import PLIAF
 from .malif import MALIF
 from .nodes import IF, LIF, NEURONS, PLIF, BaseNode
@@ -15,6 +16,24 @@ from .surrogate import ATan, Rectangle, Sigmoid, Surrogate, build_surrogate
 
 NeuronFactory = Callable[..., nn.Module]
 NEURONS.update(pliaf=PLIAF, liaf=PLIAF)  # Spikeformer's (Li et al.) analog-output neuron
+
+
+class MultiSpike(IntegerLIF):
+    """SDT-V3's MultiSpike: ``round(clip(x, 0, D))`` per step, no membrane."""
+
+    def __init__(self, D: int = 4, decay=None, v_threshold: float = 1.0, norm=None, **kw):
+        super().__init__(D, decay, v_threshold, norm, **kw)
+
+
+class NILIF(IntegerLIF):
+    """Spike2Former's NI-LIF: ``round(clip(x, 0, D)) / D`` per step, no membrane."""
+
+    def __init__(self, D: int = 4, decay=None, v_threshold: float = 1.0, norm="D", **kw):
+        super().__init__(D, decay, v_threshold, float(D) if norm == "D" else norm, **kw)
+
+
+NEURONS.update(ilif=IntegerLIF, multispike=MultiSpike, nilif=NILIF)
+_INTEGER_KEYS = ("D", "decay", "v_threshold", "norm")
 
 
 def neuron_factory(spec: Any = "lif", **defaults: Any) -> NeuronFactory:
@@ -41,6 +60,8 @@ def neuron_factory(spec: Any = "lif", **defaults: Any) -> NeuronFactory:
 def _build(cls, defaults: dict, **overrides) -> nn.Module:
     # Model code passes LIF-style keywords; map them onto the neurons that spell them differently.
     kwargs = {**defaults, **overrides}
+    if issubclass(cls, IntegerLIF):  # the LIF-style defaults a model passes (tau, surrogate, ...) do not apply
+        return cls(**{k: v for k, v in kwargs.items() if k in _INTEGER_KEYS})
     if issubclass(cls, PLIF) and "tau" in kwargs:
         kwargs["init_tau"] = kwargs.pop("tau")
     if cls is IF:
@@ -50,6 +71,7 @@ def _build(cls, defaults: dict, **overrides) -> nn.Module:
 
 
 __all__ = [
+    "IntegerLIF", "MultiSpike", "NILIF", "expand_integer_spikes", "sum_substeps",
     "ATan", "BaseNode", "IF", "LIF", "MALIF", "PLIAF", "PLIF", "Rectangle", "Sigmoid", "Surrogate", "build_surrogate", "neuron_factory",
     "NeuronFactory",
 ]
