@@ -36,6 +36,7 @@ def exact_then_fast(model, x, calls: list):
     what ``calls`` (a recorder of compiled-kernel calls) held after it, and the fast output."""
     import spikeformer.layers
 
+    spikeformer.layers.use_exact_kernels(model)
     ref = model(x)
     exact_calls = list(calls)
     spikeformer.layers.use_fast_kernels(model)

@@ -8,6 +8,7 @@ official code's eval-mode logits for :func:`golden_input` (``<layout>/logits``).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -60,3 +61,14 @@ def load_golden(family: str) -> dict[str, tuple[dict, torch.Tensor]]:
               if k.startswith(pre) and k != pre + "logits"}
         out[layout] = (sd, flat[pre + "logits"])
     return out
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Golden outputs are compared bit for bit: run with the thread count they were generated with."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

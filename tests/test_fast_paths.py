@@ -92,7 +92,7 @@ def test_no_grad_kernel_bf16_and_default_membrane():
 
 def test_model_no_grad_logits_equal_grad_mode():
     torch.manual_seed(7)
-    model = spikeformer.create_model("spikformer_digits_1_64").eval()
+    model = spikeformer.create_model("spikformer_digits_1_64", numerics="exact").eval()
     x = torch.randn(3, 1, 16, 16) * 2
     out_grad = model(x)
     assert out_grad.grad_fn is not None
@@ -159,7 +159,7 @@ def _step_grads(model, x, y):
 @pytest.mark.parametrize("neuron", ["lif", "plif"])
 def test_model_fused_vs_reference_kernel(monkeypatch, neuron):
     torch.manual_seed(3)
-    model = spikeformer.create_model("spikformer_digits_1_64", neuron=neuron)
+    model = spikeformer.create_model("spikformer_digits_1_64", neuron=neuron, numerics="exact")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(2, 1, 16, 16) * 2, torch.randint(0, 10, (2,))
     out_fast, g_fast = _step_grads(model, x, y)
@@ -195,7 +195,7 @@ def test_checkpoint_blocks_same_result_and_bn_stats():
 
 def test_bf16_autocast_spikes_agree_with_fp32_on_digits():
     torch.manual_seed(5)
-    model = spikeformer.create_model("spikformer_digits_1_64").train()  # batch statistics: a lively network
+    model = spikeformer.create_model("spikformer_digits_1_64", numerics="exact").train()  # batch statistics: a lively network
     ds = build_dataset("digits", "test")
     x = torch.stack([ds[i][0] for i in range(64)])
     spikes = {}
@@ -240,6 +240,7 @@ def test_token_bn_transposed_low_precision_takes_the_flat_kernel():
         ref.bias.uniform_(-0.5, 0.5)
     init = {k: v.clone() for k, v in ref.state_dict().items()}
     tr = TokenBN(24, transposed=True)
+    tr.numerics = "exact"
     tr.load_state_dict(init)
     y_ref = ref(x.reshape(6, 16, 24).transpose(1, 2)).transpose(1, 2).reshape(x.shape)
     torch.testing.assert_close(tr(x), y_ref, atol=0, rtol=0)

@@ -172,14 +172,16 @@ def test_spikformer_runs_its_spike_inputs_on_the_nonzeros(sparse_calls, monkeypa
     from spikeformer.models import spikformer as SFM
 
     conv_calls = []
-    real_conv = SFM.spike_conv3x3
+    from spikeformer.layers import blocks as BLK
+
+    real_conv = BLK.spike_conv3x3
 
     def conv_spy(conv, x, *a, **k):
         out = real_conv(conv, x, *a, max_density=1.0)  # the small model's stem fires more than 8 %
         conv_calls.append(out is not None)
         return out
 
-    monkeypatch.setattr(SFM, "spike_conv3x3", conv_spy)
+    monkeypatch.setattr(BLK, "spike_conv3x3", conv_spy)
     torch.manual_seed(0)
     m = SFM.Spikformer("cifar", num_classes=10, embed_dim=64, depth=2, num_heads=4, T=2)
     spikeformer.layers.use_fast_kernels(m)
@@ -190,7 +192,7 @@ def test_spikformer_runs_its_spike_inputs_on_the_nonzeros(sparse_calls, monkeypa
     assert len(sparse_calls) == 4 and used >= 2  # proj and fc2 of both blocks were offered; sparse where sparse
     assert conv_calls == [True, True, True]  # stem stages 2-4 (the first sees images)
     monkeypatch.setattr(BNN, "spike_linear", lambda *a, **k: None)
-    monkeypatch.setattr(SFM, "spike_conv3x3", lambda *a, **k: None)
+    monkeypatch.setattr(BLK, "spike_conv3x3", lambda *a, **k: None)
     l2, g2 = _mlp_step(m_dense, x, y, dtype)
     if dtype == torch.float32:
         assert abs(l1 - l2) < 1e-4
@@ -205,6 +207,7 @@ def test_exact_path_and_hooks_keep_the_dense_linear(sparse_calls):
     from spikeformer.layers import TokenBN
 
     lin, bn, neuron = nn.Linear(32, 24), TokenBN(24), LIF()
+    bn.numerics = "exact"
     x = _spikes((2, 3, 10, 32), 0.05, 12)
     ref = neuron(copy.deepcopy(bn)(lin(x)))
     assert torch.equal(BNN.linear_bn_neuron(lin, copy.deepcopy(bn), neuron, x, sparse=True), ref)  # exact fp32
@@ -288,16 +291,19 @@ def test_spike_conv_fallbacks():
         assert SL.spike_conv3x3(conv, x) is None
 
 
-def test_spikformer_stem_keeps_a_hooked_convolution_dense():
-    from spikeformer.models.spikformer import _spike_conv
+def test_stem_keeps_a_hooked_convolution_dense(monkeypatch):
+    from spikeformer.layers import blocks as BLK
 
+    calls = []
+    real = BLK.spike_conv3x3
+    monkeypatch.setattr(BLK, "spike_conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))
     conv = _int_conv(8, 16, 0)
     x = _frames((6, 8, 6, 6), 0.05, 19).unflatten(0, (2, 3))  # [T, B, C, H, W], channels-last frames
-    out = _spike_conv(conv, x)
-    assert out is not None and out.shape == (2, 3, 16, 6, 6)
+    out = BLK.conv_frames(conv, x, fast=True, spikes_in=True)
+    assert calls == [1] and out.shape == (2, 3, 16, 6, 6)
     assert torch.equal(out, conv(x.flatten(0, 1)).unflatten(0, (2, 3)))
     h = conv.register_forward_hook(lambda *a: None)
-    try:
-        assert _spike_conv(conv, x) is None  # hooks (energy reports, firing rates) see the convolution's call
+    try:  # hooks (energy reports, firing rates) see the convolution's call: the dense module runs
+        assert torch.equal(BLK.conv_frames(conv, x, fast=True, spikes_in=True), out) and calls == [1]
     finally:
         h.remove()

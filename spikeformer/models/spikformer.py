@@ -11,33 +11,36 @@ Faithful to the official code (ZK-Zhou/spikformer) in its three variants:
 Spiking Self Attention (paper Eq. 12-15): ``SN(Q K^T V * s)`` with binary Q, K, V, s = 0.125 (0.25 on DVS) and an
 attention LIF of threshold 0.5; residuals add spikes to spikes (SEW style), and the head is a Linear on the mean
 over tokens and time. The LayerNorms, ``pos_embed`` and dropout the official code builds but never calls are not
-built; token-wise 1x1 convolutions are ``nn.Linear`` (identical maths, faster), and official checkpoints are
-remapped by :func:`checkpoint_filter_fn`.
+built. Token-wise projections are :class:`~spikeformer.layers.TokenLinear` layers that remember the official operation
+(``Conv1d``/``Conv2d`` 1x1 on ImageNet and DVS, ``nn.Linear`` on CIFAR): ``numerics="exact"`` runs exactly that
+operation on the official layout (``[T*B, C, N]`` / ``[T*B, C, H, W]``, BatchNorm on the conv output), so the logits are
+the official code's bit for bit; ``numerics="fast"`` runs the shared fast blocks (fused BatchNorm + LIF, compiled
+spike attention, products over nonzero spikes, channels-last stem). Official checkpoints are remapped by
+:func:`checkpoint_filter_fn` (Conv kernels squeezed to the Linear layout).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply, wants_fast
+from ..layers.attention import token_spike_attention
+from ..layers.blocks import bn_neuron, channels_last, conv_frames, linear_bn_neuron
 from ..layers.init import trunc_normal_
 from ..layers.pool import max_pool
-from ..layers.fused_bn import _hooked, bn_neuron, linear_bn_neuron
-from ..layers.sparse import spike_conv3x3
-
-from ..layers import TokenBN, expand_time, seq_apply
-from ..layers.attention import token_spike_attention
 from ..neurons import neuron_factory
+from ._base import SpikingClassifier
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
 
 LIF_DEFAULTS = dict(tau=2.0, detach_reset=True)  # MultiStepLIFNode(tau=2.0, detach_reset=True), Sigmoid(4)
 
 
-class SPS(nn.Module):
+class SPS(NumericsAware, nn.Module):
     """Spiking Patch Splitting: four conv3x3-BN-LIF stages (D/8, D/4, D/2, D), max-pools, and the RPE conv."""
 
     def __init__(self, in_chans: int, embed_dim: int, neuron, pool_stages: Sequence[int] = (0, 1, 2, 3)):
@@ -53,16 +56,14 @@ class SPS(nn.Module):
         self.rpe_conv = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1, bias=False)
         self.rpe_bn = nn.BatchNorm2d(embed_dim)
         self.rpe_lif = neuron()
-        self.fast = False  # set by spikeformer.layers.use_fast_kernels: channels-last convolutions in fp32 too
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, B, C, H, W] -> [T, B, D, H', W']
         autocast = torch.is_autocast_enabled(x.device.type)
-        if self.fast or autocast:
-            # channels-last frames: oneDNN convolutions, BatchNorm and max-pool run without layout reorders, and
-            # the tokens below come out contiguous. Not taken in plain fp32, where the convolution kernels must
-            # round exactly as the official code's (NCHW) do.
-            x = _channels_last(x)
-        fuse = self.fast or autocast  # BatchNorm+LIF in one kernel (layers/fused_bn.py); never on the exact path
+        # fast: channels-last frames (oneDNN convolutions, BatchNorm and max-pool without layout reorders, tokens
+        # contiguous below), BatchNorm + LIF in one kernel; exact: NCHW, rounding as the official code's kernels
+        fuse = wants_fast(self, x)
+        if fuse:
+            x = channels_last(x)
         for i in range(4):
             sfx = "" if i == 0 else str(i)
             conv, bn, lif = (getattr(self, f"{n}{sfx}") for n in ("proj_conv", "proj_bn", "proj_lif"))
@@ -75,12 +76,7 @@ class SPS(nn.Module):
                 x = x.float() if fp32_stage else x
                 # after the first stage the input is spikes: on the fast path the convolution runs over the
                 # nonzero ones (layers/sparse.py) when few enough fire
-                z = _spike_conv(conv, x) if i > 0 and fuse else None
-                x = seq_apply(conv, x) if z is None else z
-                if i == 0 and fuse:
-                    # with one input channel (digits) the frames are both NCHW- and channels-last-contiguous, and
-                    # oneDNN then returns NCHW: set the layout once here so every later stage keeps it
-                    x = _channels_last(x)
+                x = conv_frames(conv, x, fuse, spikes_in=i > 0)
                 x = bn_neuron(bn, lif, x, fuse)
             if i in self.pool_stages:  # channels-last frames: the compiled kernel (layers/pool.py), same bits
                 x = seq_apply(functools.partial(max_pool, self.pool), x)
@@ -89,38 +85,25 @@ class SPS(nn.Module):
         return x + x_feat
 
 
-def _spike_conv(conv: nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """``conv`` on spike frames ``[T, B, C, H, W]`` over their nonzeros, or ``None`` (hooked, too dense, ...)."""
-    if _hooked(conv):
-        return None
-    out = spike_conv3x3(conv, x.flatten(0, 1))
-    return None if out is None else out.unflatten(0, x.shape[:2])
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """Frames ``[T, B, C, H, W]`` with each frame channels-last (a copy only if they are not already)."""
-    return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
-
-
 class SSA(nn.Module):
     """Spiking Self Attention on tokens ``[T, B, N, D]``."""
 
     def __init__(self, dim: int, num_heads: int, neuron, scale: float = 0.125, qkv_bias: bool = False,
-                 bn_transposed: bool = False):
+                 bn_transposed: bool = False, op: str = "linear"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.scale = num_heads, scale
         for n in ("q", "k", "v"):
-            setattr(self, f"{n}_linear", nn.Linear(dim, dim, bias=qkv_bias))
+            setattr(self, f"{n}_linear", TokenLinear(dim, dim, bias=qkv_bias, official_op=op))
             setattr(self, f"{n}_bn", TokenBN(dim, transposed=bn_transposed))
             setattr(self, f"{n}_lif", neuron())
         self.attn_lif = neuron(v_threshold=0.5)
-        self.proj_linear = nn.Linear(dim, dim)
+        self.proj_linear = TokenLinear(dim, dim, official_op=op)
         self.proj_bn = TokenBN(dim, transposed=bn_transposed)
         self.proj_lif = neuron()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         q = linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x)
         k = linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x)
         v = linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x)
@@ -131,29 +114,30 @@ class SSA(nn.Module):
 class MLP(nn.Module):
     """Linear-BN-LIF twice (the official 1x1 convolutions, as Linear on tokens)."""
 
-    def __init__(self, dim: int, hidden: int, neuron, bn_transposed: bool = False):
+    def __init__(self, dim: int, hidden: int, neuron, bn_transposed: bool = False, op: str = "linear"):
         super().__init__()
-        self.fc1_linear = nn.Linear(dim, hidden)
+        self.fc1_linear = TokenLinear(dim, hidden, official_op=op)
         self.fc1_bn = TokenBN(hidden, transposed=bn_transposed)
         self.fc1_lif = neuron()
-        self.fc2_linear = nn.Linear(hidden, dim)
+        self.fc2_linear = TokenLinear(hidden, dim, official_op=op)
         self.fc2_bn = TokenBN(dim, transposed=bn_transposed)
         self.fc2_lif = neuron()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = linear_bn_neuron(self.fc1_linear, self.fc1_bn, self.fc1_lif, x)
-        return linear_bn_neuron(self.fc2_linear, self.fc2_bn, self.fc2_lif, x, sparse=True)
+    def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        x = linear_bn_neuron(self.fc1_linear, self.fc1_bn, self.fc1_lif, x, grid=grid)
+        return linear_bn_neuron(self.fc2_linear, self.fc2_bn, self.fc2_lif, x, sparse=True, grid=grid)
 
 
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio, neuron, scale, qkv_bias, bn_transposed=False):
+    def __init__(self, dim, num_heads, mlp_ratio, neuron, scale, qkv_bias, bn_transposed=False, attn_op="linear",
+                 mlp_op="linear"):
         super().__init__()
-        self.attn = SSA(dim, num_heads, neuron, scale, qkv_bias, bn_transposed)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), neuron, bn_transposed)
+        self.attn = SSA(dim, num_heads, neuron, scale, qkv_bias, bn_transposed, attn_op)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), neuron, bn_transposed, mlp_op)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
+    def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        x = x + self.attn(x, grid)
+        return x + self.mlp(x, grid)
 
 
 @contextlib.contextmanager
@@ -179,13 +163,18 @@ def _recompute_contexts(block: nn.Module):
 
 VARIANTS = {
     # bn_transposed: the official CIFAR code applies BatchNorm1d to transposed tokens; match its rounding exactly.
-    "imagenet": dict(pool_stages=(0, 1, 2, 3), scale=0.125, qkv_bias=False, init_all_linear=False, bn_transposed=False),
-    "cifar": dict(pool_stages=(2, 3), scale=0.125, qkv_bias=True, init_all_linear=True, bn_transposed=True),
-    "dvs": dict(pool_stages=(0, 1, 2, 3), scale=0.25, qkv_bias=False, init_all_linear=False, bn_transposed=False),
+    # attn_op / mlp_op: the official operation of the token projections (imagenet/model.py: Conv1d attention, Conv2d
+    # MLP; cifar10/model.py: nn.Linear; cifar10dvs/model.py: Conv1d everywhere)
+    "imagenet": dict(pool_stages=(0, 1, 2, 3), scale=0.125, qkv_bias=False, init_all_linear=False, bn_transposed=False,
+                     attn_op="conv1d", mlp_op="conv2d"),
+    "cifar": dict(pool_stages=(2, 3), scale=0.125, qkv_bias=True, init_all_linear=True, bn_transposed=True,
+                  attn_op="linear", mlp_op="linear"),
+    "dvs": dict(pool_stages=(0, 1, 2, 3), scale=0.25, qkv_bias=False, init_all_linear=False, bn_transposed=False,
+                attn_op="conv1d", mlp_op="conv1d"),
 }
 
 
-class Spikformer(nn.Module):
+class Spikformer(SpikingClassifier):
     def __init__(
         self,
         variant: str = "imagenet",
@@ -211,7 +200,8 @@ class Spikformer(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.patch_embed = SPS(in_chans, embed_dim, make, v["pool_stages"])
         self.block = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, make, v["scale"], v["qkv_bias"], v["bn_transposed"])
+            Block(embed_dim, num_heads, mlp_ratio, make, v["scale"], v["qkv_bias"], v["bn_transposed"], v["attn_op"],
+                  v["mlp_op"])
             for _ in range(depth)
         )
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -221,23 +211,21 @@ class Spikformer(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` -> token-mean features ``[T, B, D]``."""
         x = expand_time(x, self.T, self.in_chans)
         x = self.patch_embed(x)
+        grid = tuple(x.shape[-2:])
         x = x.flatten(3).transpose(-1, -2)  # [T, B, N, D]
         for blk in self.block:
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False, context_fn=lambda b=blk: _recompute_contexts(b))
+                x = checkpoint(blk, x, grid, use_reentrant=False, context_fn=lambda b=blk: _recompute_contexts(b))
             else:
-                x = blk(x)
+                x = blk(x, grid)
         return x.mean(2)
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(feats.mean(0))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.head(self.forward_features_per_step(x).mean(0))  # official: the time mean before the head
 
 
 def checkpoint_filter_fn(state_dict: dict, model: Spikformer) -> dict:

@@ -16,24 +16,30 @@ values) instead of spikes. Spiking Self Attention is Spikformer's ``SN(Q K^T V *
 threshold 0.5 (scale 0.125 in every variant, DVS included); the head is a Linear on the mean over tokens and time of
 the real-valued stream, with no LIF before it.
 
-The LayerNorms (``norm1``/``norm2``) and ``drop_path`` the official blocks build but never call are not built; the
-1x1 convolutions (Conv1d in attention, Conv2d in the MLP) are ``nn.Linear`` on channel-last tokens, and official
-checkpoints are remapped by :func:`checkpoint_filter_fn`.
+The LayerNorms (``norm1``/``norm2``) and ``drop_path`` the official blocks build but never call are not built. The
+1x1 convolutions (Conv1d in attention, Conv2d in the MLP, in every variant) are :class:`~spikeformer.layers.TokenLinear`
+layers: ``numerics="exact"`` runs those convolutions on the official ``[T*B, C, N]`` / ``[T*B, C, H, W]`` layouts (the
+official logits bit for bit), ``numerics="fast"`` the shared fast blocks (products over nonzero spikes -- every
+projection reads spikes --, BatchNorm + LIF fused where a BatchNorm feeds a LIF, channels-last tokenizer, compiled
+spike attention). Official checkpoints are remapped by :func:`checkpoint_filter_fn`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import torch
 from torch import nn
-from ..layers.init import trunc_normal_
 
 from ..errors import SpikeformerError
-from ..layers import TokenBN, expand_time, seq_apply, spike_attention
-from ..layers.attention import _split_heads
-from ..layers.fused_bn import linear_bn_neuron
+from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply, wants_fast
+from ..layers.attention import token_spike_attention
+from ..layers.blocks import bn_neuron, channels_last, conv_frames, linear_bn, linear_bn_neuron
+from ..layers.init import trunc_normal_
+from ..layers.pool import max_pool
 from ..neurons import neuron_factory
+from ._base import SpikingClassifier
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
 
 # MultiStepLIFNode(tau=2.0, detach_reset=True) with SpikingJelly 0.0.0.0.12's Sigmoid(alpha=4) surrogate.
@@ -41,7 +47,7 @@ LIF_DEFAULTS = dict(tau=2.0, detach_reset=True)
 DVS_LIF_DEFAULTS = dict(tau=1.5, detach_reset=True)  # ``tau_thr = 1.5`` in the official DVS models
 
 
-class SpikingTokenizer(nn.Module):
+class SpikingTokenizer(NumericsAware, nn.Module):
     """Five conv3x3-BN stages (D/8, D/4, D/2, D, D): ``conv-BN`` on the input, then ``LIF [-> MaxPool] -> conv-BN``.
 
     The output is a BN output (not spikes); ``pool_stages`` (of 1..4) name the stages whose LIF is followed by a
@@ -63,12 +69,17 @@ class SpikingTokenizer(nn.Module):
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, B, C, H, W] -> [T, B, D, H', W']
-        x = seq_apply(nn.Sequential(self.proj_conv, self.proj_bn), x)
+        fast = wants_fast(self, x)
+        if fast:
+            x = channels_last(x)
+        z, bn = conv_frames(self.proj_conv, x, fast), self.proj_bn
         for i in range(1, 5):
-            x = getattr(self, f"proj{i}_lif")(x)
-            conv_bn = [getattr(self, f"proj{i}_conv"), getattr(self, f"proj{i}_bn")]
-            x = seq_apply(nn.Sequential(self.pool, *conv_bn) if i in self.pool_stages else nn.Sequential(*conv_bn), x)
-        return x
+            # each BatchNorm feeds the next stage's LIF: one fused kernel on the fast path
+            x = bn_neuron(bn, getattr(self, f"proj{i}_lif"), z, fuse=fast)
+            if i in self.pool_stages:
+                x = seq_apply(functools.partial(max_pool, self.pool), x)
+            z, bn = conv_frames(getattr(self, f"proj{i}_conv"), x, fast, spikes_in=True), getattr(self, f"proj{i}_bn")
+        return seq_apply(bn, z)
 
 
 class SpikingSelfAttention(nn.Module):
@@ -82,21 +93,20 @@ class SpikingSelfAttention(nn.Module):
         self.num_heads, self.scale = num_heads, scale
         self.in_lif = neuron()
         for n in ("q", "k", "v"):
-            setattr(self, f"{n}_linear", nn.Linear(dim, dim, bias=False))
+            setattr(self, f"{n}_linear", TokenLinear(dim, dim, bias=False, official_op="conv1d"))
             setattr(self, f"{n}_bn", TokenBN(dim))
             setattr(self, f"{n}_lif", neuron())
         self.attn_lif = neuron(v_threshold=0.5)
-        self.proj_linear = nn.Linear(dim, dim)
+        self.proj_linear = TokenLinear(dim, dim, official_op="conv1d")
         self.proj_bn = TokenBN(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B, N, C = x.shape
+    def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         x = self.in_lif(x)
-        q = _split_heads(linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x), self.num_heads)
-        k = _split_heads(linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x), self.num_heads)
-        v = _split_heads(linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x), self.num_heads)
-        x = spike_attention(q, k, v, self.scale).transpose(2, 3).reshape(T, B, N, C)
-        return self.proj_bn(self.proj_linear(self.attn_lif(x)))
+        q = linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x, sparse=True)
+        k = linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x, sparse=True)
+        v = linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x, sparse=True)
+        x = token_spike_attention(q, k, v, self.num_heads, self.scale, fast=self.q_bn.fast)
+        return linear_bn(self.proj_linear, self.proj_bn, self.attn_lif(x), sparse=True)
 
 
 class MLP(nn.Module):
@@ -105,15 +115,15 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, neuron):
         super().__init__()
         self.mlp1_lif = neuron()
-        self.mlp1_linear = nn.Linear(dim, hidden)
+        self.mlp1_linear = TokenLinear(dim, hidden, official_op="conv2d")
         self.mlp1_bn = TokenBN(hidden)
         self.mlp2_lif = neuron()
-        self.mlp2_linear = nn.Linear(hidden, dim)
+        self.mlp2_linear = TokenLinear(hidden, dim, official_op="conv2d")
         self.mlp2_bn = TokenBN(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mlp1_bn(self.mlp1_linear(self.mlp1_lif(x)))
-        return self.mlp2_bn(self.mlp2_linear(self.mlp2_lif(x)))
+    def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        x = linear_bn(self.mlp1_linear, self.mlp1_bn, self.mlp1_lif(x), grid, sparse=True)
+        return linear_bn(self.mlp2_linear, self.mlp2_bn, self.mlp2_lif(x), grid, sparse=True)
 
 
 class Block(nn.Module):
@@ -124,9 +134,9 @@ class Block(nn.Module):
         self.attn = SpikingSelfAttention(dim, num_heads, neuron, scale)
         self.mlp = MLP(dim, int(dim * mlp_ratio), neuron)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
+    def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        x = x + self.attn(x, grid)
+        return x + self.mlp(x, grid)
 
 
 VARIANTS = {
@@ -136,7 +146,7 @@ VARIANTS = {
 }
 
 
-class Spikingformer(nn.Module):
+class Spikingformer(SpikingClassifier):
     def __init__(
         self,
         variant: str = "imagenet",
@@ -170,20 +180,21 @@ class Spikingformer(nn.Module):
             trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` -> token-mean features ``[T, B, D]``."""
         x = expand_time(x, self.T, self.in_chans)
         x = self.patch_embed(x)
+        grid = tuple(x.shape[-2:])
         x = x.flatten(3).transpose(-1, -2)  # [T, B, N, D]
         for blk in self.block:
-            x = blk(x)
+            x = blk(x, grid)
+        if self.block and not self.block[0].attn.q_bn.fast and x.dtype == torch.float32:
+            # the stream is real-valued: sum over tokens along the official [T, B, C, N] layout (its bits)
+            return x.transpose(-1, -2).contiguous().mean(-1)
         return x.mean(2)
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(feats.mean(0))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.head(self.forward_features_per_step(x).mean(0))  # official: the time mean before the head
 
 
 _TOKEN_LAYERS = ("q", "k", "v", "proj", "mlp1", "mlp2")
