@@ -22,20 +22,29 @@ token-wise projections stay 1x1 ``Conv2d`` + ``BatchNorm2d`` on ``[T*B, C, H, W]
 residual stream is real-valued, so a last-bit difference (``nn.Linear`` on channel-last tokens rounds differently)
 can flip a spike sitting on a threshold and change the logits; with the same kernels the logits agree bit for bit.
 The network is resolution-agnostic: the 8-768 weights evaluate at 288x288 (the published 77.07% row) as at 224.
+
+Numerics: ``"exact"`` runs those official operations (NCHW convolutions and BatchNorm2d on the merged ``[T*B, ...]``
+batch); ``"fast"`` keeps the frames channels-last, runs the 1x1 convolutions as token GEMMs (over the nonzero spikes
+where few fire: every convolution here reads spikes), each BatchNorm that feeds a LIF fused with it in one compiled
+kernel, and the stem's max-pools with the compiled pool.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..layers.init import trunc_normal_
 
 from ..errors import SpikeformerError
-from ..layers import expand_time, seq_apply
+from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
+from ..layers.blocks import bn_neuron, channels_last, conv_bn, conv_frames
+from ..layers.init import trunc_normal_
+from ..layers.pool import max_pool
 from ..neurons import neuron_factory
+from ._base import SpikingClassifier
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
 
 LIF_DEFAULTS = dict(tau=2.0, detach_reset=True)  # MultiStepLIFNode(tau=2.0, detach_reset=True), Sigmoid(4)
@@ -49,11 +58,7 @@ def _pooling_stages(pooling_stat: str) -> tuple[bool, ...]:
     return tuple(c == "1" for c in pooling_stat)
 
 
-def _conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return seq_apply(lambda t: bn(conv(t)), x)
-
-
-class SPS(nn.Module):
+class SPS(NumericsAware, nn.Module):
     """MS_SPS: the spiking tokenizer with a membrane-shortcut relative position embedding."""
 
     def __init__(self, in_chans: int, embed_dim: int, neuron, pooling_stat: str = "1111"):
@@ -72,18 +77,24 @@ class SPS(nn.Module):
         self.rpe_bn = nn.BatchNorm2d(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, B, C, H, W] -> [T, B, D, H', W'] (real-valued)
+        fast = wants_fast(self, x)
+        if fast:
+            x = channels_last(x)
+        pool = functools.partial(max_pool, self.pool)  # the compiled pool on channels-last frames, else nn.MaxPool2d
         convs = [(self.proj_conv, self.proj_bn), (self.proj_conv1, self.proj_bn1),
                  (self.proj_conv2, self.proj_bn2), (self.proj_conv3, self.proj_bn3)]
         lifs = [self.proj_lif, self.proj_lif1, self.proj_lif2]
         for i, (conv, bn) in enumerate(convs):
-            x = _conv_bn(conv, bn, x)
+            z = conv_frames(conv, x, fast, spikes_in=i > 0)
             if i < 3:
-                x = lifs[i](x)
+                x = bn_neuron(bn, lifs[i], z, fuse=fast)
+            else:
+                x = seq_apply(bn, z)
             if self.pool_after[i]:  # stage 4 pools the BN output, before its LIF
-                x = seq_apply(self.pool, x)
+                x = seq_apply(pool, x)
         x_feat = x
         x = self.proj_lif3(x)
-        return _conv_bn(self.rpe_conv, self.rpe_bn, x) + x_feat
+        return conv_bn(self.rpe_conv, self.rpe_bn, x, spikes_in=True, fast=fast) + x_feat
 
 
 def _erode_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -96,7 +107,7 @@ def _erode_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return y.transpose(-1, -2).reshape(T, B, C, H, W)
 
 
-class SDSA(nn.Module):
+class SDSA(NumericsAware, nn.Module):
     """Spike-Driven Self-Attention with its membrane shortcut, on ``[T, B, C, H, W]``."""
 
     def __init__(self, dim: int, num_heads: int, neuron, erode: bool = False):
@@ -114,10 +125,11 @@ class SDSA(nn.Module):
         self.proj_bn = nn.BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = wants_fast(self, x)
         s = self.shortcut_lif(x)
-        q = self.q_lif(_conv_bn(self.q_conv, self.q_bn, s))
-        k = self.k_lif(_conv_bn(self.k_conv, self.k_bn, s))
-        v = self.v_lif(_conv_bn(self.v_conv, self.v_bn, s))
+        q = bn_neuron(self.q_bn, self.q_lif, conv_frames(self.q_conv, s, fast, spikes_in=True), fuse=fast)
+        k = bn_neuron(self.k_bn, self.k_lif, conv_frames(self.k_conv, s, fast, spikes_in=True), fuse=fast)
+        v = bn_neuron(self.v_bn, self.v_lif, conv_frames(self.v_conv, s, fast, spikes_in=True), fuse=fast)
         if self.erode:  # per-channel 3x3 max on the token grid
             pool = lambda t: F.max_pool2d(t, 3, 1, 1)  # noqa: E731
             k, v = seq_apply(pool, k), seq_apply(pool, v)
@@ -129,10 +141,10 @@ class SDSA(nn.Module):
         y = q * kv
         if self.erode:
             y = _erode_heads(y, self.num_heads)
-        return x + _conv_bn(self.proj_conv, self.proj_bn, y)
+        return x + conv_bn(self.proj_conv, self.proj_bn, y, spikes_in=True, fast=fast)
 
 
-class MLP(nn.Module):
+class MLP(NumericsAware, nn.Module):
     """MS_MLP: ``x + BN(W2 LIF(BN(W1 LIF(x))))`` (plus the official inner shortcut when hidden == dim)."""
 
     def __init__(self, dim: int, hidden: int, neuron):
@@ -146,11 +158,15 @@ class MLP(nn.Module):
         self.fc2_bn = nn.BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = wants_fast(self, x)
         identity = x
-        x = _conv_bn(self.fc1_conv, self.fc1_bn, self.fc1_lif(x))
+        z = conv_frames(self.fc1_conv, self.fc1_lif(x), fast, spikes_in=True)
         if self.res:
-            x = identity = identity + x
-        return identity + _conv_bn(self.fc2_conv, self.fc2_bn, self.fc2_lif(x))
+            x = identity = identity + seq_apply(self.fc1_bn, z)
+            s = self.fc2_lif(x)
+        else:  # fc1's BatchNorm feeds fc2's LIF directly: one fused kernel on the fast path
+            s = bn_neuron(self.fc1_bn, self.fc2_lif, z, fuse=fast)
+        return identity + conv_bn(self.fc2_conv, self.fc2_bn, s, spikes_in=True, fast=fast)
 
 
 class Block(nn.Module):
@@ -163,11 +179,11 @@ class Block(nn.Module):
         return self.mlp(self.attn(x))
 
 
-class SpikeDrivenTransformer(nn.Module):
+class SpikeDrivenTransformer(SpikingClassifier):
     """Spike-driven Transformer V1.
 
-    ``pooling_stat`` and ``erode`` select the official dataset variants (see the module docstring); ``tet=True``
-    returns per-time-step logits ``[T, B, classes]`` as the official ``TET`` flag does.
+    ``pooling_stat`` and ``erode`` select the official dataset variants (see the module docstring); the per-step
+    logits the official ``TET`` flag returns are :meth:`forward_per_step`.
     """
 
     def __init__(
@@ -182,12 +198,11 @@ class SpikeDrivenTransformer(nn.Module):
         neuron: Any = "lif",
         pooling_stat: str = "1111",
         erode: bool = False,
-        tet: bool = False,
         img_size: int | None = None,  # accepted for timm compatibility; the network is size-agnostic
     ):
         super().__init__()
         make = neuron_factory(neuron, **LIF_DEFAULTS)
-        self.T, self.in_chans, self.num_classes, self.tet = T, in_chans, num_classes, tet
+        self.T, self.in_chans, self.num_classes = T, in_chans, num_classes
         self.embed_dim = self.num_features = embed_dim
         self.patch_embed = SPS(in_chans, embed_dim, make, pooling_stat)
         self.block = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, make, erode) for _ in range(depth))
@@ -201,20 +216,21 @@ class SpikeDrivenTransformer(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` -> token-mean membrane features ``[T, B, D]``."""
         x = expand_time(x, self.T, self.in_chans)
         x = self.patch_embed(x)  # [T, B, D, H', W']
         for blk in self.block:
             x = blk(x)
-        return x.flatten(3).mean(3)
+        if x.is_contiguous():
+            return x.flatten(3).mean(3)
+        return x.mean((3, 4))  # channels-last frames (fast path): the same mean without a copy
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        x = self.head(self.head_lif(feats))
-        return x if self.tet else x.mean(0)
+    def head_per_step(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_lif(feats))  # the head LIF sees every step's features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.forward_per_step(x).mean(0)
 
 
 _UNUSED_OFFICIAL = (".talking_heads.weight", ".attn_lif.w", "patch_embed.rpe_lif.w")

@@ -32,11 +32,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..layers.init import trunc_normal_
 
 from ..errors import SpikeformerError
-from ..layers import expand_time, seq_apply
+from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
+from ..layers.blocks import conv_bn_neuron
+from ..layers.init import trunc_normal_
 from ..neurons import neuron_factory
+from ._base import SpikingClassifier
 from .registry import IMAGENET_MEAN, IMAGENET_STD, cfg, register_model
 
 PLIF_DEFAULTS = dict(tau=2.0, detach_reset=True)  # MultiStepParametricLIFNode(detach_reset=True); tau -> init_tau
@@ -70,29 +72,34 @@ def drop_path(x: torch.Tensor, p: float, training: bool, mask_shape: Sequence[in
     return x.div(keep) * mask
 
 
-class ConvBNNeuron(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> neuron on ``[T, B, C, H, W]`` (the official ``conv`` helper)."""
+class ConvBNNeuron(NumericsAware, nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> neuron on ``[T, B, C, H, W]`` (the official ``conv`` helper), run by the
+    shared block :func:`~spikeformer.layers.blocks.conv_bn_neuron` (``spikes_in``: the input is spikes or spike
+    sums, so the fast path may convolve over the nonzero inputs)."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int, padding: int, neuron):
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int, padding: int, neuron,
+                 spikes_in: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel_size, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         self.neuron = neuron()
+        self.spikes_in = spikes_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.neuron(seq_apply(lambda y: self.bn(self.conv(y)), x))
+        return conv_bn_neuron(self.conv, self.bn, self.neuron, x, self.spikes_in, wants_fast(self, x))
 
 
 class SEWBlock(nn.Module):
     """SEW-ResNet block with ADD connect: ``conv1 -> conv2`` plus identity or ``AvgPool -> 1x1 conv``."""
 
-    def __init__(self, cin: int, cout: int, stride: int, kernel_size: int, neuron):
+    def __init__(self, cin: int, cout: int, stride: int, kernel_size: int, neuron, spikes_in: bool = True):
         super().__init__()
         pad = kernel_size // 2
         self.stride = stride
-        self.conv1 = ConvBNNeuron(cin, cout, kernel_size, stride, pad, neuron)
+        self.conv1 = ConvBNNeuron(cin, cout, kernel_size, stride, pad, neuron, spikes_in)
         self.conv2 = ConvBNNeuron(cout, cout, kernel_size, 1, pad, neuron)
-        self.shortcut = ConvBNNeuron(cin, cout, 1, 1, 0, neuron) if (stride != 1 or cin != cout) else None
+        self.shortcut = (ConvBNNeuron(cin, cout, 1, 1, 0, neuron, spikes_in) if (stride != 1 or cin != cout)
+                         else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
@@ -114,7 +121,8 @@ class ConvTokenizer(nn.Module):
             )
         self.strides, self.kernel_size = list(strides), kernel_size
         self.blocks = nn.Sequential(
-            *[SEWBlock(widths[i], widths[i + 1], s, kernel_size, neuron) for i, s in enumerate(strides)]
+            *[SEWBlock(widths[i], widths[i + 1], s, kernel_size, neuron, spikes_in=i > 0)  # block 0 sees the input
+              for i, s in enumerate(strides)]
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -192,7 +200,7 @@ class Block(nn.Module):
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training, (T, 1, 1, 1))
 
 
-class Spikeformer(nn.Module):
+class Spikeformer(SpikingClassifier):
     """Spikeformer (Li et al.): convolutional tokenizer, space-time attention blocks, sequence-pooling head.
 
     Args:
@@ -258,7 +266,7 @@ class Spikeformer(nn.Module):
             nn.init.zeros_(blk.temporal_fc.bias)
 
     @torch.jit.ignore
-    def no_weight_decay(self):
+    def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "time_embed"}
 
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
@@ -281,21 +289,31 @@ class Spikeformer(nn.Module):
         x = x.flatten(3).transpose(-1, -2) + self._pos_embed(h, w)
         return x + self._time_embed(T)[:, None, None, :]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` -> pooled features ``[B, D]``."""
-        x = self.tokens(x)
+    def _pool_inputs(self, x: torch.Tensor):
+        """Blocks' output ``[T, B, N, D]`` -> normalised tokens ``[B, N*T, D]`` (official order: token-major) and their
+        sequence-pooling weights ``[B, N*T, 1]`` (softmax over space and time)."""
         for blk in self.blocks:
             x = blk(x)
         T, B, N, D = x.shape
         x = self.norm(x).permute(1, 2, 0, 3).reshape(B, N * T, D)
-        w = self.attention_pool(x).softmax(dim=1)  # [B, N*T, 1]: one weight per token over space and time
+        return x, self.attention_pool(x).softmax(dim=1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` -> sequence-pooled features ``[B, D]``."""
+        x, w = self._pool_inputs(self.tokens(x))
         return (w.transpose(1, 2) @ x).squeeze(1)
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(feats)
+    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features split by time step, ``[T, B, D]``: step t's share of the weighted sum, times T, so that
+        their mean over T is :meth:`forward_features` (the pooling weights are shared over space and time)."""
+        x = self.tokens(x)
+        T = x.shape[0]
+        x, w = self._pool_inputs(x)
+        B, NT, D = x.shape
+        return (w * x).reshape(B, NT // T, T, D).sum(1).transpose(0, 1) * T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.head(self.forward_features(x))
 
 
 _MLP_NAMES = {"0": "fc1", "1": "neuron", "2": "fc2"}
