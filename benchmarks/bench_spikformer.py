@@ -66,8 +66,10 @@ def _build(impl: str, T: int, ckpt: bool, model_name: str, fastlin: bool = False
     kw = dict(T=T)
     if ckpt:
         kw["checkpoint_blocks"] = True
+    if impl != "base":  # the package before numerics existed built exact models and switched with fast_kernels
+        kw["numerics"] = "fast" if fastlin else "exact"
     model = spikeformer.create_model(model_name, **kw)
-    if fastlin:  # what `spikeformer train` does by default (config fast_kernels)
+    if fastlin and impl == "base":
         from spikeformer.layers.linear import use_fast_kernels
 
         use_fast_kernels(model)
@@ -179,7 +181,7 @@ def run_child(cfg: dict, common: dict) -> dict:
 
 def label(c: dict) -> str:
     return (f"{c['impl']}/{c['mode']}/{c['dtype']}" + ("/ckpt" if c.get("ckpt") else "")
-            + ("/fast_kernels" if c.get("fastlin") else "") + f"/T{c['T']}")
+            + ("/fast" if c.get("fastlin") else "") + f"/T{c['T']}")
 
 
 def main(a) -> None:
