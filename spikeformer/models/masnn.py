@@ -13,6 +13,14 @@ Faithful to the official code (BICLab/Attention-SNN) in its two settings:
   ImageNet uses CSA with ``c_ratio=8`` and T=1 in the released file.
 
 Attention is the plug-in MA of :mod:`spikeformer.layers.masnn`, placed after conv-BN(-pool) and before the neuron.
+
+Numerics (:mod:`spikeformer.layers.numerics`): convolution + BatchNorm run through the shared blocks. ``"exact"``
+runs them on the merged NCHW ``[T*B, C, H, W]`` batch and the fully connected layers as ``nn.Linear`` +
+``BatchNorm1d`` rows, the official operations. ``"fast"`` keeps the Gesture network's frames channels-last and
+takes the products that read spikes (every convolution after the first, the fully connected layers) over the
+nonzero spikes where few enough fire (about 1 % do). Att-Res-SNN keeps NCHW frames in fp32 on the fast path too
+(:func:`_resnet_fast`): nothing on the fast path pays for it on CPU. The official neurons (MA-SNN's LIF,
+MS-ResNet's LIF with a rectangular surrogate) have no compiled kernel and run as written in both.
 The reduction ratios are the official configs' (Gesture ``c_ratio=8, t_ratio=5``; ImageNet CSA ``c_ratio=8``).
 Official checkpoints are remapped by :func:`checkpoint_filter_fn`.
 """
@@ -26,57 +34,86 @@ import torch
 from torch import nn
 
 from ..errors import SpikeformerError
-from ..layers import TokenBN, expand_time, seq_apply
+from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply, wants_fast
+from ..layers.blocks import conv_bn, conv_bn_neuron, linear_bn, linear_bn_neuron
 from ..layers.masnn import build_attention, official_attention_key
-from ..neurons import LIF, MALIF, Rectangle, neuron_factory
+from ..neurons import IF, LIF, MALIF, PLIF, Rectangle, neuron_factory
+from ._base import SpikingClassifier
 from .registry import cfg, register_model
+
+
+def _fire(neuron: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``neuron(x)``. On the fast path, channels-last frames ``[T, B, C, H, W]`` go to the neuron as the contiguous
+    ``[T, B, H, W, C]`` tensor they are in memory (the official neurons act element by element, so the order of the
+    dimensions after T is free) and the spikes come back channels-last, as the next convolution wants them: the
+    neurons without a compiled kernel would otherwise return NCHW frames, to be copied back."""
+    if (fast and x.dim() == 5 and type(neuron) in (LIF, IF, PLIF, MALIF) and not x.is_contiguous()
+            and x.permute(0, 1, 3, 4, 2).is_contiguous()):
+        return neuron(x.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
+    return neuron(x)
 
 
 # -- MA-SNN for event streams (DVS128 Gesture) -----------------------------------------------------------------
 
-class ConvAttLIF(nn.Module):
-    """``conv -> BN -> [AvgPool] -> MA attention -> neuron`` on ``[T, B, C, H, W]`` (official ``ConvAttLIF``)."""
+class ConvAttLIF(NumericsAware, nn.Module):
+    """``conv -> BN -> [AvgPool] -> MA attention -> neuron`` on ``[T, B, C, H, W]`` (official ``ConvAttLIF``).
+    ``spikes_in``: the input is a neuron's spikes (every layer but the first), so the fast path may convolve over
+    the nonzero spikes alone."""
 
     def __init__(self, in_ch: int, out_ch: int, T: int, neuron, attention: Optional[str] = "TCSA", pool: int = 1,
-                 kernel_size: int = 3, c_ratio: int = 8, t_ratio: int = 5):
+                 kernel_size: int = 3, c_ratio: int = 8, t_ratio: int = 5, spikes_in: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=True)
         self.bn = nn.BatchNorm2d(out_ch)
         self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
         self.attn = build_attention(attention, T, out_ch, t_ratio=t_ratio, c_ratio=c_ratio)
         self.neuron = neuron()
+        self.spikes_in = spikes_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = seq_apply(nn.Sequential(self.conv, self.bn, self.pool), x)
+        fast = wants_fast(self, x)
+        if self.attn is None and isinstance(self.pool, nn.Identity):
+            return conv_bn_neuron(self.conv, self.bn, self.neuron, x, self.spikes_in, fast)
+        x = conv_bn(self.conv, self.bn, x, self.spikes_in, fast)
+        if not isinstance(self.pool, nn.Identity):
+            x = seq_apply(self.pool, x)
         if self.attn is not None:
             x = self.attn(x)
-        return self.neuron(x)
+        return _fire(self.neuron, x, fast)
 
 
-class LinearAttLIF(nn.Module):
-    """``Linear -> BN1d -> [TA] -> neuron`` on ``[T, B, C]`` (official ``AttLIF``)."""
+class LinearAttLIF(NumericsAware, nn.Module):
+    """``Linear -> BN1d -> [TA] -> neuron`` on ``[T, B, C]`` (official ``AttLIF``: ``nn.Linear`` and
+    ``BatchNorm1d`` on the ``[B*T, C]`` rows). ``spikes_in``: the input is spikes (the fast path may take the
+    product over the nonzero ones)."""
 
-    def __init__(self, in_features: int, out_features: int, T: int, neuron, temporal: bool, t_ratio: int = 5):
+    def __init__(self, in_features: int, out_features: int, T: int, neuron, temporal: bool, t_ratio: int = 5,
+                 spikes_in: bool = True):
         super().__init__()
-        self.fc = nn.Linear(in_features, out_features)
+        self.fc = TokenLinear(in_features, out_features)
         self.bn = TokenBN(out_features)
         self.attn = build_attention("TA", T, out_features, t_ratio=t_ratio) if temporal else None
         self.neuron = neuron()
+        self.spikes_in = spikes_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn(self.fc(x))
-        if self.attn is not None:
-            x = self.attn(x)
-        return self.neuron(x)
+        sparse = self.spikes_in and wants_fast(self, x)
+        if self.attn is None:
+            return linear_bn_neuron(self.fc, self.bn, self.neuron, x, sparse=sparse)
+        return self.neuron(self.attn(linear_bn(self.fc, self.bn, x, sparse=sparse)))
 
 
-class MASNN(nn.Module):
+class MASNN(SpikingClassifier):
     """The MA-SNN convolutional network of the official DVS128 Gesture code (``Networks/Att_SNN.py``).
 
     ``attention`` is one of 'TCSA' (default), 'TCA', 'TSA', 'CSA', 'TA', 'CA', 'SA' or 'no' (the vanilla SNN).
     ``forward`` returns the output layer's firing rates ``[B, num_classes]`` (the official output; train with
-    MSE to one-hot as the paper's code does, or cross-entropy on the rates).
+    MSE to one-hot as the paper's code does, or cross-entropy on the rates). The classifier is the last layer
+    ``fc1`` (Linear, BN1d, [TA], neuron); ``forward_features`` are the firing rates of the hidden layer ``fc0``
+    (``num_features = hidden``).
     """
+
+    classifier_name = "fc1"
 
     def __init__(
         self,
@@ -95,36 +132,48 @@ class MASNN(nn.Module):
         super().__init__()
         if len(channels) != len(pools):
             raise SpikeformerError(f"channels {tuple(channels)} and pools {tuple(pools)} must have the same length")
-        make = neuron_factory(MALIF) if neuron is None else neuron_factory(neuron)
+        self._make = neuron_factory(MALIF) if neuron is None else neuron_factory(neuron)
         self.T, self.in_chans, self.num_classes, self.attention = T, in_chans, num_classes, attention
         layers, c, size = [], in_chans, img_size
-        for out_ch, pool in zip(channels, pools):
-            layers.append(ConvAttLIF(c, out_ch, T, make, attention, pool, c_ratio=c_ratio, t_ratio=t_ratio))
+        for i, (out_ch, pool) in enumerate(zip(channels, pools)):
+            layers.append(ConvAttLIF(c, out_ch, T, self._make, attention, pool, c_ratio=c_ratio, t_ratio=t_ratio,
+                                     spikes_in=i > 0))
             c, size = out_ch, size // pool
         self.features = nn.ModuleList(layers)
-        self.num_features = c * size * size
-        temporal = attention is not None and "T" in str(attention).upper()
-        self.fc0 = LinearAttLIF(self.num_features, hidden, T, make, temporal, t_ratio)
-        self.fc1 = LinearAttLIF(hidden, num_classes, T, make, temporal, t_ratio)
+        self.flat_features = c * size * size
+        self.num_features = hidden
+        self._temporal = attention is not None and "T" in str(attention).upper()
+        self._t_ratio = t_ratio
+        self.fc0 = LinearAttLIF(self.flat_features, hidden, T, self._make, self._temporal, t_ratio)
+        self.fc1 = LinearAttLIF(hidden, num_classes, T, self._make, self._temporal, t_ratio)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Frames ``[T, B, C, H, W]`` (or images, repeated over T) -> flattened spike maps ``[T, B, F]``."""
         x = expand_time(x, self.T, self.in_chans)
         size = tuple(x.shape[-2:])
         for layer in self.features:
             x = layer(x)
-        if x.shape[2:].numel() != self.num_features:
+        if x.shape[2:].numel() != self.flat_features:
             raise SpikeformerError(
                 f"frames of size {size} give {x.shape[2:].numel()} features but the model was built for "
-                f"{self.num_features}; pass img_size= the frame size (default 32: 128x128 events down-sampled by 4)"
+                f"{self.flat_features}; pass img_size= the frame size (default 32: 128x128 events down-sampled by 4)"
             )
-        return x.flatten(2)
+        return x.flatten(2)  # the official C, H, W order (a copy of channels-last frames)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc1(self.fc0(x)).mean(0)
+    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden layer's spikes ``[T, B, hidden]``, what the classifier ``fc1`` sees."""
+        return self.fc0(self.forward_maps(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def head_per_step(self, feats: torch.Tensor) -> torch.Tensor:
+        """The output layer's spikes ``[T, B, classes]`` (its BatchNorm and TA see every step at once)."""
+        return self.fc1(feats)
+
+    def reset_classifier(self, num_classes: int, **_) -> None:
+        """A fresh output layer (Linear, BN1d, [TA], neuron) for ``num_classes`` classes (``0``: features only)."""
+        self.num_classes = num_classes
+        dev = self.fc0.fc.weight.device
+        self.fc1 = (LinearAttLIF(self.num_features, num_classes, self.T, self._make, self._temporal,
+                                 self._t_ratio).to(dev) if num_classes > 0 else nn.Identity())
 
 
 # -- Att-Res-SNN (MS-ResNet with MA, ImageNet) -----------------------------------------------------------------
@@ -134,13 +183,21 @@ MS_LIF = dict(tau=4.0 / 3.0, decay_input=False, v_threshold=0.5, v_reset=0.0, de
 ``1 - 1/tau = 0.25`` and no input decay (rectangular surrogate of width 1 added by :class:`AttResNet`)."""
 
 
+def _resnet_fast(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether an Att-Res-SNN layer takes the blocks' fast path (channels-last frames): in reduced precision only. In
+    fp32 its 3x3 convolutions train faster on NCHW frames on CPU (a channels-last convolution reorders its weight
+    and weight gradient at every call), its neuron (rectangular surrogate) has no compiled kernel to fuse with
+    BatchNorm, and its firing (about 15 %) is too dense for products over the nonzero spikes to pay."""
+    return wants_fast(module, x) and (x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type))
+
+
 def _bn(channels: int, weight: float) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(channels)
     nn.init.constant_(bn.weight, weight)  # official BatchNorm3d1/3d2 start at thresh / 0.2*thresh
     return bn
 
 
-class AttResBlock(nn.Module):
+class AttResBlock(NumericsAware, nn.Module):
     """Att-Res-SNN basic block: the MS-ResNet residual branch ``LIF -> conv3x3 -> BN -> LIF -> conv3x3 -> BN`` with
     MA attention at its end, added (as membrane input) to an identity or ``AvgPool -> conv1x1 -> BN`` shortcut.
 
@@ -168,17 +225,23 @@ class AttResBlock(nn.Module):
             self.shortcut.add_module("bn", _bn(out_ch, threshold))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = seq_apply(nn.Sequential(self.conv1, self.bn1), self.lif1(x))
-        out = seq_apply(nn.Sequential(self.conv2, self.bn2), self.lif2(out))
+        fast = _resnet_fast(self, x)
+        out = conv_bn(self.conv1, self.bn1, _fire(self.lif1, x, fast), spikes_in=True, fast=fast)
+        out = conv_bn(self.conv2, self.bn2, _fire(self.lif2, out, fast), spikes_in=True, fast=fast)
         if self.attn is not None:
             out = self.attn(out)
-        return out + (x if self.shortcut is None else seq_apply(self.shortcut, x))
+        if self.shortcut is None:
+            return out + x
+        short = seq_apply(self.shortcut.pool, x) if hasattr(self.shortcut, "pool") else x
+        return out + conv_bn(self.shortcut.conv, self.shortcut.bn, short, fast=fast)  # membrane input, not spikes
 
 
-class AttResNet(nn.Module):
+class AttResNet(NumericsAware, SpikingClassifier):
     """Att-MS-ResNet (``Att_Res_SNN/models/resnet_2.py``): conv7x7/2-BN stem (no max-pool), four stride-2
     stages of :class:`AttResBlock` (64, 128, 256, 512), LIF -> global average pool -> mean over T -> dropout 0.2
     -> Linear."""
+
+    classifier_name = "fc"
 
     def __init__(self, layers: Sequence[int] = (3, 8, 32, 8), num_classes: int = 1000, T: int = 1,
                  in_chans: int = 3, attention: Optional[str] = "CSA", c_ratio: int = 8, t_ratio: int = 1,
@@ -202,14 +265,19 @@ class AttResNet(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, C, H, W]`` (repeated over T) or frames ``[T, B, C, H, W]`` -> pooled rates ``[B, 512]``."""
+    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` (repeated over T) or frames ``[T, B, C, H, W]`` -> pooled rates ``[T, B, 512]``."""
         x = expand_time(x, self.T, self.in_chans)
-        x = seq_apply(nn.Sequential(self.stem_conv, self.stem_bn), x)
+        fast = _resnet_fast(self, x)
+        x = conv_bn(self.stem_conv, self.stem_bn, x, fast=fast)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.lif(x).mean((3, 4)).mean(0)
+        return _fire(self.lif, x, fast).mean((3, 4))
+
+    def head_per_step(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(feats))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, classes]``: the official order, mean over T before dropout and the classifier."""
         return self.fc(self.drop(self.forward_features(x)))
 
 

@@ -7,6 +7,11 @@ the per-step logits as output. The convolutions have no bias (a BN follows each)
 examples. SpikingJelly ships no CIFAR-10 example with this network, so there is no published accuracy for it;
 the recipe (Adam 1e-3, cosine, batch 128) is ``configs/spiking_convnet_cifar10.yaml``.
 
+Numerics (:mod:`spikeformer.layers.numerics`): ``"exact"`` runs each block as SpikingJelly's multi-step layers do
+(convolution and BatchNorm2d on the merged NCHW ``[T*B, C, H, W]`` batch, then the neuron); ``"fast"`` runs
+:func:`~spikeformer.layers.blocks.conv_bn_neuron` on channels-last frames, with BatchNorm and IF fused into one
+compiled kernel and the convolutions that read spikes over the nonzero ones where few enough fire.
+
 ``spiking_convnet_digits`` is the same network at 1/8 width for the embedded 1x16x16 digits (16-32-64
 channels, 2x2 maps after three pools, FC 256 -> 128 -> 10).
 """
@@ -19,28 +24,34 @@ import torch
 from torch import nn
 
 from ..errors import SpikeformerError
-from ..layers import expand_time, seq_apply
+from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
+from ..layers.blocks import conv_bn_neuron
 from ..neurons import ATan, neuron_factory
+from ._base import SpikingClassifier
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
 
 IF_DEFAULTS = dict(v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate=ATan(2.0))
 
 
-class ConvBlock(nn.Module):
-    """Conv3x3 -> BN -> neuron on ``[T, B, C, H, W]``."""
+class ConvBlock(NumericsAware, nn.Module):
+    """Conv3x3 -> BN -> neuron on ``[T, B, C, H, W]`` (:func:`~spikeformer.layers.blocks.conv_bn_neuron`: on the
+    fast path channels-last frames, the convolution over nonzero spikes where few fire (``spikes_in``), BatchNorm
+    and the IF neuron in one compiled kernel)."""
 
-    def __init__(self, in_ch: int, out_ch: int, neuron):
+    def __init__(self, in_ch: int, out_ch: int, neuron, spikes_in: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_ch)
         self.neuron = neuron()
+        self.spikes_in = spikes_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.neuron(seq_apply(nn.Sequential(self.conv, self.bn), x))
+        return conv_bn_neuron(self.conv, self.bn, self.neuron, x, self.spikes_in, wants_fast(self, x))
 
 
-class SpikingConvNet(nn.Module):
-    """Three stages of two :class:`ConvBlock` and a 2x2 max-pool, then ``Linear -> neuron -> Linear``."""
+class SpikingConvNet(SpikingClassifier):
+    """Three stages of two :class:`ConvBlock` and a 2x2 max-pool, then ``Linear -> neuron -> Linear``; the
+    classifier ``head`` sees the hidden spikes (``num_features = hidden``) at every step."""
 
     def __init__(
         self,
@@ -59,32 +70,29 @@ class SpikingConvNet(nn.Module):
         self.T, self.in_chans, self.num_classes = T, in_chans, num_classes
         layers, c = [], in_chans
         for w in widths:
-            layers += [ConvBlock(c, w, make), ConvBlock(w, w, make), nn.MaxPool2d(2)]
+            # max-pooled spikes are spikes: every block but the first reads spikes
+            layers += [ConvBlock(c, w, make, spikes_in=bool(layers)), ConvBlock(w, w, make, spikes_in=True),
+                       nn.MaxPool2d(2)]
             c = w
         self.features = nn.ModuleList(layers)
-        self.num_features = c * (img_size // 8) ** 2
-        self.fc1 = nn.Linear(self.num_features, hidden)
+        self.flat_features = c * (img_size // 8) ** 2
+        self.num_features = hidden
+        self.fc1 = nn.Linear(self.flat_features, hidden)
         self.fc1_neuron = make()
         self.head = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` (repeated over T) or frames ``[T, B, C, H, W]`` -> hidden spikes ``[T, B, F]``."""
         x = expand_time(x, self.T, self.in_chans)
         for layer in self.features:
             x = seq_apply(layer, x) if isinstance(layer, nn.MaxPool2d) else layer(x)
-        x = x.flatten(2)
-        if x.shape[-1] != self.num_features:
+        x = x.flatten(2)  # the C, H, W order of NCHW frames (a copy of channels-last ones)
+        if x.shape[-1] != self.flat_features:
             raise SpikeformerError(
                 f"the input gives {x.shape[-1]} features after the conv stages but the model was built for "
-                f"{self.num_features}; pass img_size= the input image size"
+                f"{self.flat_features}; pass img_size= the input image size"
             )
         return self.fc1_neuron(self.fc1(x))
-
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(feats).mean(0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = {

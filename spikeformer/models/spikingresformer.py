@@ -23,8 +23,19 @@ Faithful to the official code (xyshi2000/SpikingResformer, ``models/spikingresfo
 Neurons: SpikingJelly 0.0.0.0.14 ``LIFNode`` defaults (tau 2, hard reset to 0, threshold 1, ``detach_reset=True``,
 ``surrogate.ATan(alpha=2)``); the DVS-Gesture model uses the parametric LIF (``w`` in the state_dict).
 
-Deviations, none of which changes a result the official code computes: time is folded into the batch by our
-own modules instead of SpikingJelly's ``step_mode='m'`` layers, the BN wrapper level (``norm.bn.weight``) is gone
+Numerics (:mod:`spikeformer.layers.numerics`): every ``SN -> conv -> BN`` runs through the shared block
+:func:`~spikeformer.layers.blocks.conv_bn`. ``numerics="exact"`` folds time into the batch and runs each
+convolution and BatchNorm2d on the merged NCHW ``[T*B, C, H, W]`` batch, as SpikingJelly's ``seq_to_ann_forward``
+does, and the DSSA products as the official ``torch.matmul`` on the same views: the official logits bit for bit
+(``tests/models/test_spikingresformer.py``, one thread). ``"fast"`` keeps the frames of a block channels-last
+where its feature maps outweigh its weights (NCHW in late stages with small maps and many channels, where oneDNN's
+per-call weight reorders cost more than the layout saves), runs the DSSA products on views of those frames, and
+takes 1x1 convolutions over the nonzero spikes where very few fire; the neurons are the compiled multi-step
+kernels in both. No BatchNorm here feeds a neuron alone (each BN output is also a residual), so nothing fuses
+BatchNorm with a neuron, and the grouped 3x3 convolutions have no sparse kernel.
+
+Deviations, none of which changes a result the official code computes: time is folded into the batch by the
+shared blocks instead of SpikingJelly's ``step_mode='m'`` layers, the BN wrapper level (``norm.bn.weight``) is gone
 (``norm.weight``; :func:`checkpoint_filter_fn` maps it), frame input is ``[T, B, C, H, W]`` (the official forward
 takes ``[B, T, C, H, W]``), DVS models append the polarity-sum channel themselves when given 2-channel frames
 (the official ``DVStransform`` does it in the data pipeline), and in eval mode a DSSA whose firing-rate buffers were
@@ -34,14 +45,16 @@ head whose firing rate is exactly 0 gets scale 0 instead of the official ``1/0``
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
+from ..layers.blocks import channels_last, conv_bn
 from ..neurons import ATan, neuron_factory
-from ..layers import expand_time
+from ._base import SpikingClassifier
 from .registry import IMAGENET_MEAN, IMAGENET_STD, cfg, register_model
 
 # SpikingJelly 0.0.0.0.14 LIFNode as the official `LIF` wrapper builds it (models/submodules/layers.py).
@@ -51,32 +64,82 @@ LIF_DEFAULTS = dict(tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, det
 OFFICIAL_CIFAR_MEAN, OFFICIAL_CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
-# -- time-folding layers: [T, B, C, H, W] in and out, statistics over the merged T*B batch ---------------------------
-class SeqConv2d(nn.Conv2d):
-    """``nn.Conv2d`` on ``[T, B, C, H, W]`` (time folded into the batch)."""
+class Prologue(NumericsAware, nn.Sequential):
+    """The stem: ``conv -> BN [-> maxpool]`` on frames ``[T, B, C, H, W]`` (children ``0``, ``1``, ``2`` as the
+    official ``nn.Sequential``). Its input is pixels or event counts, not spikes."""
+
+    def __init__(self, in_chans: int, dim: int, imagenet: bool):
+        if imagenet:
+            super().__init__(nn.Conv2d(in_chans, dim, 7, 2, 3, bias=False), nn.BatchNorm2d(dim), nn.MaxPool2d(3, 2, 1))
+        else:
+            super().__init__(nn.Conv2d(in_chans, dim, 3, 1, 1, bias=False), nn.BatchNorm2d(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        x = conv_bn(self[0], self[1], x, fast=wants_fast(self, x))
+        return seq_apply(self[2], x) if len(self) > 2 else x
 
 
-class SeqBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` on ``[T, B, C, H, W]``; statistics over T*B*H*W like SpikingJelly's ``seq_to_ann``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-
-
-class SeqMaxPool2d(nn.MaxPool2d):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+# Below this fraction of nonzero fp32 spikes a 1x1 convolution over the nonzeros beats oneDNN's dense one (forward
+# plus backward; on an AVX2 CPU without bf16 arithmetic the crossover is 2-3 %, where the kernels' own bound, set
+# for bf16, is 8 %). SpikingResformer's convolutions see 3-13 % at initialisation, so the dense kernels mostly win.
+_FP32_SPARSE_DENSITY = 0.025
 
 
-def conv_bn_stem(in_chans: int, dim: int, imagenet: bool) -> nn.Sequential:
-    if imagenet:
-        return nn.Sequential(
-            SeqConv2d(in_chans, dim, 7, 2, 3, bias=False), SeqBatchNorm2d(dim), SeqMaxPool2d(3, 2, 1)
-        )
-    return nn.Sequential(SeqConv2d(in_chans, dim, 3, 1, 1, bias=False), SeqBatchNorm2d(dim))
+def _sparse_pays(conv: nn.Conv2d, s: torch.Tensor) -> bool:
+    """Whether to offer the spikes ``s`` to the sparse kernels (which apply their own bound as well): only 1x1
+    convolutions have one here (the 3x3 ones are grouped or strided)."""
+    if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+        return False
+    if s.dtype != torch.float32 or torch.is_autocast_enabled(s.device.type):
+        return True
+    return int(torch.count_nonzero(s)) <= _FP32_SPARSE_DENSITY * s.numel()
+
+
+def _conv_bn_spikes(conv: nn.Conv2d, bn: nn.BatchNorm2d, s: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``bn(conv(s))`` for spikes ``s``: over the nonzero spikes on the fast path where that pays."""
+    return conv_bn(conv, bn, s, spikes_in=fast and _sparse_pays(conv, s), fast=fast)
+
+
+class SNConvBN(NumericsAware, nn.Sequential):
+    """``SN -> conv -> BN`` (the official ``nn.Sequential(activation(), Conv, BN)``, children ``0``, ``1``, ``2``):
+    the convolution's input is the neuron's spikes."""
+
+    def __init__(self, neuron: nn.Module, conv: nn.Conv2d, bn: nn.BatchNorm2d):
+        super().__init__(neuron, conv, bn)
+
+    def forward(self, x: torch.Tensor, fast: Optional[bool] = None) -> torch.Tensor:
+        """``fast``: the path its block chose (default: this module's numerics)."""
+        return _conv_bn_spikes(self[1], self[2], self[0](x), wants_fast(self, x) if fast is None else fast)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 5 and not x.is_contiguous() and x.permute(0, 1, 3, 4, 2).is_contiguous()
+
+
+class _Relayout(torch.autograd.Function):
+    """Frames in another memory layout (channels-last or NCHW), whose gradient goes back in the input's layout: a
+    BatchNorm backward given a gradient in another layout than its input is several times slower."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, to_channels_last: bool) -> torch.Tensor:
+        ctx.back_to_channels_last = _is_channels_last(x)
+        y = channels_last(x) if to_channels_last else x.contiguous()
+        return x.view_as(x) if y is x else y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return (channels_last(g) if ctx.back_to_channels_last else g.contiguous()), None
+
+
+def _block_frames(block: nn.Module, x: torch.Tensor, channels: int) -> tuple[torch.Tensor, bool]:
+    """``(x, fast)`` for a block whose widest convolution has ``channels`` output channels. Fast numerics keep the
+    frames channels-last where that layout pays; oneDNN reorders a channels-last convolution's weight and weight
+    gradient at every call, which costs more than the layout saves once the weights outweigh the feature maps
+    (on an AVX2 CPU: 512 channels on 7x7 maps, 1536 on 8x8), and there the block runs the NCHW path."""
+    fast = wants_fast(block, x) and x.shape[-2] * x.shape[-1] * 8 >= channels
+    if fast != _is_channels_last(x) and (fast or not x.is_contiguous()):
+        x = _Relayout.apply(x, fast)
+    return x, fast
 
 
 def _inv_sqrt(r: torch.Tensor) -> torch.Tensor:
@@ -86,7 +149,7 @@ def _inv_sqrt(r: torch.Tensor) -> torch.Tensor:
     return torch.where(r > 0, s, torch.zeros_like(s))
 
 
-class DSSA(nn.Module):
+class DSSA(NumericsAware, nn.Module):
     """Multi-head Dual Spike Self-Attention with its residual: ``x + BN(Conv1x1(DSSA(SN(x))))`` (Eq. 12-15)."""
 
     momentum = 0.999
@@ -102,12 +165,12 @@ class DSSA(nn.Module):
         # is initialised from the first batch; a loaded (non-zero) buffer is only EMA-updated.
         self._started = {"firing_rate_x": False, "firing_rate_attn": False}
         self.activation_in = neuron()
-        self.W = SeqConv2d(dim, dim * 2, patch_size, patch_size, bias=False)
-        self.norm = SeqBatchNorm2d(dim * 2)
+        self.W = nn.Conv2d(dim, dim * 2, patch_size, patch_size, bias=False)
+        self.norm = nn.BatchNorm2d(dim * 2)
         self.activation_attn = neuron()
         self.activation_out = neuron()
-        self.Wproj = SeqConv2d(dim, dim, 1, bias=False)
-        self.norm_proj = SeqBatchNorm2d(dim)
+        self.Wproj = nn.Conv2d(dim, dim, 1, bias=False)
+        self.norm_proj = nn.BatchNorm2d(dim)
 
     def _firing_rate(self, name: str, spikes: torch.Tensor) -> torch.Tensor:
         """The per-head firing rate ``[1, 1, h, 1, 1]`` used for scaling (EMA buffer, updated in training)."""
@@ -127,60 +190,77 @@ class DSSA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, B, C, H, W]
         T, B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
+        x, fast = _block_frames(self, x, 2 * C)
         shortcut = x
         x = self.activation_in(x)
-        y = self.norm(self.W(x)).reshape(T, B, h, 2 * d, -1)  # [T, B, h, 2d, L]
-        y1, y2 = y[:, :, :, :d, :], y[:, :, :, d:, :]
-        x = x.reshape(T, B, h, d, -1)  # [T, B, h, d, HW]
+        y = _conv_bn_spikes(self.W, self.norm, x, fast)  # [T, B, 2C, H/p, W/p]
+        if fast:
+            # The heads as views of channels-last frames ([T, B, pixels, channels] in memory): the gradients of
+            # y and x then come back channels-last too, where BatchNorm's backward is fast (mixed layouts are not)
+            yt = y.permute(0, 1, 3, 4, 2).reshape(T, B, -1, h, 2 * d).transpose(2, 3)  # [T, B, h, L, 2d]
+            y1t, y2 = yt[..., :d], yt[..., d:].transpose(-1, -2)
+            x = x.permute(0, 1, 3, 4, 2).reshape(T, B, H * W, h, d).permute(0, 1, 3, 4, 2)  # [T, B, h, d, HW]
+        else:
+            y = y.reshape(T, B, h, 2 * d, -1)  # [T, B, h, 2d, L]
+            y1t, y2 = y[:, :, :, :d, :].transpose(-1, -2), y[:, :, :, d:, :]
+            x = x.reshape(T, B, h, d, -1)  # [T, B, h, d, HW]
 
         scale1 = _inv_sqrt(self._firing_rate("firing_rate_x", x) * (self.dim // self.num_heads))
-        attn = self.activation_attn(torch.matmul(y1.transpose(-1, -2), x) * scale1)  # [T, B, h, L, HW]
+        attn = self.activation_attn(torch.matmul(y1t, x) * scale1)  # [T, B, h, L, HW]
         scale2 = _inv_sqrt(self._firing_rate("firing_rate_attn", attn) * self.lenth)
-        out = (torch.matmul(y2, attn) * scale2).reshape(T, B, C, H, W)
+        if fast:  # (y2 attn)^T = attn^T y2^T: [T, B, h, HW, d], then channels-last frames
+            out = torch.matmul(attn.transpose(-1, -2), y2.transpose(-1, -2)) * scale2
+            out = out.transpose(2, 3).reshape(T, B, H, W, C).permute(0, 1, 4, 2, 3)
+        else:
+            out = (torch.matmul(y2, attn) * scale2).reshape(T, B, C, H, W)
         out = self.activation_out(out)
-        return self.norm_proj(self.Wproj(out)) + shortcut
+        return _conv_bn_spikes(self.Wproj, self.norm_proj, out, fast) + shortcut
 
 
-class GWFFN(nn.Module):
+class GWFFN(NumericsAware, nn.Module):
     """Group-Wise Spiking Feed-Forward Network with its residual (Eq. 16-18)."""
 
     def __init__(self, dim: int, neuron, ratio: int = 4, group_size: int = 64, num_conv: int = 1):
         super().__init__()
         inner = dim * ratio
-        self.up = nn.Sequential(neuron(), SeqConv2d(dim, inner, 1, bias=False), SeqBatchNorm2d(inner))
+        self.up = SNConvBN(neuron(), nn.Conv2d(dim, inner, 1, bias=False), nn.BatchNorm2d(inner))
         self.conv = nn.ModuleList(
-            nn.Sequential(
-                neuron(), SeqConv2d(inner, inner, 3, 1, 1, groups=inner // group_size, bias=False),
-                SeqBatchNorm2d(inner),
-            )
+            SNConvBN(neuron(), nn.Conv2d(inner, inner, 3, 1, 1, groups=inner // group_size, bias=False),
+                     nn.BatchNorm2d(inner))
             for _ in range(num_conv)
         )
-        self.down = nn.Sequential(neuron(), SeqConv2d(inner, dim, 1, bias=False), SeqBatchNorm2d(dim))
+        self.down = SNConvBN(neuron(), nn.Conv2d(inner, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, fast = _block_frames(self, x, self.inner)
         shortcut_out = x
-        x = self.up(x)
+        x = self.up(x, fast)
         shortcut_in = x
         for m in self.conv:
-            x = m(x)
+            x = m(x, fast)
         x = x + shortcut_in
-        return self.down(x) + shortcut_out
+        return self.down(x, fast) + shortcut_out
 
 
-class DownsampleLayer(nn.Module):
+class DownsampleLayer(NumericsAware, nn.Module):
     """SN - conv3x3 stride 2 - BN between stages (no residual)."""
 
     def __init__(self, in_dim: int, out_dim: int, neuron, stride: int = 2):
         super().__init__()
-        self.conv = SeqConv2d(in_dim, out_dim, 3, stride, 1, bias=False)
-        self.norm = SeqBatchNorm2d(out_dim)
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, stride, 1, bias=False)
+        self.norm = nn.BatchNorm2d(out_dim)
         self.activation = neuron()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(self.activation(x)))
+        x, fast = _block_frames(self, x, self.conv.out_channels)
+        return _conv_bn_spikes(self.conv, self.norm, self.activation(x), fast)
 
 
-class SpikingResformer(nn.Module):
+class SpikingResformer(SpikingClassifier):
+    classifier_name = "classifier"
+    classifier_bias = False
+
     def __init__(
         self,
         planes: Sequence[int] = (64, 192, 384),
@@ -204,7 +284,7 @@ class SpikingResformer(nn.Module):
         self.T, self.in_chans, self.num_classes, self.img_size = T, in_chans, num_classes, img_size
         self.polarity_sum = polarity_sum
         self.num_features = planes[-1]
-        self.prologue = conv_bn_stem(in_chans, planes[0], imagenet_stem)
+        self.prologue = Prologue(in_chans, planes[0], imagenet_stem)
         size = img_size // 4 if imagenet_stem else img_size
         self.layers = nn.Sequential()
         for i, (dim, heads, depth, p) in enumerate(zip(planes, num_heads, depths, patch_sizes)):
@@ -230,32 +310,21 @@ class SpikingResformer(nn.Module):
         """The PLIF rates, as in the official code (timm's optimiser factory reads this)."""
         return {n for n, _ in self.named_parameters() if n.endswith(".w")}
 
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes, bias=False) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` (repeated over T) or frames ``[T, B, C, H, W]`` -> pooled features ``[T, B, D]``."""
         if self.polarity_sum and x.dim() in (4, 5) and x.shape[-3] == 2 and self.in_chans == 3:
             x = torch.cat([x, x.sum(-3, keepdim=True)], dim=-3)
         x = expand_time(x, self.T, self.in_chans)
         x = self.layers(self.prologue(x))
+        if x.requires_grad and _is_channels_last(x):  # the pool's gradient is a broadcast: hand it on channels-last
+            x = _Relayout.apply(x, True)
         T, B = x.shape[:2]
         return F.adaptive_avg_pool2d(x.flatten(0, 1), 1).flatten(1).unflatten(0, (T, B))
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.classifier(feats).mean(0)
-
-    def forward_per_step(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-time-step logits ``[T, B, classes]``: the official model's output (for TET-style losses)."""
-        return self.classifier(self.forward_features(x))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, classes]``: the mean over T of the per-step logits, as the official loss and eval use."""
-        return self.forward_head(self.forward_features(x))
+        """Logits ``[B, classes]``: the mean over T of the per-step logits (:meth:`forward_per_step`, the official
+        model's output), as the official loss and evaluation take it."""
+        return self.forward_per_step(x).mean(0)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: SpikingResformer) -> dict:

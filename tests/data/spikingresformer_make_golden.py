@@ -1,10 +1,16 @@
 """Write ``spikingresformer_golden.safetensors``: logits of the *official* SpikingResformer on fixed weights.
 
-Not run by the test suite. It needs the official code and SpikingJelly 0.0.0.0.14, e.g.::
+Not run by the test suite. It needs the official repository (never copied into this one) and SpikingJelly
+0.0.0.0.14, the release the official code pins, installed outside the project::
 
-    pip install --no-deps --target SJ spikingjelly==0.0.0.0.14
-    # a copy of xyshi2000/SpikingResformer's models/ with backend='cupy' replaced by backend='torch'
-    PYTHONPATH=SJ:OFFICIAL python tests/data/spikingresformer_make_golden.py
+    pip install --no-deps --target /tmp/sj014 spikingjelly==0.0.0.0.14
+    git clone https://github.com/xyshi2000/SpikingResformer /tmp/SpikingResformer   # or any git dir of it
+    python tests/data/spikingresformer_make_golden.py --official-git /tmp/SpikingResformer/.git \\
+        --spikingjelly /tmp/sj014 [--commit 3f75127] [--out tests/data/spikingresformer_golden.safetensors]
+
+The official ``models/`` package is read from the git directory (``git show``) and imported from memory, with
+``backend='cupy'`` replaced by ``backend='torch'`` (the CPU backend; the same arithmetic). One thread, as the tests
+pin it: a different thread count may split the convolutions' reductions differently and change the last bits.
 
 Two small models are built with the official ``SpikingResformer`` class (one ImageNet-stem LIF model, one
 3x3-stem parametric-LIF model like ``spikingresformer_dvsg``). Weights are random, rounded to fp16 so the file
@@ -14,16 +20,14 @@ training-mode forward from zero firing-rate buffers and the buffers it leaves (`
 per-step eval-mode logits after it (``<case>.eval_logits``).
 """
 
+from __future__ import annotations
+
+import argparse
+import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
-from spikingjelly.activation_based import functional
-
-import models.spikingresformer as official
-from models.submodules.layers import PLIF
 
 CASES = {
     "lif_imagenet_stem": dict(
@@ -35,23 +39,49 @@ CASES = {
         num_classes=5, imagenet_stem=False, group_size=8, neuron="plif", input=[5, 2, 3, 16, 16],
     ),
 }
+OFFICIAL_FILES = ("models/__init__.py", "models/submodules/__init__.py", "models/submodules/layers.py",
+                  "models/spikingresformer.py")
 
 
-def build(c):
+def import_official(git_dir: str, commit: str):
+    """Import the official ``models`` package from ``git_dir`` at ``commit`` without writing it to disk."""
+    for path in OFFICIAL_FILES:
+        src = subprocess.run(["git", "--git-dir", git_dir, "show", f"{commit}:{path}"], check=True,
+                             capture_output=True, text=True).stdout
+        src = src.replace("backend='cupy'", "backend='torch'")
+        name = path[:-3].replace("/", ".").removesuffix(".__init__")
+        is_pkg = path.endswith("__init__.py")
+        spec = importlib.util.spec_from_loader(name, loader=None, is_package=is_pkg)
+        mod = importlib.util.module_from_spec(spec)
+        mod.__file__ = f"<{commit}:{path}>"
+        if is_pkg:
+            mod.__path__ = []
+        sys.modules[name] = mod
+        if "." in name:
+            parent, _, child = name.rpartition(".")
+            setattr(sys.modules[parent], child, mod)
+        exec(compile(src, mod.__file__, "exec"), mod.__dict__)  # noqa: S102 - the official code, read above
+    return sys.modules["models.spikingresformer"], sys.modules["models.submodules.layers"]
+
+
+def build(official, layers_mod, c):
+    import torch
+    from spikingjelly.activation_based import layer
+
     layers = [["DSSA", "GWFFN"] * d for d in c["depths"]]
     prologue = None
     if not c["imagenet_stem"]:
-        from spikingjelly.activation_based import layer
-        from models.submodules.layers import BN
         prologue = torch.nn.Sequential(layer.Conv2d(3, c["planes"][0], 3, 1, 1, bias=False, step_mode="m"),
-                                       BN(c["planes"][0]))
-    kw = dict(activation=PLIF) if c["neuron"] == "plif" else {}
+                                       layers_mod.BN(c["planes"][0]))
+    kw = dict(activation=layers_mod.PLIF) if c["neuron"] == "plif" else {}
     return official.SpikingResformer(layers, c["planes"], c["num_heads"], c["patch_sizes"], img_size=c["img_size"],
                                      T=c["T"], in_channels=3, num_classes=c["num_classes"], prologue=prologue,
                                      group_size=c["group_size"], **kw)
 
 
 def randomise(model, g):
+    import torch
+
     sd = {}
     for k, v in model.state_dict().items():
         if k.endswith("num_batches_tracked"):
@@ -76,12 +106,26 @@ def randomise(model, g):
     return sd
 
 
-def main(out=Path(__file__).with_name("spikingresformer_golden.safetensors")):
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--official-git", required=True, help="git directory of xyshi2000/SpikingResformer")
+    ap.add_argument("--commit", default="HEAD", help="official commit to read (the tests were made at 3f75127)")
+    ap.add_argument("--spikingjelly", required=True, help="directory holding spikingjelly 0.0.0.0.14")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("spikingresformer_golden.safetensors")))
+    args = ap.parse_args(argv)
+    sys.path.insert(0, args.spikingjelly)
+    import torch
+    from safetensors.torch import save_file
+    from spikingjelly.activation_based import functional
+
+    official, layers_mod = import_official(args.official_git, args.commit)
+    commit = subprocess.run(["git", "--git-dir", args.official_git, "rev-parse", "--short", args.commit],
+                            check=True, capture_output=True, text=True).stdout.strip()
     torch.set_num_threads(1)
     tensors, meta = {}, {}
     for i, (name, c) in enumerate(CASES.items()):
         g = torch.Generator().manual_seed(1234 + i)
-        model = build(c)
+        model = build(official, layers_mod, c)
         sd = randomise(model, g)
         shape = c["input"]
         if len(shape) == 4:
@@ -109,10 +153,12 @@ def main(out=Path(__file__).with_name("spikingresformer_golden.safetensors")):
         meta[name] = json.dumps(c)
         print(name, "params", sum(p.numel() for p in model.parameters()), "eval |logit| max",
               eval_logits.abs().max().item())
-    meta["source"] = "xyshi2000/SpikingResformer models/ (commit 3f75127), spikingjelly 0.0.0.0.14 backend torch"
+    meta["source"] = (f"xyshi2000/SpikingResformer models/ (commit {commit}), spikingjelly 0.0.0.0.14 backend torch, "
+                      f"torch {torch.__version__}, 1 thread")
+    out = Path(args.out)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out), metadata=meta)
     print("wrote", out, out.stat().st_size, "bytes")
 
 
 if __name__ == "__main__":
-    main(*(Path(a) for a in sys.argv[1:]))
+    main()

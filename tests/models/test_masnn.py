@@ -1,18 +1,31 @@
-"""MA-SNN: the plug-in attention layers on controlled inputs, the Gesture network and Att-Res-SNN."""
+"""MA-SNN: the plug-in attention layers on controlled inputs, the Gesture network and Att-Res-SNN, the model
+contract, and what the exact and fast numerics run."""
 
+import copy
 import math
 import re
+from collections import Counter
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikeformer
 from spikeformer.errors import SpikeformerError
+from spikeformer.layers import set_numerics
+from spikeformer.models._base import SpikingClassifier
 from spikeformer.layers.masnn import CA, CSA, SA, TA, TCA, TCSA, TSA, build_attention
 from spikeformer.models.masnn import MALIF, MS_LIF, AttResBlock, AttResNet, Rectangle, checkpoint_filter_fn
 from spikeformer.neurons import LIF, neuron_factory
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # small convolutions gain nothing from threads, and a shared CPU makes OpenMP threads spin
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def n_params(m):
@@ -315,3 +328,132 @@ def test_resnet_checkpoint_filter():
     m.load_state_dict(checkpoint_filter_fn(official, m), strict=True)
     for k, v in m.state_dict().items():
         torch.testing.assert_close(v, ours[k] - 1)
+
+
+# -- the model contract and the two numerics ---------------------------------------------------------------------
+
+def gesture_input(T=8, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 3, (T, B, 2, 32, 32), generator=g).float()  # event counts per polarity
+
+
+def small_resnet(**kw):
+    return AttResNet(layers=(1, 1, 1, 1), num_classes=5, T=2, **kw)
+
+
+@pytest.mark.parametrize("which", ["gesture", "resnet"])
+def test_model_contract(which):
+    torch.manual_seed(0)
+    if which == "gesture":
+        model, x, D, K = spikeformer.create_model("masnn_dvs_gesture", T=8), gesture_input(), 256, 11
+    else:
+        model, x, D, K = small_resnet(), torch.rand(2, 3, 32, 32) * 2 - 1, 512, 5
+    assert isinstance(model, SpikingClassifier)
+    model.eval()
+    with torch.no_grad():
+        y, per, feats = model(x), model.forward_per_step(x), model.forward_features(x)
+    assert y.shape == (2, K) and per.shape == (model.T, 2, K) and feats.shape == (2, D)
+    assert (per.mean(0) - y).abs().max().item() <= 1e-5
+    classifier = model.get_classifier()
+    assert classifier is (model.fc1 if which == "gesture" else model.fc)
+    assert model.no_weight_decay() <= {n for n, _ in model.named_parameters()}
+    keys = list(model.state_dict())
+    model.reset_classifier(3)
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)
+    if which == "gesture":  # a fresh output layer: Linear, BN1d, TA (TCSA has T) and the MA-SNN neuron
+        assert model.fc1.fc.weight.shape == (3, 256) and model.fc1.attn is not None
+        assert isinstance(model.fc1.neuron, MALIF)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).shape == (2, D)
+    model.reset_classifier(K)
+    set_numerics(model, "exact")
+    assert list(model.state_dict()) == keys
+
+
+class OpLog(TorchDispatchMode):
+    """The aten operations of a forward; for each convolution, its input layout and output channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.count, self.convs = Counter(), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.count[name] += 1
+        if name == "convolution":
+            x = args[0]
+            nchw, cl = x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last)
+            layout = "either" if nchw and cl else "nchw" if nchw else "channels_last" if cl else "other"  # 1x1 maps
+            self.convs.append((layout, args[1].shape[0]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_gesture_exact_and_fast_numerics():
+    """Exact: the three convolutions NCHW over the merged T*B batch and the two fully connected layers as
+    ``nn.Linear`` products (the official operations); fast: channels-last frames, the convolutions over the few
+    nonzero spikes, and the same firing rates but for a few spikes flipped by rounding."""
+    torch.manual_seed(0)
+    model = spikeformer.create_model("masnn_dvs_gesture", T=8, numerics="exact").train()
+    fast = copy.deepcopy(model)
+    set_numerics(fast, "fast")
+    x = gesture_input()
+    with torch.no_grad(), OpLog() as exact_ops:
+        y_exact = model(x)
+    features = [c for c in exact_ops.convs if c[1] > 1]  # the spatial attention's 2->1 convolutions aside
+    assert features == [("nchw", 64), ("nchw", 128), ("nchw", 128)]
+    assert exact_ops.count["addmm"] == 2
+    with torch.no_grad(), OpLog() as fast_ops:
+        y_fast = fast(x)
+    assert [c for c in fast_ops.convs if c[1] > 1] == [("channels_last", 64)]  # the others: over nonzero spikes
+    assert fast_ops.count["addmm"] == 0  # oneDNN or over the nonzero spikes
+    assert y_exact.abs().sum() > 0
+    assert (y_fast - y_exact).abs().max().item() <= 2 / 8 and (y_fast != y_exact).float().mean().item() <= 0.1
+
+
+def test_resnet_exact_and_fast_numerics():
+    """Exact and fp32 fast: the official NCHW convolutions; under bf16 autocast: channels-last frames."""
+    torch.manual_seed(0)
+    model = small_resnet().eval()
+    set_numerics(model, "exact")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad(), OpLog() as exact_ops:
+        y_exact = model(x)
+    convs = [c for c in exact_ops.convs if c[1] > 1]
+    assert len(convs) == 1 + 4 * 2 + 4 and {c[0] for c in convs} <= {"nchw", "either"}  # stem, 2 per block, shortcuts
+    set_numerics(model, "fast")
+    with torch.no_grad(), OpLog() as fast_ops:
+        y_fast = model(x)
+    # fp32: NCHW frames on the fast path too (channels-last convolutions train slower for these shapes on CPU)
+    assert {c[0] for c in fast_ops.convs if c[1] > 1} <= {"nchw", "either"}
+    torch.testing.assert_close(y_fast, y_exact, rtol=0, atol=1e-4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), OpLog() as bf16_ops:
+        y_bf16 = model(x[:1])  # reduced precision: the blocks' channels-last fast path
+    assert {c[0] for c in bf16_ops.convs if c[1] > 1} <= {"channels_last", "either"}
+    assert "channels_last" in {c[0] for c in bf16_ops.convs} and torch.isfinite(y_bf16).all()
+
+
+@pytest.mark.parametrize("which", ["gesture", "resnet"])
+def test_fast_training_step(which):
+    """A training step in fast numerics (the default): finite gradients for every parameter, the loss of the exact
+    path up to rounding."""
+    torch.manual_seed(0)
+    if which == "gesture":
+        exact, x = spikeformer.create_model("masnn_dvs_gesture", T=8, numerics="exact"), gesture_input(B=4)
+    else:
+        exact, x = small_resnet(), torch.rand(4, 3, 32, 32) * 2 - 1
+        set_numerics(exact, "exact")
+    fast = copy.deepcopy(exact)
+    set_numerics(fast, "fast")
+    target = torch.tensor([0, 1, 2, 3])
+    losses = {}
+    for tag, model in (("exact", exact), ("fast", fast)):
+        model.train()
+        torch.manual_seed(1)  # the same dropout mask
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        losses[tag] = loss.item()
+    assert losses["fast"] == pytest.approx(losses["exact"], abs=1e-3)
+    for k, p in fast.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), k

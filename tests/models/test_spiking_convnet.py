@@ -1,18 +1,31 @@
-"""The conv-SNN baseline: parameter counts, SpikingJelly equivalence, its recipe file, and training on digits."""
+"""The conv-SNN baseline: parameter counts, SpikingJelly equivalence (bit for bit in exact numerics), the model
+contract, what the fast numerics run, its recipe file, and training on digits."""
 
+import copy
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikeformer
+from spikeformer.layers import set_numerics
+from spikeformer.models._base import SpikingClassifier
 from spikeformer.neurons import IF, ATan
 
-torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # small convolutions gain nothing from threads, and a shared CPU makes OpenMP threads spin
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def n_params(m):
@@ -57,16 +70,17 @@ def test_forward_backward(name, shape):
     y = m(x)
     assert y.shape == (2, 10)
     # output = mean over T of the per-step logits of the hidden spikes
-    feats = m.forward_features(x)
-    assert feats.shape[0] == 4 and set(feats.unique().tolist()) <= {0.0, 1.0}
+    feats = m.forward_features_per_step(x)
+    assert feats.shape == (4, 2, m.num_features) and set(feats.unique().tolist()) <= {0.0, 1.0}
     F.cross_entropy(y, torch.tensor([1, 2])).backward()
     assert m.features[0].conv.weight.grad.abs().sum() > 0
     assert m.fc1.weight.grad.abs().sum() > 0
 
 
-def test_matches_spikingjelly_network():
-    """The same network written with SpikingJelly 2.0 layers (the numerical oracle) gives the same logits and
-    input gradients after copying the weights."""
+@pytest.mark.parametrize("numerics", ["exact", "fast"])
+def test_matches_spikingjelly_network(numerics):
+    """The same network written with SpikingJelly 2.0 layers (the numerical oracle) gives the same logits (bit for
+    bit with exact numerics, up to rounding with fast ones) and input gradients after copying the weights."""
     pytest.importorskip("spikingjelly.activation_based")
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
@@ -81,7 +95,7 @@ def test_matches_spikingjelly_network():
     )
     functional.set_step_mode(ref, "m")
     torch.manual_seed(0)
-    ours = spikeformer.create_model("spiking_convnet_digits")
+    ours = spikeformer.create_model("spiking_convnet_digits", numerics=numerics)
     src, dst = list(ours.state_dict().values()), ref.state_dict()
     assert len(src) == len(dst)
     ref.load_state_dict({k: v.clone() for k, v in zip(dst, src)})
@@ -89,12 +103,88 @@ def test_matches_spikingjelly_network():
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya = ours(xa)
     yb = ref(xb.unsqueeze(0).repeat(4, 1, 1, 1, 1)).mean(0)
+    if numerics == "exact":
+        assert torch.equal(ya, yb)
     torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(ya)
     (ya * g).sum().backward()
     (yb * g).sum().backward()
     assert xa.grad.abs().sum() > 0
     torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_model_contract():
+    torch.manual_seed(0)
+    m = spikeformer.create_model("spiking_convnet_digits").eval()
+    assert isinstance(m, SpikingClassifier) and m.num_features == 128
+    x = torch.rand(2, 1, 16, 16) * 2
+    with torch.no_grad():
+        y, per, feats = m(x), m.forward_per_step(x), m.forward_features(x)
+    assert y.shape == (2, 10) and per.shape == (4, 2, 10) and feats.shape == (2, 128)
+    assert (per.mean(0) - y).abs().max().item() <= 1e-5
+    assert m.get_classifier() is m.head and m.no_weight_decay() == set()
+    keys = list(m.state_dict())
+    m.reset_classifier(3)
+    assert m.head.weight.shape == (3, 128)
+    with torch.no_grad():
+        assert m(x).shape == (2, 3)
+    m.reset_classifier(10)
+    set_numerics(m, "exact")
+    assert list(m.state_dict()) == keys
+
+
+class OpLog(TorchDispatchMode):
+    """The aten operations of a forward, with the memory layout of every convolution's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.count, self.conv_inputs = Counter(), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.count[name] += 1
+        if name == "convolution":
+            x = args[0]
+            nchw, cl = x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last)
+            self.conv_inputs.append("either" if nchw and cl else "nchw" if nchw else "channels_last" if cl else "other")
+        return func(*args, **(kwargs or {}))
+
+
+def test_exact_and_fast_operations():
+    """Exact: six NCHW convolutions, six BatchNorms, the neurons apart (SpikingJelly's layers). Fast: channels-last
+    frames and BatchNorm + IF as one compiled kernel (no BatchNorm operation left), the same logits up to rounding."""
+    torch.manual_seed(0)
+    exact = spikeformer.create_model("spiking_convnet_cifar10", numerics="exact").train()
+    fast = copy.deepcopy(exact)
+    set_numerics(fast, "fast")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad(), OpLog() as e_ops:
+        ye = exact(x)
+    assert e_ops.conv_inputs == ["nchw"] * 6 and e_ops.count["native_batch_norm"] == 6
+    with torch.no_grad(), OpLog() as f_ops:
+        yf = fast(x)
+    assert set(f_ops.conv_inputs) <= {"channels_last"} and f_ops.count["native_batch_norm"] == 0
+    torch.testing.assert_close(yf, ye, rtol=0, atol=1e-3)
+    # the running statistics the fused kernel leaves are BatchNorm's
+    for (k, a), b in zip(exact.state_dict().items(), fast.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_fast_training_step():
+    torch.manual_seed(0)
+    exact = spikeformer.create_model("spiking_convnet_digits", numerics="exact")
+    fast = copy.deepcopy(exact)
+    set_numerics(fast, "fast")
+    x, y = torch.rand(8, 1, 16, 16) * 2, torch.arange(8)
+    losses = {}
+    for tag, m in (("exact", exact), ("fast", fast)):
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        losses[tag] = loss.item()
+    assert losses["fast"] == pytest.approx(losses["exact"], abs=1e-4)
+    for (k, pe), pf in zip(exact.named_parameters(), fast.parameters()):
+        assert pf.grad is not None and torch.isfinite(pf.grad).all(), k
+        torch.testing.assert_close(pf.grad, pe.grad, rtol=1e-3, atol=1e-4, msg=k)
 
 
 def test_recipe_config():
