@@ -65,7 +65,7 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
             out = spike_conv3x3(conv, x.flatten(0, 1))
         elif _pointwise(conv) and x.device.type == "cpu":
             tokens = x.permute(0, 1, 3, 4, 2)  # channels-last frames: a contiguous [T, B, H, W, C] view
-            lin = spike_linear(_as_linear(conv), tokens)
+            lin = spike_linear(_LinearView(conv), tokens)
             out = None if lin is None else lin.permute(0, 1, 4, 2, 3).flatten(0, 1)
         if out is not None:
             return channels_last(out.unflatten(0, x.shape[:2]))
@@ -86,10 +86,6 @@ class _LinearView:
         self.weight = conv.weight.flatten(1)
         self.bias = conv.bias
         self.in_features, self.out_features = conv.in_channels, conv.out_channels
-
-
-def _as_linear(conv: nn.Conv2d):
-    return _LinearView(conv)
 
 
 def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, spikes_in: bool = False,
@@ -123,13 +119,18 @@ def _official_channel_first(linear: TokenLinear, x: torch.Tensor, grid: Optional
     return cf
 
 
+def _official_linear_bn(linear: TokenLinear, bn: nn.Module, x: torch.Tensor, grid) -> torch.Tensor:
+    """The official convolution and BatchNorm on ``[T*B, C, N]`` (or ``[T*B, C, H, W]``), returned as ``[T, B, C', N]``."""
+    T, B, N, _ = x.shape
+    y = bn_channel_first(bn, linear.official(_official_channel_first(linear, x, grid)))
+    return y.reshape(T, B, linear.out_features, N)
+
+
 def linear_bn(linear: nn.Module, bn: nn.Module, x: torch.Tensor, grid: Optional[tuple[int, int]] = None,
               sparse: bool = False) -> torch.Tensor:
     """``bn(linear(x))`` on tokens ``[T, B, N, C]``."""
     if _exact_official(linear, x) and x.dim() == 4:
-        T, B, N, _ = x.shape
-        y = bn_channel_first(bn, linear.official(_official_channel_first(linear, x, grid)))
-        return y.reshape(T, B, linear.out_features, N).transpose(-1, -2)
+        return _official_linear_bn(linear, bn, x, grid).transpose(-1, -2)
     z = spike_linear(linear, x) if sparse and _fast(x, linear, bn) and not _hooked(linear) else None
     return bn(linear(x) if z is None else z)
 
@@ -156,10 +157,7 @@ def linear_bn_neuron(linear: nn.Module, bn: nn.Module, neuron: nn.Module, x: tor
     output), so the fast path may run the product over the nonzero inputs; ``grid`` is the token grid ``(H, W)``,
     needed where the official code projects with a 1x1 ``Conv2d``."""
     if _exact_official(linear, x) and x.dim() == 4:
-        T, B, N, _ = x.shape
-        y = bn_channel_first(bn, linear.official(_official_channel_first(linear, x, grid)))
-        s = neuron(y.reshape(T, B, linear.out_features, N))
-        return s.transpose(-1, -2)
+        return neuron(_official_linear_bn(linear, bn, x, grid)).transpose(-1, -2)
     return fused_bn.linear_bn_neuron(linear, bn, neuron, x, fuse=True if _fast(x, linear, bn) else False,
                                      sparse=sparse)
 

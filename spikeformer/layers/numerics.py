@@ -83,7 +83,7 @@ def numerics(model: nn.Module, mode: str):
     from .linear import OneDNNLinear
 
     saved = [(m, m.numerics) for m in model.modules() if isinstance(m, NumericsAware)]
-    onednn = [m for m in model.modules() if type(m) is OneDNNLinear]
+    onednn = {id(m) for m in model.modules() if type(m) is OneDNNLinear}
     had = getattr(model, "numerics", None)
     set_numerics(model, mode)
     try:
@@ -93,7 +93,7 @@ def numerics(model: nn.Module, mode: str):
             m.numerics = mode_m
         for m in model.modules():
             if type(m) in (nn.Linear, OneDNNLinear):
-                m.__class__ = OneDNNLinear if any(m is o for o in onednn) else nn.Linear
+                m.__class__ = OneDNNLinear if id(m) in onednn else nn.Linear
         if had is not None and not isinstance(model, NumericsAware):
             model.numerics = had
 
