@@ -1,4 +1,5 @@
-"""The ``spikeformer`` command line: train, eval, models, datasets, convert-checkpoint, energy, report."""
+"""The ``spikeformer`` command line: train, eval, models, datasets, convert (ANN to SNN), convert-checkpoint,
+export-nir, import-nir, reconstruct, energy, report."""
 
 from __future__ import annotations
 
@@ -98,7 +99,10 @@ def cmd_eval(args) -> int:
     m = evaluate_checkpoint(args.checkpoint, data=args.data, model=args.model, sets=parse_sets(args.set),
                             progress=not args.quiet)
     print(f"{m['model']} on {m['data']} ({m['n']} samples)")
-    _print_metrics(m)
+    if "psnr" in m:
+        print(f"PSNR: {m['psnr']:.2f} dB  SSIM: {m['ssim']:.4f}")
+    else:
+        _print_metrics(m)
     return 0
 
 
@@ -181,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input")
     c.add_argument("output")
     c.set_defaults(func=cmd_convert)
+
+    from .convert.nir_cli import add_parsers as add_nir_parsers
+
+    add_nir_parsers(sub)
+
+    from .convert import cli as convert_cli
+
+    convert_cli.add_parser(sub)
+
+    from .engine.reconstruct import add_parser as add_reconstruct_parser
+
+    add_reconstruct_parser(sub)
 
     try:
         from .analysis.commands import add_commands

@@ -40,6 +40,18 @@ Conventions (``convention=`` name, or a :class:`Convention`)
     op counts ``sum(conv(x, ones_like(W)))`` -- the exact number of input events (weighted by value) times their
     fan-out, so zero padding is not charged; ``E = 0.9 pJ x SOPs`` (no MAC term).
 
+Integer-valued neurons (I-LIF, MultiSpike, NI-LIF: :class:`spikeformer.neurons.IntegerLIF`)
+-----------------------------------------------------------------------------------------------
+An integer activation ``c`` in ``0..D`` stands for ``c`` binary spikes in ``D`` sub-steps (SDT-V3's "integer
+training, spike-driven inference"), so in every convention an input holding a model's integer-neuron outputs
+(integers in ``[0, D]``, or ``count / norm`` for NI-LIF) counts as spike events weighted by value: its ``rate`` is the
+mean count per element and step (it may exceed 1), ``SOPs = rate x T x FLOPs``, i.e. an activation of 3 is three
+synaptic events per fan-out; the neuron table counts events the same way. ``energy_report(..., binary=True)`` (and
+:func:`binary_expanded`) runs every synaptic operation that reads such an input on its binary expansion instead (D
+sub-steps of 0/1 spikes, :func:`spikeformer.neurons.expand_integer_spikes`, summed afterwards; the next layer gets
+the same input up to float summation order), so the table then shows binary spike inputs at ``T x D`` steps with
+the same SOPs.
+
 ``count="exact"`` (the ``spikingresformer`` rule, selectable on any convention with
 ``get_convention(name, count="exact")``) replaces ``fr x FLOPs`` of convs by the exact fan-out of the input
 events (the zero-padded border is free) and spike x spike matmuls by the number of coinciding ones
@@ -48,6 +60,7 @@ events (the zero-padded border is free) and spike x spike matmuls by the number 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -60,7 +73,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import SpikeformerError, suggest
 from ..layers.numerics import numerics
-from ..neurons import BaseNode
+from ..neurons import BaseNode, IntegerLIF, expand_integer_spikes
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -133,6 +146,26 @@ def _kind(x: torch.Tensor) -> str:
     if bool((x >= 0).all()) and bool((x == torch.round(x)).all()):
         return "count"
     return "real"
+
+
+def integer_levels(model: nn.Module) -> tuple:
+    """``((D, scale), ...)`` of the integer neurons in ``model``: their outputs times ``scale`` (NI-LIF's ``norm``,
+    else 1) are spike counts in ``0..D``."""
+    return tuple(sorted({(m.D, m.norm or 1.0) for m in model.modules() if isinstance(m, IntegerLIF)}))
+
+
+def _integer_scale(x: torch.Tensor, levels: tuple):
+    """``(D, scale)`` when the non-binary ``x`` holds integer-neuron outputs (``x * scale`` integers in
+    ``[0, D]``), else ``None``."""
+    if not levels or not torch.is_tensor(x) or not x.is_floating_point() or x.numel() == 0:
+        return None
+    xd = x.detach()
+    for D, scale in levels:
+        y = xd * scale if scale != 1.0 else xd
+        lo, hi = torch.aminmax(y)
+        if float(lo) >= 0 and float(hi) <= D and bool((y == torch.round(y)).all()):
+            return D, scale
+    return None
 
 
 def _mean_abs(x: torch.Tensor) -> float:
@@ -305,9 +338,11 @@ class _Frame:
 class _Watcher(TorchFunctionMode):
     """Intercepts synaptic ops during one forward and attributes them to the innermost running module."""
 
-    def __init__(self, conv: Convention, T: int, batch: int, names: dict, keep_attention: bool = False):
+    def __init__(self, conv: Convention, T: int, batch: int, names: dict, keep_attention: bool = False,
+                 levels: tuple = ()):
         super().__init__()
         self.conv, self.T, self.B = conv, T, batch
+        self.levels = levels
         self.rows: dict[str, OpRow] = {}
         self.stack: list[_Frame] = []
         self.names = names
@@ -337,10 +372,23 @@ class _Watcher(TorchFunctionMode):
         return self.rows[name]
 
     def _steps(self, x: torch.Tensor) -> int:
-        T, B = self.T, self.B
-        if T > 1 and x.dim() >= 2 and (x.shape[0] == T * B or (x.dim() >= 3 and x.shape[0] == T and x.shape[1] == B)):
-            return T
+        B = self.B
+        # T steps, or T x D binary sub-steps of an integer input run by binary_expanded
+        for T in (self.T, *(self.T * D for D, _ in self.levels)):
+            if T > 1 and x.dim() >= 2 and (x.shape[0] == T * B
+                                           or (x.dim() >= 3 and x.shape[0] == T and x.shape[1] == B)):
+                return T
         return 1
+
+    def _classify(self, x: torch.Tensor):
+        """``(kind, scale)``: 'spike', 'int' (integer-neuron outputs, counted as ``x * scale`` events), 'count' or
+        'real'."""
+        kind = _kind(x)
+        if kind != "spike":
+            found = _integer_scale(x, self.levels)
+            if found is not None:
+                return "int", found[1]
+        return kind, 1.0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -367,16 +415,17 @@ class _Watcher(TorchFunctionMode):
         return out
 
     # -- accounting ---------------------------------------------------------------------------------------------
-    def _charge(self, row: OpRow, kind: str, dense: float, x: torch.Tensor, exact_events=None, rate=None):
-        """Add one call of ``dense`` MACs whose input (the event-driving operand) is ``x``."""
+    def _charge(self, row: OpRow, kind: str, dense: float, x: torch.Tensor, exact_events=None, rate=None,
+                scale: float = 1.0):
+        """Add one call of ``dense`` MACs whose input (the event-driving operand) is ``x`` (events: ``x * scale``)."""
         row.calls += 1
         row._dense_b += dense
         if kind not in row._kinds:
             row._kinds.append(kind)
-        spiking = kind == "spike" or kind.startswith("spike x") or kind.endswith("x spike")
+        spiking = any(k in ("spike", "int") for k in kind.split(" x "))
         if spiking or self.conv.nonbinary == "value":
             if rate is None:
-                rate = float(x.detach().double().mean()) if spiking else _mean_abs(x)
+                rate = float(x.detach().double().mean()) * scale if spiking else _mean_abs(x)
             exact = self.conv.count == "exact" and exact_events is not None
             row._events += exact_events if exact else rate * dense
             row._rate_num += rate * x.numel()
@@ -390,9 +439,9 @@ class _Watcher(TorchFunctionMode):
         row = self._row("linear", True)
         row.steps = max(row.steps, self._steps(x))
         dense = float(x.numel() // max(w.shape[-1], 1)) * w.shape[-1] * w.shape[0]
-        kind = _kind(x)
-        exact = float(x.detach().double().abs().sum()) * w.shape[0]
-        self._charge(row, kind, dense, x, exact)
+        kind, scale = self._classify(x)
+        exact = float(x.detach().double().abs().sum()) * scale * w.shape[0]
+        self._charge(row, kind, dense, x, exact, scale=scale)
 
     def _conv(self, op, args, kwargs, out):
         x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
@@ -403,16 +452,17 @@ class _Watcher(TorchFunctionMode):
         row = self._row(op, True)
         row.steps = max(row.steps, self._steps(x))
         dense = float(out.numel()) * (w.shape[1] * math.prod(w.shape[2:]))
-        kind = _kind(x)
-        exact = _conv_fanout(x, w, groups, params) if self.conv.count == "exact" else None
-        self._charge(row, kind, dense, x, exact)
+        kind, scale = self._classify(x)
+        exact = _conv_fanout(x, w, groups, params) * scale if self.conv.count == "exact" else None
+        self._charge(row, kind, dense, x, exact, scale=scale)
 
     def _convT(self, op, args, kwargs, out):
         x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
         row = self._row(op, True)
         row.steps = max(row.steps, self._steps(x))
         dense = float(x.numel()) * math.prod(w.shape[1:])  # every input feeds c_out/groups x k^d outputs
-        self._charge(row, _kind(x), dense, x)
+        kind, scale = self._classify(x)
+        self._charge(row, kind, dense, x, scale=scale)
 
     def _matmul(self, a, b, out):
         row = self._row("matmul", False)
@@ -422,16 +472,19 @@ class _Watcher(TorchFunctionMode):
         self._pair(row, a, b, float(out.numel()) * a.shape[-1])
 
     def _pair(self, row, a, b, dense, exact_ok=True):
-        ka, kb = _kind(a), _kind(b)
+        (ka, sa), (kb, sb) = self._classify(a), self._classify(b)
+        events = ("spike", "int")
         exact = None
-        if ka == "spike" and kb == "spike":
-            ra, rb = float(a.detach().double().mean()), float(b.detach().double().mean())
+        if ka in events and kb in events:
+            # value-weighted event rates (integer-neuron outputs count as their spike counts)
+            ra, rb = float(a.detach().double().mean()) * sa, float(b.detach().double().mean()) * sb
             src, rate = (a, ra) if ra <= rb else (b, rb)
             if exact_ok and a.dim() >= 2 and b.dim() >= 2:
                 # coinciding ones, sum(A @ B) = sum_k colsum(A)_k * rowsum(B)_k (broadcast over the batch dims)
-                exact = float((a.detach().double().sum(-2) * b.detach().double().sum(-1)).sum())
-        elif ka == "spike" or kb == "spike":
-            src, rate = (a if ka == "spike" else b), None
+                exact = float((a.detach().double().sum(-2) * b.detach().double().sum(-1)).sum()) * sa * sb
+        elif ka in events or kb in events:
+            src, rate = (a, float(a.detach().double().mean()) * sa) if ka in events else \
+                (b, float(b.detach().double().mean()) * sb)
         else:
             ra, rb = _mean_abs(a), _mean_abs(b)
             src, rate = (a, ra) if ra <= rb else (b, rb)
@@ -505,7 +558,8 @@ class _NeuronWatch:
                                        "numel": 0})
         if a["T"] != T:
             return
-        a["sum"] += o.reshape(T, -1).double().sum(1).cpu()
+        events = o * module.norm if isinstance(module, IntegerLIF) and module.norm else o  # counts, not count/norm
+        a["sum"] += events.reshape(T, -1).double().sum(1).cpu()
         a["numel"] += o[0].numel()
         if self.record is not None and (not self.record or name in self.record) and name not in self.spikes:
             self.spikes[name] = o.cpu()
@@ -550,15 +604,21 @@ def _cfg_name(model: nn.Module, key: str) -> Optional[str]:
 
 def run_watched(model: nn.Module, inputs: torch.Tensor, convention: Union[str, Convention] = "generic",
                 record_spikes: Optional[Sequence[str]] = None, keep_attention: bool = False,
-                batch_size: Optional[int] = None):
-    """Run ``model(inputs)`` once under the watchers; returns ``(output, watcher, neuron_watch, T, B)``."""
+                batch_size: Optional[int] = None, binary: bool = False):
+    """Run ``model(inputs)`` once under the watchers; returns ``(output, watcher, neuron_watch, T, B)``.
+    ``binary=True``: integer-neuron outputs enter every synaptic operation as binary sub-steps
+    (:func:`binary_expanded`)."""
     conv = get_convention(convention)
+    levels = integer_levels(model)
+    if binary and not levels:
+        raise SpikeformerError(f"{type(model).__name__} has no integer neurons (IntegerLIF / MultiSpike / NI-LIF); "
+                               "binary=True only applies to integer-valued models")
     B = batch_size or _batch_size(inputs)
     T = _model_T(model, inputs)
     if T is None:  # learn T from the first neuron's input in a plain pass
         first: list[int] = []
         hooks = [m.register_forward_pre_hook(lambda m, i: first.append(int(i[0].shape[0])) if not first else None)
-                 for m in model.modules() if isinstance(m, BaseNode)]
+                 for m in model.modules() if isinstance(m, (BaseNode, IntegerLIF))]
         try:
             with torch.no_grad():
                 model(inputs)
@@ -567,13 +627,13 @@ def run_watched(model: nn.Module, inputs: torch.Tensor, convention: Union[str, C
                 h.remove()
         T = first[0] if first else 1
     names = {id(m): n for n, m in model.named_modules()}
-    watcher = _Watcher(conv, T, B, names, keep_attention)
+    watcher = _Watcher(conv, T, B, names, keep_attention, levels)
     nw = _NeuronWatch(T, B, None if record_spikes is None else set(record_spikes))
     hooks = []
     for name, m in model.named_modules():
         hooks.append(m.register_forward_pre_hook(lambda mod, inp: watcher.push(mod)))
         hooks.append(m.register_forward_hook(lambda mod, inp, out: watcher.pop(mod)))
-        forced = isinstance(m, BaseNode)
+        forced = isinstance(m, (BaseNode, IntegerLIF))
         if forced or (name and not any(True for _ in m.children())):
             hooks.append(m.register_forward_hook(
                 lambda mod, inp, out, _n=name, _f=forced: nw.hook(_n, mod, inp, out, _f)))
@@ -582,7 +642,11 @@ def run_watched(model: nn.Module, inputs: torch.Tensor, convention: Union[str, C
     try:
         # the official operations: compiled kernels (fused BatchNorm + neuron, spike attention) are invisible to hooks
         with torch.no_grad(), numerics(model, "exact"), watcher:
-            out = model(inputs)
+            if binary:
+                with _BinaryExpander(levels):  # inside the watcher: it sees the binary operations
+                    out = model(inputs)
+            else:
+                out = model(inputs)
     finally:
         for h in hooks:
             h.remove()
@@ -591,15 +655,17 @@ def run_watched(model: nn.Module, inputs: torch.Tensor, convention: Union[str, C
 
 
 def energy_report(model: nn.Module, inputs: torch.Tensor, convention: Union[str, Convention] = "generic",
-                  e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ, batch_size: Optional[int] = None) -> EnergyReport:
+                  e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ, batch_size: Optional[int] = None,
+                  binary: bool = False) -> EnergyReport:
     """Measure SOPs, MACs, energy and firing rates of ``model`` on ``inputs`` (one forward pass, eval mode).
 
     ``inputs``: a batch of images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` (real data gives meaningful firing
     rates). ``convention``: a name of :data:`CONVENTIONS` or a :class:`Convention`. ``e_mac``/``e_ac``: pJ per MAC
-    / AC. Returns an :class:`EnergyReport` whose totals are per input sample.
+    / AC. ``binary=True`` (integer-neuron models): measure the binary-expanded model (:func:`binary_expanded`).
+    Returns an :class:`EnergyReport` whose totals are per input sample.
     """
     conv = get_convention(convention)
-    _, watcher, nw, T, B = run_watched(model, inputs, conv, batch_size=batch_size)
+    _, watcher, nw, T, B = run_watched(model, inputs, conv, batch_size=batch_size, binary=binary)
     rows = list(watcher.rows.values())
     if not rows:
         raise SpikeformerError(f"{type(model).__name__}: no Conv/Linear/matmul ran in the forward pass; "
@@ -648,3 +714,84 @@ def attention_maps(model: nn.Module, inputs: torch.Tensor) -> dict:
     """
     _, watcher, _, _, _ = run_watched(model, inputs, keep_attention=True)
     return watcher.attention
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# integer spikes as binary spikes
+# ---------------------------------------------------------------------------------------------------------------
+_LINEAR_OPS = {F.linear, *_CONV}
+
+
+class _BinaryExpander(TorchFunctionMode):
+    """Runs each Conv / Linear / matmul whose input holds integer-neuron outputs on its binary expansion.
+
+    The counts ``c = x * scale`` (``0..D``) become D binary sub-steps (sub-step ``j`` fires where ``j < c``,
+    :func:`~spikeformer.neurons.expand_integer_spikes`), stacked into the batch dimension; the operation runs on
+    those 0/1 inputs without its bias, the D results are summed (:func:`~spikeformer.neurons.sum_substeps`), divided
+    by ``scale`` and the bias is added once. The operations are linear in the expanded input, so the result is the
+    integer path's up to float summation order. A matmul of two integer inputs expands the operand with fewer events
+    (the other one is read as a multiplier, as a weight)."""
+
+    def __init__(self, levels: tuple):
+        super().__init__()
+        self.levels = levels
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _LINEAR_OPS:
+            x = args[0]
+            found = _integer_scale(x, self.levels) if torch.is_tensor(x) and not _is_binary(x) else None
+            if found is not None:
+                return self._linear_op(func, found, args, kwargs)
+        elif func in _MATMUL:
+            a, b = args[0], args[1]
+            if func is torch.Tensor.__rmatmul__:
+                a, b = b, a
+            if torch.is_tensor(a) and torch.is_tensor(b):
+                fa = _integer_scale(a, self.levels) if not _is_binary(a) else None
+                fb = _integer_scale(b, self.levels) if not _is_binary(b) else None
+                if fa is not None and (fb is None or float(a.sum()) * fa[1] <= float(b.sum()) * fb[1]):
+                    return self._expanded(fa, a, lambda e: torch.matmul(e, b))
+                if fb is not None:
+                    return self._expanded(fb, b, lambda e: torch.matmul(a, e))
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _expanded(found, x, op):
+        D, scale = found
+        counts = x * scale if scale != 1.0 else x
+        binary = expand_integer_spikes(counts.unsqueeze(0), D)  # [D, *x.shape]: D binary sub-steps
+        y = op(binary).sum(0)
+        return y / scale if scale != 1.0 else y
+
+    def _linear_op(self, func, found, args, kwargs):
+        args, kwargs = list(args), dict(kwargs)
+        if len(args) > 2:
+            bias, args[2] = args[2], None
+        else:
+            bias = kwargs.pop("bias", None)
+        x = args[0]
+        D, scale = found
+        counts = x * scale if scale != 1.0 else x
+        binary = expand_integer_spikes(counts.unsqueeze(0), D).flatten(0, 1)  # sub-steps stacked on dim 0
+        y = func(binary, *args[1:], **kwargs)
+        y = y.unflatten(0, (D, x.shape[0])).sum(0)
+        if scale != 1.0:
+            y = y / scale
+        if bias is not None:
+            y = y + (bias if func is F.linear else bias.view(-1, *([1] * (y.dim() - 2))))
+        return y
+
+
+@contextlib.contextmanager
+def binary_expanded(model: nn.Module):
+    """Inside the ``with`` block, ``model`` runs as its binary-spike counterpart: every synaptic operation that reads
+    the outputs of its integer neurons (I-LIF, MultiSpike, NI-LIF) gets them as D binary sub-steps per time step and
+    sums the D results, which is the same next-layer input as the integer path's (up to float summation order). The
+    model runs on its exact numerics (the official operations, which the expansion intercepts)."""
+    levels = integer_levels(model)
+    if not levels:
+        raise SpikeformerError(f"{type(model).__name__} has no integer neurons (IntegerLIF / MultiSpike / NI-LIF); "
+                               "there is nothing to expand into binary spikes")
+    with numerics(model, "exact"), _BinaryExpander(levels):
+        yield model

@@ -12,7 +12,10 @@ for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_") and _m.name != "registry" and not _m.ispkg:
         importlib.import_module(f"{__name__}.{_m.name}")
 
+from .spikecam import read_spike_camera, write_spike_camera  # noqa: E402  (registered above)
+from .voxel import events_to_voxel  # noqa: E402
+
 __all__ = [
     "DatasetInfo", "EVENT_DTYPE", "build_dataset", "events_to_frames", "get_dataset_info", "list_datasets",
-    "read_events", "register_dataset",
+    "events_to_voxel", "read_events", "read_spike_camera", "register_dataset", "write_spike_camera",
 ]

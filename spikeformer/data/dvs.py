@@ -57,13 +57,26 @@ def sample_events(sample: EventSample, events: Optional[np.ndarray] = None) -> n
             raise SpikeformerError(f"{sample.source}: no events in the labelled window [{t0}, {t1}) us of sample "
                                    f"{sample.sample_id}; the recording or its _labels.csv is damaged")
     elif ev.size == 0:
-        raise SpikeformerError(f"{sample.source}: the file holds no events; re-extract it from the dataset archive")
+        raise SpikeformerError(f"{sample.source}: the recording holds no events (an empty file, or only non-DVS "
+                               "records such as APS frames and IMU samples); re-extract or re-export it, or remove it "
+                               "from the dataset")
     return ev
+
+
+def check_inside(ev: np.ndarray, source: str, size: Sequence[int]) -> None:
+    """Refuse a recording none of whose events falls on the ``size`` (H, W) frame: it would integrate to nothing."""
+    H, W = (int(s) for s in size)
+    if not np.any((ev["x"] < W) & (ev["y"] < H)):
+        raise SpikeformerError(
+            f"{source}: none of its {ev.size} events falls inside the {W}x{H} sensor (x up to {ev['x'].max()}, y up "
+            f"to {ev['y'].max()}): a recording of another sensor, or the wrong sensor size for this dataset"
+        )
 
 
 def integrate_sample(sample: EventSample, T: int, split_by: str, size: Sequence[int],
                      events: Optional[np.ndarray] = None) -> np.ndarray:
     ev = sample_events(sample, events)
+    check_inside(ev, sample.source, size)
     try:
         return events_to_frames(ev, T, split_by, size)
     except SpikeformerError as e:
@@ -338,7 +351,7 @@ def build_cifar10_dvs(split: str, root=None, T=None, split_by: str = "number", c
 @register_dataset("n-mnist", num_classes=10, input_size=(2, 34, 34), kind="events",
                   description="N-MNIST (Orchard et al. 2015): ATIS .bin saccade recordings of MNIST, official "
                               "Train/Test split, 34x34",
-                  default_model=None)
+                  default_model="spikformer_dvs_2_256")
 def build_n_mnist(split: str, root=None, T=None, split_by: str = "number", cache_dir=None, workers=None,
                   progress: bool = True, augment=None, resize=None, transform=None):
     root, T, tf = _common(split, root, T, 10, augment,
@@ -362,7 +375,7 @@ def build_n_mnist(split: str, root=None, T=None, split_by: str = "number", cache
 @register_dataset("n-caltech101", num_classes=101, input_size=(2, 180, 240), kind="events",
                   description="N-Caltech101 (Orchard et al. 2015): ATIS .bin recordings, per-class 90/10 split by "
                               "file name, 180x240",
-                  default_model=None)
+                  default_model="spikformer_dvs_2_256")
 def build_n_caltech101(split: str, root=None, T=None, split_by: str = "number", cache_dir=None, workers=None,
                        progress: bool = True, augment=None, resize=None, transform=None):
     root, T, tf = _common(split, root, T, 10, augment,

@@ -60,8 +60,19 @@ def build_dataset(name: str, split: str, root: Optional[str] = None, T: Optional
         raise SpikeformerError(
             f"dataset {name!r} needs its files: pass --set data_root=DIR (see the README's 'Datasets' section)"
         )
+    representation = kwargs.pop("representation", "frames")
+    voxel = {k: kwargs.pop(k) for k in ("bins", "size", "normalize") if k in kwargs} if representation == "voxel" \
+        else {}
+    if representation != "frames" and info.kind != "events":
+        raise SpikeformerError(f"dataset {name!r} is not an event dataset: representation={representation!r} needs "
+                               "one (e.g. cifar10-dvs, n-caltech101, events-digits)")
     _check_options(info, kwargs)
-    return info.builder(split, root=root, T=T, **kwargs)
+    dataset = info.builder(split, root=root, T=T, **kwargs)
+    if representation == "frames":
+        return dataset
+    from .voxel import voxel_option  # voxel grids (time bins x polarities as channels), as MST is fed events
+
+    return voxel_option(dataset, representation, **voxel)
 
 
 def _check_options(info: DatasetInfo, kwargs: dict) -> None:

@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "T": None,  # time steps; None keeps the model's published T
     "model_kwargs": {},
     "data_kwargs": {},
+    "recon": {},  # --task reconstruct: loss weights, edge_mode, vgg_weights (a local VGG file), report_samples
     # schedule
     "epochs": 15,
     "batch_size": 32,  # global batch: split evenly across torchrun processes

@@ -45,8 +45,27 @@ def setup(device_pref: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # binding the rank's GPU up front lets NCCL set up its communicator on the right device
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", **({"device_id": device} if use_cuda else {}))
     return DistInfo(rank, world, local, device)
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    """``model`` under DistributedDataParallel when several processes train (its rank's GPU named on CUDA)."""
+    if not info.enabled:
+        return model
+    cuda = info.device.type == "cuda"
+    return nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if cuda else None)
+
+
+def loader_options(info: DistInfo) -> dict:
+    """DataLoader settings for the training device: pinned host memory when batches go to a GPU."""
+    return {"pin_memory": info.device.type == "cuda"}
+
+
+def to_device(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """A batch tensor on the training device; from pinned memory the copy to a GPU overlaps with compute."""
+    return t.to(info.device, non_blocking=info.device.type == "cuda")
 
 
 def teardown(clean: bool = True) -> None:
@@ -55,8 +74,9 @@ def teardown(clean: bool = True) -> None:
     Python (see :func:`all_reduce_sum`); after an error the barrier is skipped, since the other ranks may never reach
     it."""
     if dist.is_available() and dist.is_initialized():
-        if clean:
-            dist.barrier()
+        if clean:  # NCCL's barrier must be told the rank's GPU, or it guesses one
+            nccl = dist.get_backend() == "nccl"
+            dist.barrier(**({"device_ids": [torch.cuda.current_device()]} if nccl else {}))
         dist.destroy_process_group()
         _pinned.clear()
 

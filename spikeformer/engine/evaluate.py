@@ -9,7 +9,7 @@ from typing import Optional
 from ..convert.checkpoint import read_metadata
 from ..data import get_dataset_info
 from ..errors import SpikeformerError
-from ..models import create_model
+from ..models import create_model, get_model_info
 from . import distributed as D
 from .config import DEFAULTS, load_config_file, merge
 
@@ -34,6 +34,10 @@ def evaluate_checkpoint(path: str, data: Optional[str] = None, model: Optional[s
     name = model or meta.get("model") or run_cfg.get("model")
     if not name:
         raise SpikeformerError(f"{p} does not say which model it holds; pass --model NAME")
+    if get_model_info(name).task == "reconstruct":  # PSNR / SSIM, not top-1
+        from .reconstruct import evaluate_recon_checkpoint
+
+        return evaluate_recon_checkpoint(path, data, model, sets, progress)
     cfg = copy.deepcopy(DEFAULTS)
     merge(cfg, {k: v for k, v in run_cfg.items() if k in DEFAULTS}, str(p.parent / "config.yaml"))
     cfg["model"] = name

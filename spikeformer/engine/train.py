@@ -49,11 +49,20 @@ def resolve_model_name(cfg: dict) -> str:
     return info.default_model
 
 
+def dataset_num_classes(cfg: dict) -> int:
+    """The class count of the configured dataset; datasets whose classes are found on disk (``events-folder``)
+    count them at ``data_root``."""
+    info = get_dataset_info(cfg["data"])
+    count = info.extra.get("count_classes")
+    if count is None:
+        return info.num_classes
+    return int(count(cfg.get("data_root"), **(cfg.get("data_kwargs") or {})))
+
+
 def build_model(cfg: dict) -> nn.Module:
     name = resolve_model_name(cfg)
-    data = get_dataset_info(cfg["data"])
     kwargs = dict(cfg.get("model_kwargs") or {})
-    kwargs.setdefault("num_classes", data.num_classes)
+    kwargs.setdefault("num_classes", dataset_num_classes(cfg))
     if cfg.get("T"):
         kwargs["T"] = cfg["T"]
     return create_model(name, numerics=check_numerics(cfg["numerics"]), **kwargs)
@@ -144,11 +153,12 @@ def evaluate(model: nn.Module, dataset, cfg: dict, info: D.DistInfo, progress: b
     model.eval()
     order = D.shard_order(len(dataset), cfg["seed"], 0, info, shuffle=False, batch_size=1)
     per_rank = max(cfg["batch_size"] // info.world, 1)
-    loader = DataLoader(Subset(dataset, order), batch_size=per_rank, shuffle=False, num_workers=cfg["num_workers"])
+    loader = DataLoader(Subset(dataset, order), batch_size=per_rank, shuffle=False, num_workers=cfg["num_workers"],
+                        **D.loader_options(info))
     tot_loss = correct1 = correct5 = n = 0.0
     bar = _bar(loader, "eval", progress and info.is_main)
     for x, y in bar:
-        x, y = time_first(x.to(info.device)), y.to(info.device)
+        x, y = time_first(D.to_device(x, info)), D.to_device(y, info)
         with autocast_ctx(info.device, cfg["amp"]):
             logits = model(x)
         logits = logits.float()
@@ -258,7 +268,7 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
     if cfg["sync_bn"] and info.enabled:
         # global-batch statistics on every device with our own BatchNorm mixin: PyTorch's SyncBatchNorm refuses CPU
         # tensors, and its converter turns TokenBN (channel-last tokens [T, B, N, C]) into a BatchNorm over dim 1,
-        # which breaks every token model (tests/test_sync_bn.py)
+        # which breaks every token model (tests/engine/test_sync_bn.py)
         D.convert_sync_bn(model)
     model.to(info.device)
     optimizer = build_optimizer(model, cfg)
@@ -277,13 +287,13 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
         check_disk(run_dir, model)
         (run_dir / "config.yaml").write_text(dump({**cfg, "model": model_name}))
         _trim_metrics(run_dir / "metrics.jsonl", state["epoch"])
-    ddp = nn.parallel.DistributedDataParallel(model) if info.enabled else model
-    meta = {"model": model_name, "num_classes": get_dataset_info(cfg["data"]).num_classes,
+    ddp = D.wrap_ddp(model, info)
+    meta = {"model": model_name, "num_classes": getattr(model, "num_classes", None) or dataset_num_classes(cfg),
             "T": getattr(model, "T", None), "data": cfg["data"], "model_kwargs": cfg.get("model_kwargs") or {}}
     writer = _tb_writer(run_dir) if info.is_main else None
     per_rank = cfg["batch_size"] // info.world
     steps_per_epoch = len(train_set) // cfg["batch_size"] // cfg["accum_steps"]
-    mixup = _mixup(cfg, get_dataset_info(cfg["data"]).num_classes)
+    mixup = _mixup(cfg, meta["num_classes"])
     if info.is_main and progress:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"model {model_name} ({n_params / 1e6:.3f}M params, T={getattr(model, 'T', '?')}) on {cfg['data']} "
@@ -298,11 +308,11 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
         order = D.shard_order(len(train_set), cfg["seed"], epoch, info, shuffle=True, batch_size=cfg["batch_size"])
         skip = state["batch_in_epoch"] * per_rank * cfg["accum_steps"]
         loader = DataLoader(Subset(train_set, order[skip:]), batch_size=per_rank, shuffle=False,
-                            num_workers=cfg["num_workers"], drop_last=True)
+                            num_workers=cfg["num_workers"], drop_last=True, **D.loader_options(info))
         seen = correct = loss_sum = 0.0
         bar = _bar(loader, f"epoch {epoch + 1}/{total_epochs}", progress and info.is_main)
         for i, (x, y) in enumerate(bar):
-            x, y = time_first(x.to(info.device)), y.to(info.device)
+            x, y = time_first(D.to_device(x, info)), D.to_device(y, info)
             last_micro = (i + 1) % cfg["accum_steps"] == 0
             lr = lr_at(state["step"], steps_per_epoch, cfg)
             for g in optimizer.param_groups:

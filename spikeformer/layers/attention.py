@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .. import kernels
 from ..neurons import _native
 
 # Integers of magnitude below these are exact in the dtype (8- and 11-bit significands).
@@ -92,6 +93,10 @@ def token_spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hea
     summation order. Otherwise (the exact fp32 path, other devices, head dims without a compiled kernel, no
     compiler) the heads are split and merged around :func:`spike_attention`."""
     autocast = torch.is_autocast_enabled(q.device.type)
+    gpu = kernels.registered(kernels.ATTENTION, q)  # a device's own kernel (Triton on CUDA)
+    if gpu is not None:
+        out = gpu(q, k, v, heads, scale)
+        return out if autocast or q.dtype == torch.float32 else out.to(q.dtype)
     if (fast or autocast or q.dtype == torch.bfloat16) and _native_ok(q, k, v, heads):
         out = _native.NativeSpikeAttention.apply(q, k, v, heads, scale)
         return out if autocast or q.dtype == torch.float32 else out.to(q.dtype)

@@ -2,7 +2,7 @@
 as one compiled CPU kernel where it can be.
 
 :func:`bn_neuron` computes ``neuron(bn(x))``. On the fast path (``fuse``: fast kernels or reduced precision, see
-below) the compiled kernel of ``neurons/neuron_cpu.cpp`` takes the BatchNorm into the neuron recursion: in
+below) the compiled kernel of ``kernels/cpu/bn_neuron.cpp`` takes the BatchNorm into the neuron recursion: in
 training, one pass computes the per-channel statistics and a second normalises each input on the fly as the
 membrane integrates it, so the BatchNorm output is never written, read or kept for backward; backward recomputes
 the membrane from ``x``, runs BPTT and adds up BatchNorm's two per-channel sums in the same pass, then turns the
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as M
 
+from .. import kernels
 from ..neurons import _kernels, _kernels_linear, _native
 from ..neurons.nodes import IF, LIF
 from ..neurons.surrogate import ATan, Sigmoid
@@ -103,9 +104,28 @@ def bn_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, fuse: Optional[
     """``neuron(bn(x))`` for tokens ``[T, ..., C]`` (``TokenBN``) or frames ``[T, B, C, H, W]`` (``BatchNorm2d``,
     channels-last frames for the fused kernel). ``fuse=None`` fuses when ``bn.fast`` is set
     (:func:`spikeformer.layers.use_fast_kernels`) or ``x`` is not fp32 (autocast); ``fuse=False`` never does."""
+    gpu = kernels.registered(kernels.BN_NEURON, x)  # a device's own kernel (Triton on CUDA) wins where it applies
+    if gpu is not None and fuse is not False and _static_ok(bn, neuron) and _channel_innermost(bn, x):
+        s, mean, var = gpu(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, _batch_stats(bn),
+                           neuron.spec(), neuron.surrogate)
+        if _batch_stats(bn):
+            _update_running_stats(bn, mean, var, x.numel() // bn.num_features)
+        return s
     if not (_want_fuse(bn, x, fuse) and can_fuse(bn, neuron, x)):
         return _unfused(bn, neuron, x)
     return _fused(bn, neuron, x)
+
+
+def _update_running_stats(bn: nn.Module, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """BatchNorm's running-statistics update from a fused kernel's batch mean and biased variance over ``n``
+    values per channel (``momentum=None``: the cumulative average, as ``nn.BatchNorm``)."""
+    if not (bn.training and bn.track_running_stats):
+        return
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
+        bn.running_mean.mul_(1.0 - f).add_(mean.to(bn.running_mean.dtype), alpha=f)
+        bn.running_var.mul_(1.0 - f).add_((var * (n / (n - 1))).to(bn.running_var.dtype), alpha=f)
 
 
 def _fused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, bias_left_out: Optional[torch.Tensor] = None):
@@ -116,15 +136,9 @@ def _fused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, bias_left_out: Opt
                                       (bn.running_var.double() + bn.eps).rsqrt())
         return _native.bn_inference(x, C, a, b, spec, sur)
     s, mean, var = _native.NativeBNNeuron.apply(x, bn.weight, bn.bias, bias_left_out, C, bn.eps, spec, sur)
-    if bn.training and bn.track_running_stats:
-        with torch.no_grad():
-            if bias_left_out is not None:  # the statistics of the input with the bias, as the unfused layers see it
-                mean = mean + bias_left_out.detach().to(x.dtype).double()
-            bn.num_batches_tracked.add_(1)
-            f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
-            n = x.numel() // C
-            bn.running_mean.mul_(1.0 - f).add_(mean.to(bn.running_mean.dtype), alpha=f)
-            bn.running_var.mul_(1.0 - f).add_((var * (n / (n - 1))).to(bn.running_var.dtype), alpha=f)
+    if bias_left_out is not None:  # the statistics of the input with the bias, as the unfused layers see it
+        mean = mean.detach() + bias_left_out.detach().to(x.dtype).double()
+    _update_running_stats(bn, mean.detach(), var.detach(), x.numel() // C)
     return s
 
 

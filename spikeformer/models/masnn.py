@@ -38,7 +38,7 @@ from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply
 from ..layers.blocks import conv_bn, conv_bn_neuron, linear_bn, linear_bn_neuron
 from ..layers.masnn import build_attention, official_attention_key
 from ..neurons import IF, LIF, MALIF, PLIF, Rectangle, neuron_factory
-from ._base import SpikingClassifier
+from ._base import SpikingClassifier, check_global_pool
 from .registry import cfg, register_model
 
 
@@ -145,7 +145,12 @@ class MASNN(SpikingClassifier):
         self._temporal = attention is not None and "T" in str(attention).upper()
         self._t_ratio = t_ratio
         self.fc0 = LinearAttLIF(self.flat_features, hidden, T, self._make, self._temporal, t_ratio)
-        self.fc1 = LinearAttLIF(hidden, num_classes, T, self._make, self._temporal, t_ratio)
+        self.fc1 = (LinearAttLIF(hidden, num_classes, T, self._make, self._temporal, t_ratio) if num_classes > 0
+                    else nn.Identity())  # num_classes=0: features only, as reset_classifier(0)
+        self.feature_info, r = [], 1  # features_only: every convolutional layer
+        for i, (out_ch, pool) in enumerate(zip(channels, pools)):
+            r *= pool
+            self.feature_info.append(dict(num_chs=out_ch, reduction=r, module=f"features.{i}"))
 
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Frames ``[T, B, C, H, W]`` (or images, repeated over T) -> flattened spike maps ``[T, B, F]``."""
@@ -168,8 +173,9 @@ class MASNN(SpikingClassifier):
         """The output layer's spikes ``[T, B, classes]`` (its BatchNorm and TA see every step at once)."""
         return self.fc1(feats)
 
-    def reset_classifier(self, num_classes: int, **_) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, **_) -> None:
         """A fresh output layer (Linear, BN1d, [TA], neuron) for ``num_classes`` classes (``0``: features only)."""
+        check_global_pool(self, global_pool)
         self.num_classes = num_classes
         dev = self.fc0.fc.weight.device
         self.fc1 = (LinearAttLIF(self.num_features, num_classes, self.T, self._make, self._temporal,
@@ -264,6 +270,9 @@ class AttResNet(NumericsAware, SpikingClassifier):
         self.num_features = c
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
+        # features_only: the stem's BatchNorm output, then every stage
+        self.feature_info = [dict(num_chs=64, reduction=2, module="stem_bn")] + [
+            dict(num_chs=w, reduction=4 * 2 ** i, module=f"layer{i + 1}") for i, w in enumerate((64, 128, 256, 512))]
 
     def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` (repeated over T) or frames ``[T, B, C, H, W]`` -> pooled rates ``[T, B, 512]``."""

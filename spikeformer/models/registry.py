@@ -143,11 +143,20 @@ class _TimmHook(importlib.abc.MetaPathFinder):
         return spec
 
 
-def _build(info: ModelInfo, overrides: dict, numerics: str = "fast") -> nn.Module:
+FEATURE_OPTIONS = ("out_indices", "feature_time")
+
+
+def _build(info: ModelInfo, overrides: dict, numerics: str = "fast",
+           checkpoint_path: Optional[str] = None) -> nn.Module:
     from ..layers.numerics import check_numerics, set_numerics
 
     check_numerics(numerics)
     kwargs = dict(overrides)
+    # timm's features_only contract (spikeformer.models._features): built as the classifier, then wrapped
+    features_only = bool(kwargs.pop("features_only", False))
+    feature_kw = {k: kwargs.pop(k) for k in FEATURE_OPTIONS if k in kwargs}
+    if feature_kw and not features_only:
+        raise ModelOptionError(f"{info.name}: {sorted(feature_kw)} select feature maps; pass features_only=True")
     # what timm.create_model passes to every factory
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     kwargs.pop("cache_dir", None)
@@ -165,6 +174,14 @@ def _build(info: ModelInfo, overrides: dict, numerics: str = "fast") -> nn.Modul
     model.default_cfg = model.pretrained_cfg
     model.model_name = info.name
     set_numerics(model, numerics)
+    if checkpoint_path is not None:
+        from ..convert.checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint_path)
+    if features_only:
+        from ._features import features_model
+
+        model = features_model(model, **feature_kw)
     return model
 
 
@@ -210,11 +227,10 @@ def create_model(name: str, checkpoint_path: Optional[str] = None, numerics: str
     ``checkpoint_path`` loads weights: one of our ``.safetensors`` checkpoints, or an official checkpoint of the
     family (``.pth``/``.pth.tar``, read with ``weights_only=True``), remapped by the family's
     ``checkpoint_filter_fn``.
-    """
-    info = get_model_info(name)
-    model = _build(info, overrides, numerics)
-    if checkpoint_path is not None:
-        from ..convert.checkpoint import load_checkpoint
 
-        load_checkpoint(model, checkpoint_path)
-    return model
+    ``features_only=True`` returns the per-stage feature maps instead of logits (timm's contract; the classifier's
+    checkpoint is loaded first): ``out_indices`` selects stages (default all; an int ``k``: the last ``k``),
+    ``feature_time="mean"`` (default) gives maps ``[B, C, H, W]`` averaged over time, ``"steps"`` keeps
+    ``[T, B, C, H, W]``; see :mod:`spikeformer.models._features`.
+    """
+    return _build(get_model_info(name), overrides, numerics, checkpoint_path)

@@ -208,6 +208,18 @@ class SpikeDrivenTransformer(SpikingClassifier):
         self.block = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, make, erode) for _ in range(depth))
         self.head_lif = make()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        # features_only: each tokenizer stage that ends in a max-pool, before the pool (stages 0-2: their LIF's spikes;
+        # stage 3 pools its BatchNorm output, the LIF comes after), then the last block's membrane map
+        self.feature_info, r = [], 1
+        for i, pooled in enumerate(self.patch_embed.pool_after):
+            if pooled:
+                sfx = str(i or "")
+                name = f"patch_embed.{'proj_lif' if i < 3 else 'proj_bn'}{sfx}"
+                width = getattr(self.patch_embed, f"proj_conv{sfx}").out_channels
+                self.feature_info.append(dict(num_chs=width, reduction=r, module=name))
+                r *= 2
+        self.feature_info.append(dict(num_chs=embed_dim, reduction=r, module=f"block.{depth - 1}" if depth else
+                                      "patch_embed"))
         # Official _init_weights: trunc_normal(0.02) on every Conv2d, zero biases; the Linear head keeps PyTorch's
         # default.
         for m in self.modules():

@@ -22,6 +22,14 @@ Stochastic depth keeps the official code's masks: the temporal branch drops per 
 branch per (sample, time step), the MLP branch per time step (shared by the batch), because the official
 ``DropPath`` sees the tensors in those layouts. :func:`checkpoint_filter_fn` maps official state dicts onto this
 module.
+
+Numerics (:mod:`spikeformer.layers.numerics`). ``exact``: the tokenizer runs NCHW convolutions and BatchNorm2d on the
+merged T*B batch, and every block runs the official ``Block.forward`` on its ``b (h w t) m`` token layout with its
+reshapes, ``nn.Linear`` layers and attention products, so that logits (and, in training mode from the same seed,
+the stochastic-depth masks and BatchNorm statistics) equal the official code's bit for bit
+(``tests/data/spikeformer_li_make_golden.py``). ``fast``: channels-last frames and convolutions over the nonzero
+spike sums in the tokenizer (:func:`~spikeformer.layers.blocks.conv_bn_neuron`), tokens kept ``[T, B, N, D]``,
+oneDNN Linears, the fused attention kernel for the spatial attention, ``fc2`` over the MLP neuron's nonzero outputs.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from torch import nn
 from ..errors import SpikeformerError
 from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
 from ..layers.blocks import conv_bn_neuron
+from ..layers.sparse import spike_linear
 from ..layers.init import trunc_normal_
 from ..neurons import neuron_factory
 from ._base import SpikingClassifier
@@ -64,7 +73,8 @@ def tokenizer_widths(in_chans: int, embed_dim: int, n_blocks: int, paired: bool)
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool, mask_shape: Sequence[int]) -> torch.Tensor:
-    """Stochastic depth with an explicit mask shape (1 = shared along that dim)."""
+    """Stochastic depth with an explicit mask shape (1 = shared along that dim); the official ``drop_path``'s
+    arithmetic (``x / keep * floor(keep + U)``), so that the exact path draws and applies the same masks."""
     if p == 0.0 or not training:
         return x
     keep = 1.0 - p
@@ -75,7 +85,8 @@ def drop_path(x: torch.Tensor, p: float, training: bool, mask_shape: Sequence[in
 class ConvBNNeuron(NumericsAware, nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> neuron on ``[T, B, C, H, W]`` (the official ``conv`` helper), run by the
     shared block :func:`~spikeformer.layers.blocks.conv_bn_neuron` (``spikes_in``: the input is spikes or spike
-    sums, so the fast path may convolve over the nonzero inputs)."""
+    sums, so the fast path may convolve over the nonzero inputs). Children are named ``conv``/``bn``/``neuron`` as
+    in every released checkpoint of this family."""
 
     def __init__(self, cin: int, cout: int, kernel_size: int, stride: int, padding: int, neuron,
                  spikes_in: bool = True):
@@ -90,7 +101,8 @@ class ConvBNNeuron(NumericsAware, nn.Module):
 
 
 class SEWBlock(nn.Module):
-    """SEW-ResNet block with ADD connect: ``conv1 -> conv2`` plus identity or ``AvgPool -> 1x1 conv``."""
+    """SEW-ResNet block with ADD connect: ``conv1 -> conv2`` plus identity or ``AvgPool -> 1x1 conv``. The
+    average pool keeps the layout of its input (channels-last frames on the fast path)."""
 
     def __init__(self, cin: int, cout: int, stride: int, kernel_size: int, neuron, spikes_in: bool = True):
         super().__init__()
@@ -140,26 +152,42 @@ class ConvTokenizer(nn.Module):
         return self.blocks(x)
 
 
-class Attention(nn.Module):
-    """ViT multi-head softmax self-attention over ``[B, L, D]``: qkv without bias, proj with bias."""
+FUSED_MIN_TOKENS = 32  # shortest sequence for which the fused CPU attention kernel beats two batched matmuls
+
+
+class Attention(NumericsAware, nn.Module):
+    """ViT multi-head softmax self-attention over ``[B, L, D]``: qkv without bias, proj with bias.
+
+    Exact: the official products, ``softmax((q @ k^T) * scale) @ v``. Fast: PyTorch's fused attention kernel
+    (``scaled_dot_product_attention``, the same function up to rounding, no ``[L, L]`` matrix kept for backward)
+    from :data:`FUSED_MIN_TOKENS` tokens per sequence; shorter sequences (the temporal attention over T steps) are
+    faster as the two batched matmuls, on CPU, than the fused kernel's tiling."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
             raise SpikeformerError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim**-0.5, softmax, as the official code
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if wants_fast(self, x) and (L >= FUSED_MIN_TOKENS or x.device.type != "cpu"):
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            x = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(B, L, C))
 
 
-class Mlp(nn.Module):
-    """``Linear -> neuron -> Linear`` on ``[T, B, N, D]``; the neuron runs over T."""
+class Mlp(NumericsAware, nn.Module):
+    """``Linear -> neuron -> Linear`` on ``[T, B, N, D]``; the neuron runs over T. The Linears see ``[T*B, N, D]``
+    as under the official ``SeqToANNContainer``. On the fast path ``fc2`` multiplies only the nonzero outputs of
+    the neuron (:func:`~spikeformer.layers.sparse.spike_linear`; the dense GEMM where too many are nonzero, e.g.
+    the analog PLIAF)."""
 
     def __init__(self, dim: int, hidden: int, neuron):
         super().__init__()
@@ -168,11 +196,20 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.neuron(self.fc1(x)))
+        T, B = x.shape[:2]
+        h = self.neuron(self.fc1(x.flatten(0, 1)).unflatten(0, (T, B))).flatten(0, 1)
+        observed = self.fc2._forward_hooks or self.fc2._forward_pre_hooks  # hooks must see their call
+        y = spike_linear(self.fc2, h) if wants_fast(self, h) and not observed else None
+        return (self.fc2(h) if y is None else y).unflatten(0, (T, B))
 
 
-class Block(nn.Module):
-    """Divided space-time attention block on tokens ``[T, B, N, D]``."""
+class Block(NumericsAware, nn.Module):
+    """Divided space-time attention block on tokens ``[T, B, N, D]``.
+
+    Fast: every branch on the ``[T, B, N, D]`` tokens (the spatial attention and the MLP on free views, the temporal
+    attention on one permuted copy). Exact: the official ``Block.forward`` on its ``b (h w t) m`` layout, with its
+    reshapes (so every Linear, LayerNorm and matmul sees the official shapes) and its stochastic-depth masks.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, neuron, drop_path: float = 0.0):
         super().__init__()
@@ -185,19 +222,38 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), neuron)
         self.drop_path = drop_path
 
+    def _drop(self, x: torch.Tensor, mask_shape: Sequence[int]) -> torch.Tensor:
+        return drop_path(x, self.drop_path, self.training, mask_shape)
+
     def temporal(self, x: torch.Tensor) -> torch.Tensor:
         """The temporal branch before ``temporal_fc``: attention over T for every (sample, position)."""
         T, B, N, D = x.shape
         xt = x.permute(1, 2, 0, 3).reshape(B * N, T, D)
         y = self.temporal_attn(self.temporal_norm1(xt)).reshape(B, N, T, D).permute(2, 0, 1, 3)
-        return drop_path(y, self.drop_path, self.training, (1, B, N, 1))
+        return self._drop(y, (1, B, N, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not wants_fast(self, x):
+            return self.official(x)
         T, B, N, D = x.shape
         x = x + self.temporal_fc(self.temporal(x))
         xs = self.attn(self.norm1(x.reshape(T * B, N, D))).reshape(T, B, N, D)
-        x = x + drop_path(xs, self.drop_path, self.training, (T, B, 1, 1))
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training, (T, 1, 1, 1))
+        x = x + self._drop(xs, (T, B, 1, 1))
+        return x + self._drop(self.mlp(self.norm2(x)), (T, 1, 1, 1))
+
+    def official(self, x: torch.Tensor) -> torch.Tensor:
+        """The official block on ``x [T, B, N, D]`` in its ``b (h w t) m`` layout; returns a ``[T, B, N, D]`` view of
+        that layout (the next exact block reads it without a copy)."""
+        T, B, N, D = x.shape
+        x = x.permute(1, 2, 0, 3).reshape(B, N * T, D)  # b (h w t) m
+        res = self._drop(self.temporal_attn(self.temporal_norm1(x.view(B * N, T, D))), (B * N, 1, 1))
+        xt = x + self.temporal_fc(res.view(B, N * T, D))
+        xs = xt.view(B, N, T, D).transpose(1, 2).reshape(B * T, N, D)  # (b t) (h w) m
+        res = self._drop(self.attn(self.norm1(xs)), (B * T, 1, 1))
+        x = xt + res.view(B, T, N, D).transpose(1, 2).reshape(B, N * T, D)
+        res = self._drop(self.mlp(self.norm2(x.view(B, N, T, D).permute(2, 0, 1, 3))), (T, 1, 1, 1))  # t b (h w) m
+        x = x + res.permute(1, 2, 0, 3).reshape(B, N * T, D)
+        return x.view(B, N, T, D).permute(2, 0, 1, 3)
 
 
 class Spikeformer(SpikingClassifier):
@@ -251,6 +307,14 @@ class Spikeformer(SpikingClassifier):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.attention_pool = nn.Linear(embed_dim, 1)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        # features_only: the last tokenizer block at each resolution, then the last transformer block's tokens
+        self.feature_info, r = [], 1
+        for i, s in enumerate(tokenizer_strides):
+            r *= s
+            if i + 1 == len(tokenizer_strides) or tokenizer_strides[i + 1] > 1:
+                self.feature_info.append(dict(num_chs=widths[i + 1], reduction=r, module=f"patch_embed.blocks.{i}"))
+        self.feature_info.append(dict(num_chs=embed_dim, reduction=r, module=f"blocks.{depth - 1}" if depth else
+                                      "patch_embed"))
 
         trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():
@@ -282,7 +346,8 @@ class Spikeformer(SpikingClassifier):
         return F.interpolate(self.time_embed.transpose(1, 2), size=T, mode="nearest").transpose(1, 2)[0]
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Input -> embedded tokens ``[T, B, N, D]`` (tokenizer + spatial and temporal embeddings)."""
+        """Input -> embedded tokens ``[T, B, N, D]`` (tokenizer + spatial and temporal embeddings, added in the
+        official order)."""
         x = expand_time(x, self.T, self.in_chans)
         x = self.patch_embed(x)  # [T, B, D, H', W']
         T, B, D, h, w = x.shape
@@ -295,13 +360,13 @@ class Spikeformer(SpikingClassifier):
         for blk in self.blocks:
             x = blk(x)
         T, B, N, D = x.shape
-        x = self.norm(x).permute(1, 2, 0, 3).reshape(B, N * T, D)
-        return x, self.attention_pool(x).softmax(dim=1)
+        x = self.norm(x.permute(1, 2, 0, 3).reshape(B, N * T, D))
+        return x, F.softmax(self.attention_pool(x), dim=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` -> sequence-pooled features ``[B, D]``."""
         x, w = self._pool_inputs(self.tokens(x))
-        return (w.transpose(1, 2) @ x).squeeze(1)
+        return torch.matmul(w.transpose(-1, -2), x).squeeze(-2)
 
     def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled features split by time step, ``[T, B, D]``: step t's share of the weighted sum, times T, so that
@@ -415,7 +480,10 @@ def spikeformer_imagenet(**kw):
 
 @register_model
 def spikeformer_dvs_digits(**kw):
-    in_chans = kw.pop("in_chans", 2)
+    kw.setdefault("in_chans", 2)
     kw.setdefault("img_size", 32)
-    return _create(tokenizer_widths=(in_chans, 32, 64), tokenizer_strides=(2, 2), kernel_size=3, depth=2,
-                   num_heads=2, mlp_ratio=2, **kw)
+    kw.setdefault("tokenizer_widths", (2, 32, 64))
+    kw.setdefault("tokenizer_strides", (2, 2))
+    for k, v in dict(kernel_size=3, depth=2, num_heads=2, mlp_ratio=2).items():
+        kw.setdefault(k, v)
+    return _create(**kw)

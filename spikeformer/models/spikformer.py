@@ -22,70 +22,37 @@ spike attention, products over nonzero spikes, channels-last stem). Official che
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply, wants_fast
+from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, wants_fast
 from ..layers.attention import token_spike_attention
-from ..layers.blocks import bn_neuron, channels_last, conv_frames, linear_bn_neuron
+from ..layers.blocks import linear_bn_neuron
 from ..layers.init import trunc_normal_
-from ..layers.pool import max_pool
+from ..layers.stems import SpikingPatchStem
 from ..neurons import neuron_factory
 from ._base import SpikingClassifier
+from ._features import stem_feature_info
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
 
 LIF_DEFAULTS = dict(tau=2.0, detach_reset=True)  # MultiStepLIFNode(tau=2.0, detach_reset=True), Sigmoid(4)
 
 
-class SPS(NumericsAware, nn.Module):
-    """Spiking Patch Splitting: four conv3x3-BN-LIF stages (D/8, D/4, D/2, D), max-pools, and the RPE conv."""
+class SPS(SpikingPatchStem):
+    """Spiking Patch Splitting: four conv3x3-BN-LIF stages (D/8, D/4, D/2, D), max-pools after ``pool_stages``, and
+    the relative position embedding ``x + LIF(BN(conv3x3(x)))`` on the spikes (the shared stem,
+    :class:`~spikeformer.layers.stems.SpikingPatchStem`, with the official module names)."""
 
     def __init__(self, in_chans: int, embed_dim: int, neuron, pool_stages: Sequence[int] = (0, 1, 2, 3)):
-        super().__init__()
-        dims = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
-        self.pool_stages = tuple(pool_stages)
-        for i in range(4):
-            sfx = "" if i == 0 else str(i)
-            setattr(self, f"proj_conv{sfx}", nn.Conv2d(dims[i], dims[i + 1], 3, 1, 1, bias=False))
-            setattr(self, f"proj_bn{sfx}", nn.BatchNorm2d(dims[i + 1]))
-            setattr(self, f"proj_lif{sfx}", neuron())
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.rpe_conv = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1, bias=False)
-        self.rpe_bn = nn.BatchNorm2d(embed_dim)
-        self.rpe_lif = neuron()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, B, C, H, W] -> [T, B, D, H', W']
-        autocast = torch.is_autocast_enabled(x.device.type)
-        # fast: channels-last frames (oneDNN convolutions, BatchNorm and max-pool without layout reorders, tokens
-        # contiguous below), BatchNorm + LIF in one kernel; exact: NCHW, rounding as the official code's kernels
-        fuse = wants_fast(self, x)
-        if fuse:
-            x = channels_last(x)
-        for i in range(4):
-            sfx = "" if i == 0 else str(i)
-            conv, bn, lif = (getattr(self, f"{n}{sfx}") for n in ("proj_conv", "proj_bn", "proj_lif"))
-            # Under bf16 autocast the first two stages stay fp32: the first sees real-valued images and its bf16
-            # rounding flips more spikes than any other layer's; every early flip spreads downstream. Measured
-            # on trained digits weights (benchmarks/RESULTS.md): 98.2 % of spikes agree with fp32 when all is
-            # bf16, 99.0 % with the first stage in fp32, 99.5 % with two; the second costs ~3 % of a CIFAR step.
-            fp32_stage = i < 2 and autocast
-            with torch.autocast(x.device.type, enabled=False) if fp32_stage else contextlib.nullcontext():
-                x = x.float() if fp32_stage else x
-                # after the first stage the input is spikes: on the fast path the convolution runs over the
-                # nonzero ones (layers/sparse.py) when few enough fire
-                x = conv_frames(conv, x, fuse, spikes_in=i > 0)
-                x = bn_neuron(bn, lif, x, fuse)
-            if i in self.pool_stages:  # channels-last frames: the compiled kernel (layers/pool.py), same bits
-                x = seq_apply(functools.partial(max_pool, self.pool), x)
-        x_feat = x
-        x = bn_neuron(self.rpe_bn, self.rpe_lif, seq_apply(self.rpe_conv, x), fuse)
-        return x + x_feat
+        # Under bf16 autocast the first two stages stay fp32: their rounding flips the most spikes, and early flips
+        # spread downstream (agreement with fp32 per choice: benchmarks/RESULTS.md, bench_bf16_agreement.py)
+        super().__init__(in_chans, embed_dim, neuron, stages=4, pool_stages=pool_stages, rpe="spikes", names="sps",
+                         fp32_stages=2)
 
 
-class SSA(nn.Module):
+class SSA(NumericsAware, nn.Module):
     """Spiking Self Attention on tokens ``[T, B, N, D]``."""
 
     def __init__(self, dim: int, num_heads: int, neuron, scale: float = 0.125, qkv_bias: bool = False,
@@ -107,12 +74,12 @@ class SSA(nn.Module):
         q = linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x)
         k = linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x)
         v = linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x)
-        x = self.attn_lif(token_spike_attention(q, k, v, self.num_heads, self.scale, fast=self.q_bn.fast))
+        x = self.attn_lif(token_spike_attention(q, k, v, self.num_heads, self.scale, fast=wants_fast(self, q)))
         return linear_bn_neuron(self.proj_linear, self.proj_bn, self.proj_lif, x, sparse=True)
 
 
-class MLP(nn.Module):
-    """Linear-BN-LIF twice (the official 1x1 convolutions, as Linear on tokens)."""
+class MLP(NumericsAware, nn.Module):
+    """Linear-BN-LIF twice (the official 1x1 convolutions or Linear layers, as TokenLinear on tokens)."""
 
     def __init__(self, dim: int, hidden: int, neuron, bn_transposed: bool = False, op: str = "linear"):
         super().__init__()
@@ -205,6 +172,10 @@ class Spikformer(SpikingClassifier):
             for _ in range(depth)
         )
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        # features_only: the stem's stages that end in a max-pool, then the last block's tokens
+        self.feature_info, r = stem_feature_info(self.patch_embed)
+        self.feature_info.append(dict(num_chs=embed_dim, reduction=r, module=f"block.{depth - 1}" if depth else
+                                      "patch_embed"))
         for m in self.modules():
             if isinstance(m, nn.Linear) and (v["init_all_linear"] or m is self.head):
                 trunc_normal_(m.weight, std=0.02)

@@ -80,6 +80,11 @@ class SpikingConvNet(SpikingClassifier):
         self.fc1 = nn.Linear(self.flat_features, hidden)
         self.fc1_neuron = make()
         self.head = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
+        # features_only: each stage's last block (before its max-pool), then the last max-pool, what fc1 reads
+        self.feature_info = [dict(num_chs=w, reduction=2 ** k, module=f"features.{3 * k + 1}")
+                             for k, w in enumerate(widths)]
+        self.feature_info.append(dict(num_chs=widths[-1], reduction=2 ** len(widths),
+                                      module=f"features.{len(layers) - 1}"))
 
     def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` (repeated over T) or frames ``[T, B, C, H, W]`` -> hidden spikes ``[T, B, F]``."""

@@ -26,20 +26,20 @@ spike attention). Official checkpoints are remapped by :func:`checkpoint_filter_
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import SpikeformerError
-from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply, wants_fast
+from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, wants_fast
 from ..layers.attention import token_spike_attention
-from ..layers.blocks import bn_neuron, channels_last, conv_frames, linear_bn, linear_bn_neuron
+from ..layers.blocks import linear_bn, linear_bn_neuron
 from ..layers.init import trunc_normal_
-from ..layers.pool import max_pool
+from ..layers.stems import SpikingPatchStem
 from ..neurons import neuron_factory
 from ._base import SpikingClassifier
+from ._features import stem_feature_info
 from .registry import CIFAR_MEAN, CIFAR_STD, cfg, register_model
 
 # MultiStepLIFNode(tau=2.0, detach_reset=True) with SpikingJelly 0.0.0.0.12's Sigmoid(alpha=4) surrogate.
@@ -47,42 +47,23 @@ LIF_DEFAULTS = dict(tau=2.0, detach_reset=True)
 DVS_LIF_DEFAULTS = dict(tau=1.5, detach_reset=True)  # ``tau_thr = 1.5`` in the official DVS models
 
 
-class SpikingTokenizer(NumericsAware, nn.Module):
-    """Five conv3x3-BN stages (D/8, D/4, D/2, D, D): ``conv-BN`` on the input, then ``LIF [-> MaxPool] -> conv-BN``.
+class SpikingTokenizer(SpikingPatchStem):
+    """Five conv3x3-BN stages (D/8, D/4, D/2, D, D): ``conv-BN`` on the input, then ``LIF [-> MaxPool] -> conv-BN``
+    (the shared stem, :class:`~spikeformer.layers.stems.SpikingPatchStem`, with the official module names).
 
     The output is a BN output (not spikes); ``pool_stages`` (of 1..4) name the stages whose LIF is followed by a
     3x3/2 max-pool: all four on ImageNet and DVS (/16), the last two on CIFAR (/4).
     """
 
     def __init__(self, in_chans: int, embed_dim: int, neuron, pool_stages: Sequence[int] = (1, 2, 3, 4)):
-        super().__init__()
-        if embed_dim % 8:
-            raise SpikeformerError(f"embed_dim {embed_dim} must be divisible by 8 (tokenizer widths D/8, D/4, D/2)")
-        dims = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim, embed_dim]
-        self.pool_stages = tuple(pool_stages)
-        self.proj_conv = nn.Conv2d(dims[0], dims[1], 3, 1, 1, bias=False)
-        self.proj_bn = nn.BatchNorm2d(dims[1])
-        for i in range(1, 5):
-            setattr(self, f"proj{i}_lif", neuron())
-            setattr(self, f"proj{i}_conv", nn.Conv2d(dims[i], dims[i + 1], 3, 1, 1, bias=False))
-            setattr(self, f"proj{i}_bn", nn.BatchNorm2d(dims[i + 1]))
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, B, C, H, W] -> [T, B, D, H', W']
-        fast = wants_fast(self, x)
-        if fast:
-            x = channels_last(x)
-        z, bn = conv_frames(self.proj_conv, x, fast), self.proj_bn
-        for i in range(1, 5):
-            # each BatchNorm feeds the next stage's LIF: one fused kernel on the fast path
-            x = bn_neuron(bn, getattr(self, f"proj{i}_lif"), z, fuse=fast)
-            if i in self.pool_stages:
-                x = seq_apply(functools.partial(max_pool, self.pool), x)
-            z, bn = conv_frames(getattr(self, f"proj{i}_conv"), x, fast, spikes_in=True), getattr(self, f"proj{i}_bn")
-        return seq_apply(bn, z)
+        if any(not 1 <= int(i) <= 4 for i in pool_stages):
+            raise SpikeformerError(f"pool_stages name tokenizer stages 1..4; got {tuple(pool_stages)}")
+        # stage i's LIF follows the BatchNorm of stage i - 1: pooling "stage i" pools after 0-based stage i - 1
+        super().__init__(in_chans, embed_dim, neuron, stages=5, pool_stages=[int(i) - 1 for i in pool_stages],
+                         last_neuron=False, names="tokenizer")
 
 
-class SpikingSelfAttention(nn.Module):
+class SpikingSelfAttention(NumericsAware, nn.Module):
     """Pre-activation SSA on tokens ``[T, B, N, D]``: ``LIF -> q/k/v (Linear-BN-LIF) -> SN(Q K^T V * s) ->
     Linear-BN``. The input LIF is the official ``proj_lif``; the output is a BN output."""
 
@@ -105,12 +86,12 @@ class SpikingSelfAttention(nn.Module):
         q = linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x, sparse=True)
         k = linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x, sparse=True)
         v = linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x, sparse=True)
-        x = token_spike_attention(q, k, v, self.num_heads, self.scale, fast=self.q_bn.fast)
+        x = token_spike_attention(q, k, v, self.num_heads, self.scale, fast=wants_fast(self, q))
         return linear_bn(self.proj_linear, self.proj_bn, self.attn_lif(x), sparse=True)
 
 
-class MLP(nn.Module):
-    """``LIF -> Linear-BN -> LIF -> Linear-BN`` (the official 1x1 Conv2d layers, as Linear on tokens)."""
+class MLP(NumericsAware, nn.Module):
+    """``LIF -> Linear-BN -> LIF -> Linear-BN`` (the official 1x1 Conv2d layers, as TokenLinear on tokens)."""
 
     def __init__(self, dim: int, hidden: int, neuron):
         super().__init__()
@@ -122,8 +103,9 @@ class MLP(nn.Module):
         self.mlp2_bn = TokenBN(dim)
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
-        x = linear_bn(self.mlp1_linear, self.mlp1_bn, self.mlp1_lif(x), grid, sparse=True)
-        return linear_bn(self.mlp2_linear, self.mlp2_bn, self.mlp2_lif(x), grid, sparse=True)
+        # mlp1's BatchNorm feeds mlp2's LIF directly: one fused kernel on the fast path
+        x = linear_bn_neuron(self.mlp1_linear, self.mlp1_bn, self.mlp2_lif, self.mlp1_lif(x), sparse=True, grid=grid)
+        return linear_bn(self.mlp2_linear, self.mlp2_bn, x, grid, sparse=True)
 
 
 class Block(nn.Module):
@@ -146,7 +128,7 @@ VARIANTS = {
 }
 
 
-class Spikingformer(SpikingClassifier):
+class Spikingformer(NumericsAware, SpikingClassifier):
     def __init__(
         self,
         variant: str = "imagenet",
@@ -174,6 +156,10 @@ class Spikingformer(SpikingClassifier):
         )
         self.block = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, make, scale) for _ in range(depth))
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        # features_only: the tokenizer's stages that end in a max-pool (the spikes of their LIF), then the last block
+        self.feature_info, r = stem_feature_info(self.patch_embed)
+        self.feature_info.append(dict(num_chs=embed_dim, reduction=r, module=f"block.{depth - 1}" if depth else
+                                      "patch_embed"))
         # The official init touches only nn.Linear, i.e. the head; its 1x1 convs keep PyTorch's default init, which
         # is the same distribution as nn.Linear's default for our token-wise Linear layers.
         if isinstance(self.head, nn.Linear):
@@ -188,7 +174,7 @@ class Spikingformer(SpikingClassifier):
         x = x.flatten(3).transpose(-1, -2)  # [T, B, N, D]
         for blk in self.block:
             x = blk(x, grid)
-        if self.block and not self.block[0].attn.q_bn.fast and x.dtype == torch.float32:
+        if not wants_fast(self, x):
             # the stream is real-valued: sum over tokens along the official [T, B, C, N] layout (its bits)
             return x.transpose(-1, -2).contiguous().mean(-1)
         return x.mean(2)

@@ -28,11 +28,12 @@ Numerics (:mod:`spikeformer.layers.numerics`): every ``SN -> conv -> BN`` runs t
 convolution and BatchNorm2d on the merged NCHW ``[T*B, C, H, W]`` batch, as SpikingJelly's ``seq_to_ann_forward``
 does, and the DSSA products as the official ``torch.matmul`` on the same views: the official logits bit for bit
 (``tests/models/test_spikingresformer.py``, one thread). ``"fast"`` keeps the frames of a block channels-last
-where its feature maps outweigh its weights (NCHW in late stages with small maps and many channels, where oneDNN's
-per-call weight reorders cost more than the layout saves), runs the DSSA products on views of those frames, and
-takes 1x1 convolutions over the nonzero spikes where very few fire; the neurons are the compiled multi-step
-kernels in both. No BatchNorm here feeds a neuron alone (each BN output is also a residual), so nothing fuses
-BatchNorm with a neuron, and the grouped 3x3 convolutions have no sparse kernel.
+where its maps have at least as many pixels as its widest convolution has channels (NCHW in late stages with
+small maps and many channels, where oneDNN's per-call weight reorders cost more than the layout saves), runs the
+DSSA products on views of those frames, and takes 1x1 convolutions over the nonzero spikes where very few fire;
+the neurons are the compiled multi-step kernels in both. No BatchNorm here feeds a neuron alone (each BN output
+is also a residual), so nothing fuses BatchNorm with a neuron, and the grouped 3x3 convolutions have no sparse
+kernel.
 
 Deviations, none of which changes a result the official code computes: time is folded into the batch by the
 shared blocks instead of SpikingJelly's ``step_mode='m'`` layers, the BN wrapper level (``norm.bn.weight``) is gone
@@ -133,10 +134,11 @@ class _Relayout(torch.autograd.Function):
 
 def _block_frames(block: nn.Module, x: torch.Tensor, channels: int) -> tuple[torch.Tensor, bool]:
     """``(x, fast)`` for a block whose widest convolution has ``channels`` output channels. Fast numerics keep the
-    frames channels-last where that layout pays; oneDNN reorders a channels-last convolution's weight and weight
-    gradient at every call, which costs more than the layout saves once the weights outweigh the feature maps
-    (on an AVX2 CPU: 512 channels on 7x7 maps, 1536 on 8x8), and there the block runs the NCHW path."""
-    fast = wants_fast(block, x) and x.shape[-2] * x.shape[-1] * 8 >= channels
+    frames channels-last where the maps have at least as many pixels as that; oneDNN reorders a channels-last
+    convolution's weight and weight gradient at every call, which costs more than the layout saves once the
+    weights outweigh the feature maps (on an AVX2 CPU: 512 channels on 7x7 maps, 1536 on 8x8), and there the
+    block runs the NCHW path."""
+    fast = wants_fast(block, x) and x.shape[-2] * x.shape[-1] >= channels
     if fast != _is_channels_last(x) and (fast or not x.is_contiguous()):
         x = _Relayout.apply(x, fast)
     return x, fast
@@ -297,6 +299,11 @@ class SpikingResformer(SpikingClassifier):
                 stage.append(GWFFN(dim, make, group_size=group_size))
             self.layers.append(stage)
         self.classifier = nn.Linear(planes[-1], num_classes, bias=False) if num_classes > 0 else nn.Identity()
+        # features_only: the ImageNet stem's BatchNorm output (before its max-pool), then every stage
+        base = 4 if imagenet_stem else 1
+        self.feature_info = [dict(num_chs=planes[0], reduction=2, module="prologue.1")] if imagenet_stem else []
+        self.feature_info += [dict(num_chs=c, reduction=base * 2 ** i, module=f"layers.{i}")
+                              for i, c in enumerate(planes)]
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.trunc_normal_(m.weight, std=0.02)

@@ -28,7 +28,8 @@ CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 # built for 32x32 frames).
 STAND_IN = 32
 SLOW = {"spikformer_8_768_imagenet", "spikingformer_8_768_imagenet", "sdt_8_768_imagenet",
-        "spikingresformer_l_imagenet", "masnn_resnet104_imagenet"}
+        "spikingresformer_l_imagenet", "masnn_resnet104_imagenet", "sdt_v2_8_384_imagenet", "sdt_v2_8_512_imagenet",
+        "qkformer_10_768_imagenet"}
 
 
 def load(name: str) -> dict:
@@ -56,8 +57,9 @@ def test_config_is_consistent_with_the_registries(path):
     if cfg["data"] in (info.published or {}) and "400e" not in path.stem:
         assert cfg["published_top1"] == info.published[cfg["data"]]
     assert cfg["notes"], "every recipe names its source in notes"
-    # Recipes start from the paper's settings, not the engine's convenience defaults.
-    assert cfg["clip_grad"] is None
+    # Recipes start from the paper's settings, not the engine's convenience defaults: gradients are clipped only
+    # where the official recipe clips them (Swin's 5.0 for MST), and the notes say so.
+    assert cfg["clip_grad"] is None or "clip" in cfg["notes"].lower()
     # Dataset options must be real parameters of the dataset builder (the builders swallow unknown **kwargs).
     accepted = builder_params(cfg["data"])
     assert set(cfg["data_kwargs"]) <= accepted, set(cfg["data_kwargs"]) - accepted

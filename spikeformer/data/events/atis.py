@@ -1,4 +1,5 @@
-"""ATIS 40-bit binary events (``.bin``): N-MNIST and N-Caltech101 (Orchard et al., Front. Neurosci. 2015).
+"""ATIS 40-bit binary events (``.bin``): N-MNIST and N-Caltech101 (Orchard et al., Front. Neurosci. 2015), and
+SLAYER's ``.bs2`` files (slayerPytorch ``spikeFileIO.read2Dspikes`` / ``encode2Dspikes``: the same 40-bit records).
 
 Each event is 5 bytes: byte 0 = x, byte 1 = y, byte 2 bit 7 = polarity, then a 23-bit big-endian timestamp in
 microseconds (byte 2 bits 6..0, bytes 3, 4). Decoded exactly as SpikingJelly's ``load_ATIS_bin`` (no axis flips).

@@ -16,7 +16,7 @@ from spikeformer.layers import set_numerics
 from spikeformer.models import get_model_info
 from spikeformer.models.sdt import SpikeDrivenTransformer, checkpoint_filter_fn
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 CONFIGS = ["sdt_8_384", "sdt_6_512", "sdt_8_512", "sdt_10_512", "sdt_8_768", "sdt_cifar_2_256", "sdt_cifar_2_512",
            "sdt_dvs_2_256", "sdt_dvs128_2_256"]
 
@@ -63,7 +63,7 @@ def test_parameter_count_cifar100():
 
 
 def test_registry_entries():
-    assert set(spikeformer.list_models("sdt_*")) == set(CONFIGS)
+    assert set(spikeformer.list_models(family="sdt")) == set(CONFIGS)
     info = get_model_info("sdt_8_768")
     assert info.published == {"imagenet": 77.07} and "288" in info.notes
     assert info.crop_pct == 0.95 and info.input_size == (3, 224, 224) and info.T == 4

@@ -7,7 +7,7 @@ from spikeformer.data.events import make_events
 from spikeformer.data.frames import events_to_frames
 from spikeformer.errors import SpikeformerError
 
-from test_data_writers import random_stream
+from test_writers import random_stream
 
 sj_utils = pytest.importorskip("spikingjelly.datasets.utils")
 

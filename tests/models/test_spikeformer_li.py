@@ -1,23 +1,41 @@
-"""Spikeformer (Li, Lei, Yang 2022): structure and parameter counts of the official code, the PLIAF neuron,
+"""Spikeformer (Li, Lei, Yang 2022): structure and parameter counts of the official code, logits equal to the
+official code's bit for bit on the exact path (golden file of tests/data/spikeformer_li_make_golden.py) and its
+operation types, the fast path's kernels and agreement with the exact path, the model contract, the PLIAF neuron,
 forward/backward of every config, the zero-initialised temporal branch, training on temporal-order event frames,
-and loading of official-style checkpoints."""
+loading of official-style checkpoints, and the events-digits config."""
 
 from __future__ import annotations
 
+import collections
 import copy
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikeformer
 from spikeformer.errors import SpikeformerError
-from spikeformer.neurons import PLIAF
+from spikeformer.layers import NumericsAware, numerics_of, set_numerics
 from spikeformer.models.spikeformer_li import Spikeformer, checkpoint_filter_fn, tokenizer_widths
-from spikeformer.neurons import PLIF, Sigmoid
+from spikeformer.neurons import PLIAF, PLIF, Sigmoid
 
-torch.set_num_threads(1)
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "spikeformer_li_golden.safetensors"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The golden logits were made with one thread (another count may split a convolution's or a GEMM's sums
+    # differently); these small models gain nothing from threads on a shared CPU.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 # Counted by building the official PLIF_spikeformer_7_3x2x3 / PLIF_spikeformer_7_5x3x1 / PLIAF_spikeformer_7_3x2x4
 # (Loydian/Spikeformer, SpikingJelly 0.0.0.0.12); PLIF/PLIAF time constants included.
@@ -289,3 +307,187 @@ def test_loads_official_style_checkpoint(tmp_path):
     x = torch.randint(0, 3, (8, 2, 2, 32, 32)).float()
     with torch.no_grad():
         assert torch.equal(dst(x), src(x))
+
+
+# ------------------------------------------------------------------------------------------------ model contract
+def _frames(T=8, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 3, (T, B, 2, 32, 32), generator=g).float()
+
+
+@pytest.mark.parametrize("numerics", ["fast", "exact"])
+def test_model_contract(numerics):
+    from spikeformer.models._base import SpikingClassifier
+
+    torch.manual_seed(0)
+    m = spikeformer.create_model("spikeformer_dvs_digits", numerics=numerics).eval()
+    assert isinstance(m, SpikingClassifier) and numerics_of(m) == numerics
+    x = _frames()
+    with torch.no_grad():
+        m.time_embed.normal_()  # every branch reaches the output
+        for b in m.blocks:
+            b.temporal_fc.weight.normal_(0, 0.05)
+        out, per, feats = m(x), m.forward_per_step(x), m.forward_features(x)
+        per_feats = m.forward_features_per_step(x)
+    assert out.shape == (2, 10) and per.shape == (8, 2, 10) and feats.shape == (2, m.num_features)
+    assert per_feats.shape == (8, 2, m.num_features)
+    assert (per.mean(0) - out).abs().max().item() <= 1e-5
+    assert (per_feats.mean(0) - feats).abs().max().item() <= 1e-5
+    assert m.get_classifier() is m.head
+    assert m.no_weight_decay() == {"pos_embed", "time_embed"}
+    assert m.no_weight_decay() <= {n for n, _ in m.named_parameters()}
+    m.reset_classifier(3)
+    with torch.no_grad():
+        assert m(x).shape == (2, 3) and m.forward_per_step(x).shape == (8, 2, 3)
+    m.reset_classifier(0)
+    with torch.no_grad():
+        assert torch.equal(m(x), m.forward_features(x))
+
+
+def test_built_from_numerics_aware_blocks_with_unchanged_keys(monkeypatch):
+    import spikeformer.models.spikeformer_li as li
+
+    m = spikeformer.create_model("spikeformer_dvs_digits")
+    aware = {type(mod).__name__ for mod in m.modules() if isinstance(mod, NumericsAware)}
+    assert {"ConvBNNeuron", "Attention", "Mlp", "Block"} <= aware
+    calls = []
+    real = li.conv_bn_neuron
+    monkeypatch.setattr(li, "conv_bn_neuron", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    with torch.no_grad():
+        m(_frames())
+    assert len(calls) == sum(type(mod).__name__ == "ConvBNNeuron" for mod in m.modules())  # the shared block
+    keys, n = list(m.state_dict()), n_params(m)
+    for key in ("patch_embed.blocks.0.conv1.conv.weight", "patch_embed.blocks.0.shortcut.bn.running_mean",
+                "patch_embed.blocks.1.conv2.neuron.w", "blocks.0.temporal_attn.qkv.weight", "blocks.1.mlp.fc2.bias",
+                "blocks.1.temporal_fc.weight", "attention_pool.weight", "pos_embed", "time_embed", "head.weight"):
+        assert key in keys, key
+    set_numerics(m, "exact")
+    assert list(m.state_dict()) == keys and n_params(m) == n
+
+
+# ------------------------------------------------------------ equality with the official code (golden logits)
+GOLDEN_CASES = ["plif_events", "pliaf_images"]
+
+
+def golden_case(case: str, numerics: str):
+    from safetensors import safe_open
+
+    with safe_open(str(GOLDEN), framework="pt") as f:
+        c = json.loads(f.metadata()[case])
+        data = {k[len(case) + 1:]: f.get_tensor(k) for k in f.keys() if k.startswith(case + ".")}
+    paired, n = not isinstance(c["stride"], int), c["n_conv_layers"]
+    model = Spikeformer(
+        tokenizer_widths=tokenizer_widths(c["n_input_channels"], c["embed_dim"], n, paired),
+        tokenizer_strides=c["stride"] if paired else [c["stride"]] * n, kernel_size=c["kernel_size"],
+        num_classes=c["num_classes"], depth=c["depth"], num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"],
+        T=c["num_frames"], img_size=c["img_size"], drop_path_rate=c["drop_path_rate"], neuron=c["neuron"],
+    )
+    set_numerics(model, numerics)
+    official = {k[3:]: v.float() if v.is_floating_point() else v for k, v in data.items() if k.startswith("sd.")}
+    model.load_state_dict(checkpoint_filter_fn(official, model), strict=True)
+    return model, data, c
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_logits_equal_official_code_bit_for_bit(case):
+    model, data, c = golden_case(case, "exact")
+    x = data["input"].float()  # frames [T, B, C, H, W] or images [B, C, H, W] (repeated over T by the model)
+    model.train()
+    torch.manual_seed(c["seed"])  # the official stochastic-depth masks: same shapes, drawn in the same order
+    assert torch.equal(model(x).detach(), data["train_logits"])
+    sd = model.state_dict()
+    stats = checkpoint_filter_fn({k[len("train."):]: v for k, v in data.items() if k.startswith("train.")}, model)
+    assert len(stats) == 2 * sum(isinstance(mod, nn.BatchNorm2d) for mod in model.modules())
+    assert all(torch.equal(sd[k], v) for k, v in stats.items())
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), data["eval_logits"])
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_fast_numerics_equal_official_logits_up_to_rounding(case):
+    model, data, _ = golden_case(case, "fast")
+    # the eval logits were taken after one training-mode forward: its BatchNorm running statistics
+    stats = checkpoint_filter_fn({k[len("train."):]: v for k, v in data.items() if k.startswith("train.")}, model)
+    model.load_state_dict(stats, strict=False)
+    model.eval()
+    with torch.no_grad():
+        out = model(data["input"].float())
+    want = data["eval_logits"]
+    assert (out - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(model, x):
+    with torch.no_grad(), OpCounter() as rec:
+        model(x)
+    return rec.ops
+
+
+def test_exact_path_runs_the_official_operation_types():
+    m = spikeformer.create_model("spikeformer_dvs_digits", numerics="exact").eval()
+    ops, depth = _ops(m, _frames()), len(m.blocks)
+    assert ops["convolution"] == sum(isinstance(mod, nn.Conv2d) for mod in m.modules())  # NCHW, every conv
+    assert ops["native_batch_norm"] == sum(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
+    # per block: qkv twice (no bias: mm), proj twice, temporal_fc, fc1, fc2; then attention_pool and head
+    assert ops["mm"] == 2 * depth and ops["addmm"] == 5 * depth + 2
+    # q @ k^T and attn @ v per attention, then the sequence pooling's matmul; softmax per attention and pooling
+    assert ops["bmm"] == 4 * depth + 1 and ops["_softmax"] == 2 * depth + 1
+    assert ops["native_layer_norm"] == 3 * depth + 1
+    assert not [k for k in ops if "scaled_dot_product" in k or "linear_pointwise" in k]
+    assert all(type(mod) is nn.Linear for mod in m.modules() if isinstance(mod, nn.Linear))
+
+
+def test_fast_path_takes_its_kernels(monkeypatch):
+    import spikeformer.layers.blocks as blocks
+    import spikeformer.models.spikeformer_li as li
+    from spikeformer.layers import OneDNNLinear
+
+    m = spikeformer.create_model("spikeformer_dvs_digits").eval()
+    assert all(type(mod) is OneDNNLinear for mod in m.modules() if isinstance(mod, nn.Linear))
+    tried = collections.Counter()
+    for mod, name in ((li, "spike_linear"), (blocks, "spike_conv3x3")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: tried.update([_n]) or _r(*a, **k))
+    tokens = []
+    m.patch_embed.register_forward_hook(lambda mod, i, o: tokens.append(o))
+    ops, depth = _ops(m, _frames()), len(m.blocks)
+    # the spatial attention (64 tokens) on the fused kernel; the temporal one (8 steps) as two batched matmuls
+    assert sum(v for k, v in ops.items() if "scaled_dot_product" in k) == depth
+    assert ops["bmm"] == 2 * depth + 1
+    assert tried["spike_linear"] == depth  # fc2 over the MLP's spikes
+    assert tried["spike_conv3x3"] >= 1  # 3x3 convolutions of spike sums in the tokenizer
+    frames = tokens[0]
+    assert frames[0].is_contiguous(memory_format=torch.channels_last)  # channels-last frames through the tokenizer
+
+
+def test_fast_training_step_agrees_with_exact():
+    torch.manual_seed(0)
+    x, y = _frames(B=4), torch.tensor([0, 3, 5, 9])
+    grads, losses = {}, {}
+    base = spikeformer.create_model("spikeformer_dvs_digits", drop_path_rate=0.0)
+    with torch.no_grad():
+        for b in base.blocks:
+            b.temporal_fc.weight.normal_(0, 0.05)
+    for numerics in ("exact", "fast"):
+        m = copy.deepcopy(base)
+        set_numerics(m, numerics)
+        m.train()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        losses[numerics] = loss.item()
+        grads[numerics] = {n: p.grad for n, p in m.named_parameters()}
+        assert all(g is not None and torch.isfinite(g).all() for g in grads[numerics].values())
+    assert abs(losses["fast"] - losses["exact"]) <= 1e-4
+    for name in ("head.weight", "blocks.1.mlp.fc2.weight", "blocks.0.attn.qkv.weight", "pos_embed"):
+        a, b = grads["fast"][name], grads["exact"][name]
+        assert (a - b).abs().max().item() <= 1e-3 * max(1.0, b.abs().max().item()), name

@@ -107,8 +107,8 @@ def test_fast_kernels_switch_every_fast_path_and_back():
 def test_fast_stem_keeps_frames_channels_last_from_any_channel_count(in_chans, monkeypatch):
     # with one input channel NCHW and channels-last strides coincide and oneDNN would hand back NCHW frames, which
     # made max-pool and BatchNorm take their slow NCHW kernels for the whole stem (the digits model)
+    from spikeformer.layers import stems as family
     from spikeformer.layers import use_fast_kernels
-    from spikeformer.models import spikformer as family
 
     layouts = []
 

@@ -252,7 +252,7 @@ def test_spikingformer_qkv_fuse_on_the_fast_path(fused_calls):
     m = Spikingformer("cifar", num_classes=10, embed_dim=64, depth=1, num_heads=4, T=2)
     ref, exact_calls, out = exact_then_fast(m, torch.randn(2, 3, 32, 32), fused_calls)
     assert exact_calls == []  # exact fp32 path
-    assert len(fused_calls) == 4 + 3  # the tokenizer's four BN -> LIF, and q, k, v
+    assert len(fused_calls) == 4 + 3 + 1  # the tokenizer's four BN -> LIF, q, k, v, and the MLP's hidden BN -> LIF
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
 
 

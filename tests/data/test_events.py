@@ -9,7 +9,7 @@ from spikeformer.data.events import (EVENT_DTYPE, detect_format, make_events, re
                                      read_gesture_labels, write_events)
 from spikeformer.errors import SpikeformerError
 
-from test_data_writers import random_stream, write_aedat2, write_aedat3, write_atis
+from test_writers import random_stream, write_aedat2, write_aedat3, write_atis
 
 sj_utils = pytest.importorskip("spikingjelly.datasets.utils")
 

@@ -12,7 +12,7 @@ from spikeformer.data.cache import FrameCache, stray_temp_files
 from spikeformer.data.registry import build_dataset
 from spikeformer.errors import SpikeformerError
 
-from test_data_writers import random_stream, write_aedat2, write_aedat3, write_atis
+from test_writers import random_stream, write_aedat2, write_aedat3, write_atis
 
 sj_utils = pytest.importorskip("spikingjelly.datasets.utils")
 KW = dict(workers=1, progress=False, augment=False)

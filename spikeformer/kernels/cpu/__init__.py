@@ -1,0 +1,9 @@
+"""The compiled CPU kernels: one C++ source and one ctypes binding per operation, built together into one shared
+library on first use (:mod:`.build`). Each operation's entry point takes the same arguments as its PyTorch
+reference (``spikeformer/kernels/torch``) and hands it the calls it cannot run. The token Linear binds oneDNN
+through PyTorch's own ops instead (:mod:`.linear`)."""
+
+from . import attention, bn_neuron, build, linear, neuron, ops, pool, sparse
+from .build import available, build_error
+
+__all__ = ["attention", "available", "bn_neuron", "build", "build_error", "linear", "neuron", "ops", "pool", "sparse"]
