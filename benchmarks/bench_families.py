@@ -107,7 +107,8 @@ def speed(family: str, a, train: bool) -> dict:
     _, _, (C, H, W), classes = FAMILIES[family]
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(a.batch, C, H, W, generator=g), torch.randint(0, classes, (a.batch,), generator=g)
-    steps = [(label, make_step(m, bf16, is_sj, x, y, train)) for label, m, bf16, is_sj in variants(family, a.T)]
+    steps = [(label, make_step(m, bf16, is_sj, x, y, train)) for label, m, bf16, is_sj in variants(family, a.T)
+             if label.split()[-1] in a.precisions]
     times = {label: [] for label, _ in steps}
     for r in range(a.warmup + a.rounds):
         for label, step in steps:
@@ -148,6 +149,8 @@ def child_memory(a) -> dict:
 def memory(family: str, a) -> dict:
     out = {}
     for v in ("SJ fp32", "SJ bf16", "ours exact fp32", "ours fast fp32", "ours fast bf16"):
+        if v.split()[-1] not in a.precisions:
+            continue
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--family", family, "--variant", v,
                "--batch", str(a.batch), "--T", str(a.T), "--threads", str(a.threads), "--mem-steps", str(a.mem_steps)]
         p = subprocess.run(cmd, capture_output=True, text=True)
@@ -171,6 +174,8 @@ def main() -> None:
     ap.add_argument("--mem-steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                    help="fp32 only on CPUs without native bf16 (no AVX512-BF16/AMX), where bf16 steps are emulated")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--family", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
