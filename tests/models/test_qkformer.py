@@ -240,4 +240,4 @@ def test_digits_trains(tmp_path):
 
     r = train(build_config(None, ["report=false"], model="qkformer_digits", epochs=6, out=str(tmp_path / "d")),
               progress=False)
-    assert r["top1"] >= 80.0, r["top1"]  # 88-95 % measured (1 and 2 threads); chance is 10 %
+    assert r["top1"] >= 80.0, r["top1"]  # measured: 88.1 % on 2 threads, >= 90 % on 1; chance is 10 %
