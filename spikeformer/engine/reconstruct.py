@@ -34,7 +34,7 @@ from .checkpoint import checkpoint_dir, load_training_state, save_training_state
 from .config import dump
 from .recon_losses import EDGE_MODES, ReconLoss
 from .train import (EMA, _bar, _tb_writer, _trim_metrics, autocast_ctx, build_optimizer, check_disk, lr_at,
-                    prepare_run_dir, resolve_model_name, seed_everything)
+                    optimizer_step, prepare_run_dir, resolve_model_name, seed_everything)
 
 RECON_DEFAULTS = {
     "charbonnier": 100.0,  # loss weights of the official train.py
@@ -82,7 +82,7 @@ def build_recon_data(cfg: dict, model: nn.Module):
 
 def _loader(dataset, cfg: dict, info: D.DistInfo, order: list[int], drop_last: bool) -> DataLoader:
     return DataLoader(Subset(dataset, order), batch_size=max(cfg["batch_size"] // info.world, 1), shuffle=False,
-                      num_workers=cfg["num_workers"], drop_last=drop_last)
+                      num_workers=cfg["num_workers"], drop_last=drop_last, **D.loader_options(info))
 
 
 def _gt_uint8(img: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ def evaluate_reconstruction(model: Optional[nn.Module], dataset, cfg: dict, info
     order = D.shard_order(len(dataset), cfg["seed"], 0, info, shuffle=False, batch_size=1)
     sums = [0.0, 0.0, 0.0]
     for spikes, img in _bar(_loader(dataset, cfg, info, order, False), f"eval {method}", progress and info.is_main):
-        spikes, img = spikes.to(info.device), img.to(info.device)
+        spikes, img = D.to_device(spikes, info), D.to_device(img, info)
         if method == "model":
             with autocast_ctx(info.device, cfg["amp"]):
                 pred = model.reconstruct(spikes)
@@ -177,7 +177,7 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
         check_disk(run_dir, model)
         (run_dir / "config.yaml").write_text(dump({**cfg, "model": model_name}))
         _trim_metrics(run_dir / "metrics.jsonl", state["epoch"])
-    ddp = nn.parallel.DistributedDataParallel(model) if info.enabled else model
+    ddp = D.wrap_ddp(model, info)
     meta = {"model": model_name, "num_classes": model.out_chans, "T": model.T, "data": cfg["data"],
             "model_kwargs": cfg.get("model_kwargs") or {}, "task": "reconstruct"}
     writer = _tb_writer(run_dir) if info.is_main else None
@@ -203,7 +203,7 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
         bar = _bar(_loader(train_set, cfg, info, order[skip:], True), f"epoch {epoch + 1}/{total_epochs}",
                    progress and info.is_main)
         for i, (spikes, img) in enumerate(bar):
-            spikes, img = spikes.to(info.device), img.to(info.device)
+            spikes, img = D.to_device(spikes, info), D.to_device(img, info)
             last_micro = (i + 1) % cfg["accum_steps"] == 0
             lr = lr_at(state["step"], steps_per_epoch, cfg)
             for g in optimizer.param_groups:
@@ -222,18 +222,7 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
                 scaled = loss / cfg["accum_steps"]
                 (scaler.scale(scaled) if scaler else scaled).backward()
             if last_micro:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if cfg["clip_grad"]:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad"])
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
+                optimizer_step(model, optimizer, scaler, ema, cfg["clip_grad"])
                 state["step"] += 1
                 state["batch_in_epoch"] += 1
                 if cfg["checkpoint_every"] and state["step"] % cfg["checkpoint_every"] == 0 and info.is_main:

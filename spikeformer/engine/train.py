@@ -147,6 +147,22 @@ class EMA:
         self.module.load_state_dict(sd)
 
 
+def optimizer_step(model: nn.Module, optimizer, scaler, ema, clip_grad) -> None:
+    """One optimizer step after the accumulated backward passes: unscale (fp16), clip, step, clear, update the EMA."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(model)
+
+
 # ------------------------------------------------------------------------------------------------------- evaluate
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, cfg: dict, info: D.DistInfo, progress: bool = True) -> dict:
@@ -337,18 +353,7 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
                 scaled = loss / cfg["accum_steps"]
                 (scaler.scale(scaled) if scaler else scaled).backward()
             if last_micro:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if cfg["clip_grad"]:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad"])
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
+                optimizer_step(model, optimizer, scaler, ema, cfg["clip_grad"])
                 state["step"] += 1
                 state["batch_in_epoch"] += 1
                 if cfg["checkpoint_every"] and state["step"] % cfg["checkpoint_every"] == 0 and info.is_main:

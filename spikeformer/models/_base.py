@@ -27,6 +27,8 @@ Neurons keep their state inside one forward call (no ``reset_net`` between batch
 
 from __future__ import annotations
 
+import abc
+
 from typing import Optional
 
 import torch
@@ -45,7 +47,7 @@ def check_global_pool(model: nn.Module, global_pool: Optional[str]) -> None:
         )
 
 
-class SpikingClassifier(nn.Module):
+class SpikingClassifier(nn.Module, metaclass=abc.ABCMeta):
     """Base class of every registered classifier."""
 
     classifier_name: str = "head"
@@ -62,9 +64,9 @@ class SpikingClassifier(nn.Module):
         return self.num_features
 
     # -- what a family provides --------------------------------------------------------------------------------
-    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` -> per-step features ``[T, B, D]``."""
-        raise NotImplementedError
 
     def head_per_step(self, feats: torch.Tensor) -> torch.Tensor:
         """Per-step logits ``[T, B, K]`` from per-step features ``[T, B, D]``."""
