@@ -21,7 +21,7 @@ import yaml
 
 from ..errors import SpikeformerError
 from .image_metrics import psnr, ssim, to_uint8
-from .report import CSS
+from .report import CSS, write_page
 
 MIN_SIDE = 128  # small images are enlarged (nearest neighbour) to at least this many pixels on their short side
 
@@ -145,11 +145,4 @@ def write_recon_report(run_dir: Union[str, os.PathLike], samples: Optional[int] 
     body.append("<h2>Configuration</h2>")
     body.append(f"<pre>{html.escape(cfg_path.read_text())}</pre>")
     css = CSS + "#recon-samples img{image-rendering:pixelated;margin:0 auto}"
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>spikeformer reconstruction: "
-            f"{html.escape(str(cfg['model']))}</title><style>{css}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
-    out = run / "report.html"
-    tmp = run / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_page(run, f"spikeformer reconstruction: {cfg['model']}", body, css)

@@ -170,8 +170,13 @@ def write_report(run_dir: Union[str, os.PathLike], samples: int = 16, convention
     body.append("<h2>Configuration</h2>")
     body.append(f"<pre>{html.escape(cfg_path.read_text())}</pre>")
 
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>spikeformer report: "
-            f"{html.escape(str(cfg['model']))}</title><style>{CSS}</style></head><body>\n"
+    return write_page(run, f"spikeformer report: {cfg['model']}", body)
+
+
+def write_page(run: Path, title: str, body: list, css: str = CSS) -> Path:
+    """``run/report.html`` from the HTML fragments ``body``, written atomically (temporary file, then rename)."""
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+            f"{html.escape(title)}</title><style>{css}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
     out = run / "report.html"
     tmp = run / ".report.html.tmp"
