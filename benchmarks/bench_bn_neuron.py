@@ -36,7 +36,7 @@ def layers(dtype: torch.dtype):
         ("tokens 1536", 4, TokenBN(1536), (4, 32, 64, 1536), False, dtype),
     ]
     for _, _, bn, *_ in out:
-        bn.fast = True
+        bn.numerics = "fast"
     return out
 
 

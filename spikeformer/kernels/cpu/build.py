@@ -36,7 +36,7 @@ import torch
 _DIR = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = tuple(sorted(glob.glob(os.path.join(_DIR, "*.cpp"))))
 _HEADERS = tuple(sorted(glob.glob(os.path.join(_DIR, "*.h"))))
-_COMPILE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
+_COMPILE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 _LINK_FLAGS = ["-shared", "-fopenmp"]
 _ABI = 8  # sf_abi_version() of the sources; a library reporting another one is refused
 _lock = threading.Lock()
