@@ -15,7 +15,7 @@ plus weight gradient 2.9-3.3x faster than oneDNN's in the same script).
 Both are used where a model says its input is spikes (``linear_bn_neuron(..., sparse=True)``, Spikformer's stem
 after its first stage) and only on the fast path (fast kernels or autocast): sums are fp32 in another order than
 the BLAS's, so outputs differ from the dense layer's by rounding (for spikes times bf16 weights every product is
-exact and only the order of the fp32 sums differs). When more than :data:`MAX_DENSITY` of the inputs are nonzero the
+exact and only the order of the fp32 sums differs). When more than :func:`max_density` of the inputs are nonzero the
 dense product is faster and is used. The speed-up follows the firing rate: it is data-dependent, as on neuromorphic
 hardware.
 """
@@ -29,9 +29,23 @@ from torch import nn
 
 from ..neurons import _native
 
-# above this fraction of nonzero inputs the dense GEMM is as fast or faster (benchmarks/bench_sparse.py: the sparse
-# forward plus weight gradient against the dense pair, bf16: 2.1-2.2x at 5 %, 1.1-1.2x at 10 %, 0.6x at 20 %)
-MAX_DENSITY = 0.08
+# Above these fractions of nonzero inputs the dense products are as fast or faster (benchmarks/bench_sparse.py:
+# the sparse forward plus weight gradient against the dense pair). fp32 on an AVX2 CPU: 3.2x at 8 %, 2.2x at 12 %,
+# 1.4x at 20 %, 0.9x at 30 % for the linear layers; 4.0x, 2.7x, 1.2-1.6x and 0.9-1.1x for 3x3 convolutions of
+# Spikformer's and SDT's stems. bf16: on a CPU with native bf16 GEMMs
+# (AVX512-BF16 / AMX) 2.1-2.2x at 5 %, 1.1-1.2x at 10 %, 0.6x at 20 %; where bf16 GEMMs are emulated (AVX2) the
+# sparse path is still 11x faster at 12 %.
+MAX_DENSITY = 0.08  # bf16 with native bf16 GEMMs
+MAX_DENSITY_FP32 = 0.2
+MAX_DENSITY_EMULATED_BF16 = 0.3
+
+
+def max_density(dtype: torch.dtype) -> float:
+    """The fraction of nonzero inputs above which the dense product is used, for the compute ``dtype``."""
+    if dtype == torch.float32:
+        return MAX_DENSITY_FP32
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return MAX_DENSITY if native_bf16 else MAX_DENSITY_EMULATED_BF16
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
@@ -41,14 +55,14 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtyp
     return torch.float32 if x.dtype == torch.float32 and weight.dtype == torch.float32 else None
 
 
-def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, max_density: float):
+def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, density: Optional[float]):
     """``(rows, dtype)``: the nonzeros of ``x2d [R, K]`` (:func:`spikeformer.neurons._native.sparse_rows`) with their
     values as the compute ``dtype`` has them; ``None`` if there is no compute dtype for these tensors, no compiled
-    kernel, or more than ``max_density`` of ``x2d`` is nonzero."""
+    kernel, or more than ``density`` of ``x2d`` is nonzero (``None``: :func:`max_density` of the compute dtype)."""
     dtype = _compute_dtype(x2d, weight)
     if dtype is None or _native.library() is None:
         return None
-    rows = _native.sparse_rows(x2d, max_density)
+    rows = _native.sparse_rows(x2d, max_density(dtype) if density is None else density)
     if rows is None:
         return None
     if dtype != x2d.dtype:  # fp32 inputs under bf16 autocast: the values the GEMM would see
@@ -57,7 +71,7 @@ def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, max_density: float):
 
 
 def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
-                 max_density: float = MAX_DENSITY) -> Optional[torch.Tensor]:
+                 max_density: Optional[float] = None) -> Optional[torch.Tensor]:
     """``linear(x)`` (without its bias if ``with_bias=False``) over the nonzeros of ``x [..., in]``, or ``None``
     where that does not apply: more than ``max_density`` of ``x`` nonzero, no compiled kernels, not a CPU tensor,
     a dtype other than fp32 (bf16 under autocast), a non-fp32 weight. The caller then runs the dense layer."""
@@ -75,7 +89,8 @@ def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor, max_density: float = MAX_DENSITY) -> Optional[torch.Tensor]:
+def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor,
+                  max_density: Optional[float] = None) -> Optional[torch.Tensor]:
     """``conv(x)`` for channels-last frames ``x [N, C, H, W]`` over their nonzeros, or ``None`` where that does not
     apply: not a 3x3 / stride 1 / padding 1 / ungrouped / zero-padded convolution, not channels-last, frames of
     32768 pixels or more on a side, more than ``max_density`` nonzero, and the cases of :func:`spike_linear`. The

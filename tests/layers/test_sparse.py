@@ -45,8 +45,13 @@ def test_sparse_rows_lists_every_nonzero(dtype, K):
     x[3] = 0.0
     x[4, : K // 2] = -0.0  # negative zero is zero
     x[5, -1] = -2.5  # any value, negative too
+    x[6, 1] = float("nan")  # NaN is listed (a dense product would propagate it)
     rows = _native.sparse_rows(x, 1.0)
     rs, re, col, val = rows
+    row6 = col[rs[6]:re[6]].tolist()
+    assert 1 in row6 and torch.isnan(val[rs[6] + row6.index(1)])
+    val[rs[6] + row6.index(1)] = 7.0
+    x[6, 1] = 7.0
     dense = torch.zeros(50, K)
     for r in range(50):
         idx = col[rs[r]:re[r]].long()

@@ -5,7 +5,7 @@
 // Sums are fp32 with fused multiply-adds; for spikes times bf16 weights every product is exact, so results differ
 // from a dense GEMM's only by the order of the fp32 sums.
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -20,6 +20,14 @@ namespace {
 inline uint64_t nz_mask(const bf16* p) {
 #ifdef __AVX512BW__
   return _mm512_test_epi16_mask(_mm512_loadu_si512(p), _mm512_set1_epi16(0x7FFF));
+#elif defined(__AVX2__)
+  // zero flags of the two halves, packed to bytes (packs interleaves 128-bit lanes; the permute puts them back)
+  const __m256i magn = _mm256_set1_epi16(0x7FFF), zero = _mm256_setzero_si256();
+  const __m256i z0 = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), magn), zero);
+  const __m256i z1 =
+      _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)), magn), zero);
+  const __m256i z = _mm256_permute4x64_epi64(_mm256_packs_epi16(z0, z1), 0xD8);
+  return static_cast<uint32_t>(~_mm256_movemask_epi8(z));
 #else
   uint64_t m = 0;
   for (int i = 0; i < 32; ++i) m |= static_cast<uint64_t>((p[i] & 0x7FFF) != 0) << i;
@@ -30,6 +38,12 @@ inline uint64_t nz_mask(const bf16* p) {
 inline uint64_t nz_mask(const float* p) {
 #ifdef __AVX512F__
   return _mm512_test_epi32_mask(_mm512_loadu_si512(p), _mm512_set1_epi32(0x7FFFFFFF));
+#elif defined(__AVX2__)
+  // not equal to zero, or NaN (-0 == 0 counts as zero)
+  const __m256 zero = _mm256_setzero_ps();
+  const uint32_t lo = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), zero, _CMP_NEQ_UQ));
+  const uint32_t hi = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + 8), zero, _CMP_NEQ_UQ));
+  return lo | (hi << 8);
 #else
   uint64_t m = 0;
   for (int i = 0; i < 16; ++i) {
@@ -98,42 +112,87 @@ int64_t sparse_rows(int64_t R, int64_t K, const X* x, int64_t cap, int64_t* rs, 
   return over ? -1 : total;
 }
 
-// out[r, t0 .. t0 + 16 * NV) for rows [r0, r1): the accumulators of a row are NV vectors of 16 floats, held in
-// registers (a vector type of GCC and Clang; split into narrower instructions where the CPU has no 512-bit ones)
-typedef float vf16 __attribute__((vector_size(64)));
+// 16 consecutive fp32 lanes, held as the CPU's own vectors (one of 512 bits, two of 256, or four of 128): the
+// accumulators of a row are NV of them, in registers. (A 64-byte vector type of GCC/Clang on a CPU without 512-bit
+// registers is lowered through the stack, several times slower.)
+#if defined(__AVX512F__)
+constexpr int VN = 16;
+#elif defined(__AVX__)
+constexpr int VN = 8;
+#else
+constexpr int VN = 4;
+#endif
+typedef float vnat __attribute__((vector_size(VN * 4)));
+typedef float vnat_u __attribute__((vector_size(VN * 4), aligned(4)));  // the same, at any float address
+constexpr int VP = 16 / VN;
+// the most 16-lane accumulators a kernel keeps: what the registers hold (32 of 512 bits, 16 of 256 or of 128 bits)
+// with room for the weights being read
+constexpr int NV_MAX = VN == 16 ? 12 : (VN == 8 ? 6 : 3);
+struct vf16 {
+  vnat p[VP];
+};
 
-// acc + s * w in one fused multiply-add per lane where the CPU has 512-bit ones (for spikes times weights the product
-// is exact, so fused or not gives the same sum; fused halves the instructions and the dependency chain)
-inline vf16 vfma(float s, vf16 w, vf16 acc) {
-#ifdef __AVX512F__
-  return reinterpret_cast<vf16>(_mm512_fmadd_ps(_mm512_set1_ps(s), reinterpret_cast<__m512>(w),
+inline vnat vfma1(vnat s, vnat w, vnat acc) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vnat>(_mm512_fmadd_ps(reinterpret_cast<__m512>(s), reinterpret_cast<__m512>(w),
                                                 reinterpret_cast<__m512>(acc)));
+#elif defined(__FMA__) && defined(__AVX__)
+  return reinterpret_cast<vnat>(_mm256_fmadd_ps(reinterpret_cast<__m256>(s), reinterpret_cast<__m256>(w),
+                                                reinterpret_cast<__m256>(acc)));
 #else
   return acc + s * w;
 #endif
 }
 
+// acc + s * w, one fused multiply-add per lane where the CPU has them (for spikes times weights the product is
+// exact, so fused or not gives the same sum; fused halves the instructions and the dependency chain)
+inline vf16 vfma(float s, const vf16& w, vf16 acc) {
+  const vnat sv = s - vnat{};  // s in every lane
+  for (int i = 0; i < VP; ++i) acc.p[i] = vfma1(sv, w.p[i], acc.p[i]);
+  return acc;
+}
+
+inline vf16 vadd(vf16 a, const vf16& b) {
+  for (int i = 0; i < VP; ++i) a.p[i] += b.p[i];
+  return a;
+}
+
 // 16 consecutive values as fp32 (weights are stored in the compute dtype: bf16 halves the bytes read per product)
 inline vf16 load16(const float* p) {
   vf16 v;
-  std::memcpy(&v, p, sizeof(v));
+  for (int i = 0; i < VP; ++i) v.p[i] = *reinterpret_cast<const vnat_u*>(p + VN * i);
   return v;
 }
 
+inline void store16(float* p, const vf16& v) {
+  for (int i = 0; i < VP; ++i) *reinterpret_cast<vnat_u*>(p + VN * i) = v.p[i];
+}
+
 inline vf16 load16(const bf16* p) {
-#ifdef __AVX512F__
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return reinterpret_cast<vf16>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-#else
   vf16 v;
-  for (int j = 0; j < 16; ++j) v[j] = bf2f(p[j]);
-  return v;
+#if defined(__AVX512F__)
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  v.p[0] = reinterpret_cast<vnat>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif defined(__AVX2__)
+  for (int i = 0; i < 2; ++i) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * i));
+    v.p[i] = reinterpret_cast<vnat>(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+#else
+  float f[16];
+  for (int j = 0; j < 16; ++j) f[j] = bf2f(p[j]);
+  std::memcpy(&v, f, sizeof(v));
 #endif
+  return v;
 }
 
 // o[0 .. 16 * NV) = the accumulators, rounded to O (one vectorised loop)
 template <typename O, int NV>
 inline void store_vectors(const vf16* acc, O* __restrict o) {
+  if constexpr (std::is_same<O, float>::value) {
+    for (int v = 0; v < NV; ++v) store16(o + 16 * v, acc[v]);
+    return;
+  }
   float tmp[16 * NV];
   std::memcpy(tmp, acc, sizeof(tmp));
 #pragma omp simd
@@ -146,7 +205,7 @@ void spmm_tile(int64_t r0, int64_t r1, int64_t Nout, int64_t t0, const int64_t* 
   vf16 init[NV];
   for (int v = 0; v < NV; ++v) {
     init[v] = vf16{};
-    if (bias) std::memcpy(&init[v], bias + t0 + 16 * v, sizeof(vf16));
+    if (bias) init[v] = load16(bias + t0 + 16 * v);
   }
   for (int64_t r = r0; r < r1; ++r) {
     vf16 acc[NV];
@@ -213,16 +272,12 @@ void spmm_wgrad(int64_t R, int64_t K, int64_t Nout, const int64_t* rs, const int
       const G_* grow = g + r * Nout + t0;
       if (w == SP_TILE) {
         vf16 gv[SP_NV];
-        for (int v = 0; v < SP_NV; ++v)
-          for (int j = 0; j < 16; ++j) gv[v][j] = ld(grow, 16 * v + j);
+        for (int v = 0; v < SP_NV; ++v) gv[v] = load16(grow + 16 * v);
         for (int64_t e = rs[r]; e < re[r]; ++e) {
           const float s = val[e];
           float* a = acc + static_cast<int64_t>(col[e]) * SP_TILE;
           for (int v = 0; v < SP_NV; ++v) {
-            vf16 av;
-            std::memcpy(&av, a + 16 * v, sizeof(av));
-            av = vfma(s, gv[v], av);
-            std::memcpy(a + 16 * v, &av, sizeof(av));
+            store16(a + 16 * v, vfma(s, gv[v], load16(a + 16 * v)));
           }
         }
       } else {
@@ -286,7 +341,7 @@ void sconv_tile(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int6
   vf16 init[NV];
   for (int v = 0; v < NV; ++v) {
     init[v] = vf16{};
-    if (bias) std::memcpy(&init[v], bias + t0 + 16 * v, sizeof(vf16));
+    if (bias) init[v] = load16(bias + t0 + 16 * v);
   }
   for (int64_t h = 0; h < H; ++h) {
     for (int64_t w = 0; w < W; ++w) {
@@ -328,8 +383,8 @@ void sconv_fwd(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && M > 1)
   for (int64_t m = 0; m < M; ++m) {
     int64_t t0 = 0;
-    while (t0 + 16 <= Cout) {  // as few passes over the frame as the registers allow: up to 12 vectors of 16
-      const int nv = static_cast<int>((Cout - t0) / 16 < 12 ? (Cout - t0) / 16 : 12);
+    while (t0 + 16 <= Cout) {  // as few passes over the frame as the registers allow: up to NV_MAX vectors of 16
+      const int nv = static_cast<int>((Cout - t0) / 16 < NV_MAX ? (Cout - t0) / 16 : NV_MAX);
       with_vectors(nv, [&](auto c) {
         sconv_tile<O, decltype(c)::value>(m, H, W, Cin, Cout, t0, rs, re, col, val, Wt, bias, out);
       });
@@ -392,9 +447,7 @@ void sconv_wgrad_tile(const FrameColumns& fc, int64_t m, int64_t H, int64_t W, i
         }
         float* ak = acc + ((kh * 3 + kw) * Cin + c) * Cout + t0;
         for (int v = 0; v < NV; ++v) {
-          vf16 av = load16(ak + 16 * v);
-          av += a[v];
-          std::memcpy(ak + 16 * v, &av, sizeof(av));
+          store16(ak + 16 * v, vadd(load16(ak + 16 * v), a[v]));
         }
       }
   }
@@ -434,7 +487,7 @@ void sconv_wgrad(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, con
       fc.build(m * H * W, H, W, Cin, rs, re, col, val);
       int64_t t0 = 0;
       while (t0 + 16 <= Cout) {
-        const int nv = static_cast<int>((Cout - t0) / 16 < 12 ? (Cout - t0) / 16 : 12);
+        const int nv = static_cast<int>((Cout - t0) / 16 < NV_MAX ? (Cout - t0) / 16 : NV_MAX);
         with_vectors(nv, [&](auto c) { sconv_wgrad_tile<G_, decltype(c)::value>(fc, m, H, W, Cin, Cout, t0, g, acc); });
         t0 += 16 * nv;
       }
