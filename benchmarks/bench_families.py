@@ -7,7 +7,8 @@
 Speed: for each family every variant is built in ONE process -- SpikingJelly fp32, SpikingJelly under bf16 autocast,
 ours exact fp32 (``numerics="exact"``, the official operations), ours fast fp32 (the default) and ours fast under
 bf16 autocast -- and their steps alternate for ``--rounds`` rounds (training: forward, backward, AdamW step; inference:
-``torch.no_grad()`` forward), so load from elsewhere hits every variant alike; medians are reported with the ratio to
+``torch.no_grad()`` forward in eval mode, after each model's BatchNorm running statistics are set from the batch, see
+``calibrate``), so load from elsewhere hits every variant alike; medians are reported with the ratio to
 SpikingJelly at the same precision. Memory: every training variant runs ``--mem-steps`` steps in its own subprocess
 and reports its peak RSS (VmHWM); ratios are to SpikingJelly at the same precision. Run with nothing else on the
 machine. ``spikeformer train`` keeps freed memory for reuse on CPU (``reuse_memory``); the setting is process-wide,
@@ -103,12 +104,37 @@ def make_step(model, bf16: bool, is_sj: bool, x, y, train: bool):
     return step
 
 
+def calibrate(model, is_sj: bool, x) -> None:
+    """BatchNorm running statistics of the batch ``x`` (cumulative averages over two train-mode passes), so that an
+    untrained model in eval mode spikes as a trained one does; with the initial statistics (mean 0, variance 1) most
+    of its layers stay silent and sparse kernels would time a network with nothing to do."""
+    from spikingjelly.activation_based import functional as sjf
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(x)
+            if is_sj:
+                sjf.reset_net(model)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+
+
 def speed(family: str, a, train: bool) -> dict:
     _, _, (C, H, W), classes = FAMILIES[family]
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(a.batch, C, H, W, generator=g), torch.randint(0, classes, (a.batch,), generator=g)
-    steps = [(label, make_step(m, bf16, is_sj, x, y, train)) for label, m, bf16, is_sj in variants(family, a.T)
-             if label.split()[-1] in a.precisions]
+    chosen = [(label, m, bf16, is_sj) for label, m, bf16, is_sj in variants(family, a.T)
+              if label.split()[-1] in a.precisions]
+    if not train:
+        for model, is_sj in {id(m): (m, is_sj) for _, m, _, is_sj in chosen}.values():
+            calibrate(model, is_sj, x)
+    steps = [(label, make_step(m, bf16, is_sj, x, y, train)) for label, m, bf16, is_sj in chosen]
     times = {label: [] for label, _ in steps}
     for r in range(a.warmup + a.rounds):
         for label, step in steps:

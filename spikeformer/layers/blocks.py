@@ -154,7 +154,8 @@ def bn_channel_first(bn: nn.Module, y: torch.Tensor) -> torch.Tensor:
 def linear_bn_neuron(linear: nn.Module, bn: nn.Module, neuron: nn.Module, x: torch.Tensor, sparse: bool = False,
                      grid: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """``neuron(bn(linear(x)))`` on tokens ``[T, B, N, C]``. ``sparse=True`` says ``x`` is spikes (a neuron's
-    output), so the fast path may run the product over the nonzero inputs; ``grid`` is the token grid ``(H, W)``,
+    output) or a sum of a few spike tensors (a residual stream of spikes), so the fast path may run the product over
+    the nonzero inputs where they are few enough to pay (:func:`spikeformer.layers.sparse.max_density`); ``grid`` is the token grid ``(H, W)``,
     needed where the official code projects with a 1x1 ``Conv2d``."""
     if _exact_official(linear, x) and x.dim() == 4:
         return neuron(_official_linear_bn(linear, bn, x, grid)).transpose(-1, -2)

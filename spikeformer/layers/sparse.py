@@ -35,17 +35,29 @@ from ..neurons import _native
 # Spikformer's and SDT's stems. bf16: on a CPU with native bf16 GEMMs
 # (AVX512-BF16 / AMX) 2.1-2.2x at 5 %, 1.1-1.2x at 10 %, 0.6x at 20 %; where bf16 GEMMs are emulated (AVX2) the
 # sparse path is still 11x faster at 12 %.
+# Forward alone (inference: no weight gradient to form), fp32 linear: 1.7x at 20 %, 1.2x at 25 %, 0.8-1.4x at 30 %
+# (it varies from run to run there); the 3x3
+# convolutions' forward alone breaks even at about 20 %, so they keep the training threshold.
 MAX_DENSITY = 0.08  # bf16 with native bf16 GEMMs
 MAX_DENSITY_FP32 = 0.2
+MAX_DENSITY_FP32_FORWARD = 0.25  # linear layers in inference
 MAX_DENSITY_EMULATED_BF16 = 0.3
 
 
-def max_density(dtype: torch.dtype) -> float:
-    """The fraction of nonzero inputs above which the dense product is used, for the compute ``dtype``."""
+def max_density(dtype: torch.dtype, forward_only: bool = False, conv: bool = False) -> float:
+    """The fraction of nonzero inputs above which the dense product is used, for the compute ``dtype``;
+    ``forward_only``: no gradient will be formed (inference), ``conv``: a 3x3 convolution."""
     if dtype == torch.float32:
-        return MAX_DENSITY_FP32
+        return MAX_DENSITY_FP32_FORWARD if forward_only and not conv else MAX_DENSITY_FP32
     native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return MAX_DENSITY if native_bf16 else MAX_DENSITY_EMULATED_BF16
+
+
+def _sampled_density(x2d: torch.Tensor) -> float:
+    """The fraction of nonzeros in every 16th row of ``x2d`` (a sixteenth of a pass), to skip listing an input that
+    is clearly too dense (the listing gives up only when it has gone past its budget, near the end of the input)."""
+    sample = x2d[::16]
+    return float(torch.count_nonzero(sample)) / max(sample.numel(), 1)
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
@@ -55,14 +67,19 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtyp
     return torch.float32 if x.dtype == torch.float32 and weight.dtype == torch.float32 else None
 
 
-def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, density: Optional[float]):
+def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, density: Optional[float], conv: bool = False):
     """``(rows, dtype)``: the nonzeros of ``x2d [R, K]`` (:func:`spikeformer.neurons._native.sparse_rows`) with their
     values as the compute ``dtype`` has them; ``None`` if there is no compute dtype for these tensors, no compiled
     kernel, or more than ``density`` of ``x2d`` is nonzero (``None``: :func:`max_density` of the compute dtype)."""
     dtype = _compute_dtype(x2d, weight)
     if dtype is None or _native.library() is None:
         return None
-    rows = _native.sparse_rows(x2d, max_density(dtype) if density is None else density)
+    if density is None:
+        forward_only = not (torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad))
+        density = max_density(dtype, forward_only, conv)
+        if x2d.shape[0] >= 1024 and _sampled_density(x2d) > 1.25 * density:
+            return None
+    rows = _native.sparse_rows(x2d, density)
     if rows is None:
         return None
     if dtype != x2d.dtype:  # fp32 inputs under bf16 autocast: the values the GEMM would see
@@ -103,7 +120,7 @@ def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor,
             and x.is_contiguous(memory_format=torch.channels_last) and max(x.shape[2:]) < 2 ** 15):
         return None
     M, C, H, W = x.shape
-    found = _nonzeros(x.permute(0, 2, 3, 1).view(M * H * W, C), weight, max_density)
+    found = _nonzeros(x.permute(0, 2, 3, 1).view(M * H * W, C), weight, max_density, conv=True)
     if found is None:
         return None
     rows, dtype = found

@@ -156,8 +156,8 @@ class QKTokenAttention(NumericsAware, nn.Module):
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         h = self.num_heads
-        q = linear_bn_neuron(self.q_conv, self.q_bn, self.q_lif, x)
-        k = linear_bn_neuron(self.k_conv, self.k_bn, self.k_lif, x)
+        q = linear_bn_neuron(self.q_conv, self.q_bn, self.q_lif, x, sparse=True)
+        k = linear_bn_neuron(self.k_conv, self.k_bn, self.k_lif, x, sparse=True)
         # A_t = SN(sum of the head's Q channels) per token: integer sums, exact in any order
         a = self.attn_lif(q.unflatten(-1, (h, -1)).sum(-1, keepdim=True))  # [T, B, N, h, 1]
         y = (k.unflatten(-1, (h, -1)) * a).flatten(-2)
@@ -182,9 +182,9 @@ class SpikingSelfAttention(NumericsAware, nn.Module):
         self.proj_lif = neuron()
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
-        q = linear_bn_neuron(self.q_conv, self.q_bn, self.q_lif, x)
-        k = linear_bn_neuron(self.k_conv, self.k_bn, self.k_lif, x)
-        v = linear_bn_neuron(self.v_conv, self.v_bn, self.v_lif, x)
+        q = linear_bn_neuron(self.q_conv, self.q_bn, self.q_lif, x, sparse=True)
+        k = linear_bn_neuron(self.k_conv, self.k_bn, self.k_lif, x, sparse=True)
+        v = linear_bn_neuron(self.v_conv, self.v_bn, self.v_lif, x, sparse=True)
         y = self.attn_lif(token_spike_attention(q, k, v, self.num_heads, SSA_SCALE, fast=wants_fast(self, q)))
         # per sample over T steps; the official proj_lif runs over T*B steps (see the module docstring)
         return linear_bn_neuron(self.proj_conv, self.proj_bn, self.proj_lif, y, sparse=True)
@@ -203,7 +203,7 @@ class MLP(NumericsAware, nn.Module):
         self.fc2_lif = neuron()
 
     def forward(self, x: torch.Tensor, grid) -> torch.Tensor:
-        x = linear_bn_neuron(self.fc1_conv, self.fc1_bn, self.fc1_lif, x, grid=grid)
+        x = linear_bn_neuron(self.fc1_conv, self.fc1_bn, self.fc1_lif, x, sparse=True, grid=grid)
         return linear_bn_neuron(self.fc2_conv, self.fc2_bn, self.fc2_lif, x, sparse=True, grid=grid)
 
 

@@ -71,9 +71,9 @@ class SSA(NumericsAware, nn.Module):
         self.proj_lif = neuron()
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
-        q = linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x)
-        k = linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x)
-        v = linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x)
+        q = linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x, sparse=True)
+        k = linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x, sparse=True)
+        v = linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x, sparse=True)
         x = self.attn_lif(token_spike_attention(q, k, v, self.num_heads, self.scale, fast=wants_fast(self, q)))
         return linear_bn_neuron(self.proj_linear, self.proj_bn, self.proj_lif, x, sparse=True)
 
@@ -91,7 +91,7 @@ class MLP(NumericsAware, nn.Module):
         self.fc2_lif = neuron()
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
-        x = linear_bn_neuron(self.fc1_linear, self.fc1_bn, self.fc1_lif, x, grid=grid)
+        x = linear_bn_neuron(self.fc1_linear, self.fc1_bn, self.fc1_lif, x, sparse=True, grid=grid)
         return linear_bn_neuron(self.fc2_linear, self.fc2_bn, self.fc2_lif, x, sparse=True, grid=grid)
 
 

@@ -11,8 +11,39 @@ from spikeformer.neurons import _kernels_linear
 needs_onednn = pytest.mark.skipif(_kernels_linear._dnnl is None, reason="this PyTorch build has no oneDNN")
 
 
+@pytest.fixture
+def onednn_on(monkeypatch):
+    """The oneDNN GEMMs whatever this CPU's measured choice is (kernels/cpu/linear.py: onednn_pays)."""
+    from spikeformer.kernels.cpu import linear as L
+
+    monkeypatch.setattr(L, "_choice", True)
+
+
+def test_gemm_choice_is_measured_once_or_set_by_environment(monkeypatch):
+    from spikeformer.errors import SpikeformerError
+    from spikeformer.kernels.cpu import linear as L
+
+    for env, want in (("blas", False), ("oneDNN", True)):
+        monkeypatch.setattr(L, "_choice", None)
+        monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", env)
+        assert L.onednn_pays() is want
+    monkeypatch.setattr(L, "_choice", None)
+    monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", "mkl")
+    with pytest.raises(SpikeformerError, match="SPIKEFORMER_CPU_GEMM must be 'onednn' or 'blas'"):
+        L.onednn_pays()
+    monkeypatch.delenv("SPIKEFORMER_CPU_GEMM")
+    calls = []
+    monkeypatch.setattr(L, "_measure_onednn", lambda: calls.append(1) or True)
+    monkeypatch.setattr(L, "_choice", None)
+    assert L.onednn_pays() and L.onednn_pays() and calls == ([1] if L._dnnl is not None else [])
+    monkeypatch.setattr(L, "_choice", False)  # BLAS chosen: the layer is F.linear, bit for bit
+    layer = OneDNNLinear(32, 16)
+    x = torch.randn(5, 32)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
 @needs_onednn
-def test_forward_and_gradients_match_nn_linear_within_rounding():
+def test_forward_and_gradients_match_nn_linear_within_rounding(onednn_on):
     torch.manual_seed(0)
     ref = nn.Linear(96, 200)
     fast = nn.Linear(96, 200)
@@ -23,6 +54,8 @@ def test_forward_and_gradients_match_nn_linear_within_rounding():
     outs = []
     for layer in (ref, fast):
         y = layer(x)
+        via_onednn = "DnnlLinear" in type(y.grad_fn.next_functions[0][0]).__name__
+        assert (type(layer) is OneDNNLinear) == via_onednn
         grads = torch.autograd.grad((y * g).sum(), (x, layer.weight, layer.bias))
         outs.append((y, *grads))
     assert outs[1][0].shape == (4, 6, 50, 200)
@@ -31,7 +64,7 @@ def test_forward_and_gradients_match_nn_linear_within_rounding():
 
 
 @needs_onednn
-def test_model_switch_keeps_state_dict_and_is_reversible():
+def test_model_switch_keeps_state_dict_and_is_reversible(onednn_on):
     torch.manual_seed(1)
     model = spikeformer.create_model("spikformer_digits_1_64", numerics="exact")
     keys = list(model.state_dict())

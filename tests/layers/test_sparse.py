@@ -170,9 +170,9 @@ def sparse_calls(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32-fast", "bf16"])
 def test_spikformer_runs_its_spike_inputs_on_the_nonzeros(sparse_calls, monkeypatch, dtype):
-    """A training step of a small Spikformer: its attention projection and second MLP layer and its stem
-    convolutions after the first (inputs: spikes) take the sparse products on the fast path; loss and gradients
-    equal the dense step's within rounding."""
+    """A training step of a small Spikformer: its token projections (q, k, v and fc1 read the residual stream of
+    summed spikes, proj and fc2 spikes) and its stem convolutions after the first (inputs: spikes) are offered the
+    sparse products on the fast path; loss and gradients equal the dense step's within rounding."""
     import spikeformer
     from spikeformer.models import spikformer as SFM
 
@@ -194,7 +194,7 @@ def test_spikformer_runs_its_spike_inputs_on_the_nonzeros(sparse_calls, monkeypa
     m_dense = copy.deepcopy(m)
     l1, g1 = _mlp_step(m, x, y, dtype)
     used = sum(sparse_calls)
-    assert len(sparse_calls) == 4 and used >= 2  # proj and fc2 of both blocks were offered; sparse where sparse
+    assert len(sparse_calls) == 12 and used >= 2  # six projections of both blocks offered; sparse where sparse
     assert conv_calls == [True, True, True]  # stem stages 2-4 (the first sees images)
     monkeypatch.setattr(BNN, "spike_linear", lambda *a, **k: None)
     monkeypatch.setattr(BLK, "spike_conv3x3", lambda *a, **k: None)

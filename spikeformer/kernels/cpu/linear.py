@@ -1,20 +1,66 @@
 """A token-wise Linear whose fp32 CPU GEMMs run through oneDNN (PyTorch's ``mkldnn`` ops) instead of the BLAS
-behind ``torch.mm``.
+behind ``torch.mm``, on CPUs where that is faster.
 
-On CPUs where the BLAS dispatches to a slow code path (MKL on AMD processors), oneDNN's matmul is markedly faster
-(see ``benchmarks/RESULTS.md``). Results equal ``F.linear`` within fp32 rounding: only the summation order differs.
-Anything other than fp32 CPU tensors outside autocast (bf16 autocast already goes to oneDNN, CUDA, builds without
-mkldnn) takes plain ``F.linear``.
+Which of the two is faster depends on the CPU and the BLAS build: where the BLAS dispatches to a slow code path,
+oneDNN's matmul was about twice as fast (``benchmarks/RESULTS.md``); on an AMD EPYC (AVX2) with PyTorch's MKL 2024.2,
+whose Zen kernels are in use, the BLAS is 15-20 % faster than oneDNN on the token projections of Spikformer. So the
+choice is measured once per process (:func:`onednn_pays`, a few hundred ms at the first fp32 call: the two GEMMs on
+a ``[4096, 384] x [384, 1536]`` product, alternating, best of three) unless ``SPIKEFORMER_CPU_GEMM`` is ``onednn`` or
+``blas``. Results equal ``F.linear`` within fp32 rounding: only the summation order differs. Anything other than fp32
+CPU tensors outside autocast (bf16 autocast already goes to oneDNN, CUDA, builds without mkldnn) takes plain
+``F.linear``.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from ...errors import SpikeformerError
+
 _dnnl = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+_choice: Optional[bool] = None
+_choice_lock = threading.Lock()
+
+
+def _measure_onednn() -> bool:
+    """Whether oneDNN's fp32 GEMM beats ``torch.mm`` by more than 5 % on a token-projection shape, on this CPU and
+    thread count (interleaved, best of three after a warm-up of each)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4096, 384, generator=g)
+    w = torch.randn(1536, 384, generator=g)
+    wt = w.t()
+    runs = {True: lambda: _mm(a, w), False: lambda: torch.mm(a, wt)}
+    best = {True: float("inf"), False: float("inf")}
+    with torch.no_grad():
+        for f in runs.values():
+            f()
+        for _ in range(3):
+            for use, f in runs.items():
+                t0 = time.perf_counter()
+                f()
+                best[use] = min(best[use], time.perf_counter() - t0)
+    return best[True] < 0.95 * best[False]
+
+
+def onednn_pays() -> bool:
+    """Whether fp32 token projections go to oneDNN in this process: ``SPIKEFORMER_CPU_GEMM=onednn|blas`` if set, else
+    measured once (:func:`_measure_onednn`)."""
+    global _choice
+    if _choice is None:
+        with _choice_lock:
+            if _choice is None:
+                env = os.environ.get("SPIKEFORMER_CPU_GEMM", "").strip().lower()
+                if env not in ("", "onednn", "blas"):
+                    raise SpikeformerError(f"SPIKEFORMER_CPU_GEMM must be 'onednn' or 'blas' (or unset to measure "
+                                           f"which is faster here); got {env!r}")
+                _choice = (env == "onednn") if env else (_dnnl is not None and _measure_onednn())
+    return _choice
 
 
 def _mm(a: torch.Tensor, w: torch.Tensor, b=None) -> torch.Tensor:
@@ -48,6 +94,7 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
+        and onednn_pays()
     )
 
 
