@@ -2,6 +2,7 @@
 
     python benchmarks/bench_numerics.py                          # every model at a small input (B=4, T=2, 32x32)
     python benchmarks/bench_numerics.py --models 'spikingresformer_cifar' 'masnn_*' --batch 32 --T 4
+    python benchmarks/bench_numerics.py --no-bf16                # fp32 only (CPUs without native bf16)
 
 For each model the three variants -- exact fp32 (the official operations), fast fp32 (the default) and fast under
 bf16 autocast -- are built once in this process from the same weights and their steps alternate (exact, fast, bf16,
@@ -49,6 +50,8 @@ def bench_model(name: str, a) -> dict:
     base = spikeformer.create_model(name, T=a.T, numerics="exact")
     variants = {}
     for tag, numerics, bf16 in (("exact", "exact", False), ("fast", "fast", False), ("fast-bf16", "fast", True)):
+        if bf16 and not a.bf16:
+            continue
         m = copy.deepcopy(base)
         set_numerics(m, numerics)
         m.train()
@@ -83,10 +86,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="time exact and fast fp32 only (on CPUs without native bf16, autocast emulates it slowly)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     reuse_freed_memory()  # as `spikeformer train` does on CPU
-    names = [n for n in list_models() if any(fnmatch.fnmatch(n, p) for p in a.models)]
+    names = [n for n in list_models(task="classify") if any(fnmatch.fnmatch(n, p) for p in a.models)]
     print(f"command: python benchmarks/{os.path.basename(__file__)} " + " ".join(sys.argv[1:]))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{a.threads} threads; batch {a.batch}, T={a.T}; medians of {a.rounds} alternating rounds after "
@@ -100,8 +105,8 @@ def main() -> None:
         ratio = r["exact"] / r["fast"]
         if ratio < 1.0:
             slower.append(n)
-        print(f"| {n} | {r['exact']:.4f} | {r['fast']:.4f} | {r['fast-bf16']:.4f} | {ratio:.2f}x | "
-              f"{r['exact'] / r['fast-bf16']:.2f}x |", flush=True)
+        bf = (f"{r['fast-bf16']:.4f}", f"{r['exact'] / r['fast-bf16']:.2f}x") if a.bf16 else ("-", "-")
+        print(f"| {n} | {r['exact']:.4f} | {r['fast']:.4f} | {bf[0]} | {ratio:.2f}x | {bf[1]} |", flush=True)
     print()
     print(f"1-min load average at end {os.getloadavg()[0]:.1f}; fast slower than exact: "
           + (", ".join(slower) if slower else "none"))
