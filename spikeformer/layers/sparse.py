@@ -71,6 +71,8 @@ def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, density: Optional[float],
     """``(rows, dtype)``: the nonzeros of ``x2d [R, K]`` (:func:`spikeformer.neurons._native.sparse_rows`) with their
     values as the compute ``dtype`` has them; ``None`` if there is no compute dtype for these tensors, no compiled
     kernel, or more than ``density`` of ``x2d`` is nonzero (``None``: :func:`max_density` of the compute dtype)."""
+    if torch.compiler.is_compiling():  # the listing is data-dependent: compiled graphs take the dense products
+        return None
     dtype = _compute_dtype(x2d, weight)
     if dtype is None or _native.library() is None:
         return None
