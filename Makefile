@@ -22,8 +22,10 @@ chromium:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium is not installed: the browser test of the HTML report will be skipped"
 
+# Two pytest workers (pytest-xdist): much of the suite is single-threaded Python (torch.compile tracing, data
+# pipelines), so two processes use both cores (13 min -> 9 min on 2 cores). Each test still sees the same inputs.
 test: $(STAMP) chromium
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
