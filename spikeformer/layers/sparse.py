@@ -22,6 +22,7 @@ hardware.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -36,8 +37,8 @@ from ..neurons import _native
 # (AVX512-BF16 / AMX) 2.1-2.2x at 5 %, 1.1-1.2x at 10 %, 0.6x at 20 %; where bf16 GEMMs are emulated (AVX2) the
 # sparse path is still 11x faster at 12 %.
 # Forward alone (inference: no weight gradient to form), fp32 linear: 1.7x at 20 %, 1.2x at 25 %, 0.8-1.4x at 30 %
-# (it varies from run to run there); the 3x3
-# convolutions' forward alone breaks even at about 20 %, so they keep the training threshold.
+# (it varies from run to run there); the 3x3 convolutions' forward alone breaks even at about 20 %, so they keep the
+# training threshold.
 MAX_DENSITY = 0.08  # bf16 with native bf16 GEMMs
 MAX_DENSITY_FP32 = 0.2
 MAX_DENSITY_FP32_FORWARD = 0.25  # linear layers in inference
@@ -49,8 +50,13 @@ def max_density(dtype: torch.dtype, forward_only: bool = False, conv: bool = Fal
     ``forward_only``: no gradient will be formed (inference), ``conv``: a 3x3 convolution."""
     if dtype == torch.float32:
         return MAX_DENSITY_FP32_FORWARD if forward_only and not conv else MAX_DENSITY_FP32
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return MAX_DENSITY if native_bf16 else MAX_DENSITY_EMULATED_BF16
+    return MAX_DENSITY if _native_bf16() else MAX_DENSITY_EMULATED_BF16
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bf16() -> bool:
+    """Whether this CPU has bf16 GEMM instructions (AVX512-BF16 or AMX); elsewhere oneDNN emulates bf16."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def _sampled_density(x2d: torch.Tensor) -> float:
