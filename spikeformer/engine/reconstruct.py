@@ -30,11 +30,10 @@ from ..layers.numerics import check_numerics
 from ..models import create_model, get_model_info
 from ..models.spikeformer_recon import checkpoint_filter_fn, crop_padding, prepare_spikes, read_official_checkpoint
 from . import distributed as D
-from .checkpoint import checkpoint_dir, load_training_state, save_training_state
-from .config import dump
+from .checkpoint import save_training_state
 from .recon_losses import EDGE_MODES, ReconLoss
-from .train import (EMA, _bar, _tb_writer, _trim_metrics, autocast_ctx, build_optimizer, check_disk, lr_at,
-                    optimizer_step, prepare_run_dir, resolve_model_name, seed_everything)
+from .train import (_bar, _tb_writer, autocast_ctx, lr_at, optimizer_step, resolve_model_name, seed_everything,
+                    setup_run)
 
 RECON_DEFAULTS = {
     "charbonnier": 100.0,  # loss weights of the official train.py
@@ -161,22 +160,7 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
     model.to(info.device)
     criterion = ReconLoss(opts["charbonnier"], opts["edge"], opts["perceptual"], opts["edge_mode"],
                           opts["vgg_weights"]).to(info.device)
-    optimizer = build_optimizer(model, cfg)
-    ema = EMA(model, cfg["ema_decay"]) if cfg["ema_decay"] > 0 else None
-    scaler = torch.amp.GradScaler(info.device.type) if cfg["amp"] == "fp16" else None
-    run_dir = prepare_run_dir(cfg, model_name, info, resuming=resume is not None)
-    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "best_psnr": -1.0, "best_epoch": -1}
-    if resume is not None:
-        ck = checkpoint_dir(run_dir, "last")
-        if ck is None:
-            raise SpikeformerError(f"{run_dir} has no checkpoint to resume from (checkpoints/last.json is missing)")
-        state.update(load_training_state(ck, model, optimizer, ema, scaler))
-        if ema is not None:
-            ema.module.to(info.device)
-    if info.is_main:
-        check_disk(run_dir, model)
-        (run_dir / "config.yaml").write_text(dump({**cfg, "model": model_name}))
-        _trim_metrics(run_dir / "metrics.jsonl", state["epoch"])
+    optimizer, ema, scaler, run_dir, state = setup_run(cfg, model, model_name, info, resume, "best_psnr")
     ddp = D.wrap_ddp(model, info)
     meta = {"model": model_name, "num_classes": model.out_chans, "T": model.T, "data": cfg["data"],
             "model_kwargs": cfg.get("model_kwargs") or {}, "task": "reconstruct"}

@@ -244,6 +244,30 @@ def check_disk(run_dir: Path, model: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- train
+def setup_run(cfg: dict, model: nn.Module, model_name: str, info, resume: Optional[str], best_key: str):
+    """What every training loop sets up once its model is on its device: the optimizer, the weight EMA, the fp16
+    grad scaler, the run directory and the loop state (``best_key`` names the metric kept as best), restored from
+    ``checkpoints/last`` when resuming; the main process checks the disk, writes ``config.yaml`` and trims the metrics
+    of epochs a resumed run will redo. Returns ``(optimizer, ema, scaler, run_dir, state)``."""
+    optimizer = build_optimizer(model, cfg)
+    ema = EMA(model, cfg["ema_decay"]) if cfg["ema_decay"] > 0 else None
+    scaler = torch.amp.GradScaler(info.device.type) if cfg["amp"] == "fp16" else None
+    run_dir = prepare_run_dir(cfg, model_name, info, resuming=resume is not None)
+    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, best_key: -1.0, "best_epoch": -1}
+    if resume is not None:
+        ck = checkpoint_dir(run_dir, "last")
+        if ck is None:
+            raise SpikeformerError(f"{run_dir} has no checkpoint to resume from (checkpoints/last.json is missing)")
+        state.update(load_training_state(ck, model, optimizer, ema, scaler))
+        if ema is not None:
+            ema.module.to(info.device)
+    if info.is_main:
+        check_disk(run_dir, model)
+        (run_dir / "config.yaml").write_text(dump({**cfg, "model": model_name}))
+        _trim_metrics(run_dir / "metrics.jsonl", state["epoch"])
+    return optimizer, ema, scaler, run_dir, state
+
+
 def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, bars: Optional[bool] = None) -> dict:
     """Train as ``cfg`` says; returns the final test metrics. ``resume`` is a run directory to continue.
 
@@ -287,22 +311,7 @@ def _train(cfg: dict, resume: Optional[str], progress: bool, info: D.DistInfo) -
         # which breaks every token model (tests/engine/test_sync_bn.py)
         D.convert_sync_bn(model)
     model.to(info.device)
-    optimizer = build_optimizer(model, cfg)
-    ema = EMA(model, cfg["ema_decay"]) if cfg["ema_decay"] > 0 else None
-    scaler = torch.amp.GradScaler(info.device.type) if cfg["amp"] == "fp16" else None
-    run_dir = prepare_run_dir(cfg, model_name, info, resuming=resume is not None)
-    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "best_top1": -1.0, "best_epoch": -1}
-    if resume is not None:
-        ck = checkpoint_dir(run_dir, "last")
-        if ck is None:
-            raise SpikeformerError(f"{run_dir} has no checkpoint to resume from (checkpoints/last.json is missing)")
-        state.update(load_training_state(ck, model, optimizer, ema, scaler))
-        if ema is not None:
-            ema.module.to(info.device)
-    if info.is_main:
-        check_disk(run_dir, model)
-        (run_dir / "config.yaml").write_text(dump({**cfg, "model": model_name}))
-        _trim_metrics(run_dir / "metrics.jsonl", state["epoch"])
+    optimizer, ema, scaler, run_dir, state = setup_run(cfg, model, model_name, info, resume, "best_top1")
     ddp = D.wrap_ddp(model, info)
     meta = {"model": model_name, "num_classes": getattr(model, "num_classes", None) or dataset_num_classes(cfg),
             "T": getattr(model, "T", None), "data": cfg["data"], "model_kwargs": cfg.get("model_kwargs") or {}}
