@@ -19,23 +19,29 @@ def onednn_on(monkeypatch):
     monkeypatch.setattr(L, "_choice", True)
 
 
-def test_gemm_choice_is_measured_once_or_set_by_environment(monkeypatch):
+def test_gemm_choice_is_blas_unless_the_environment_asks(monkeypatch):
     from spikeformer.errors import SpikeformerError
     from spikeformer.kernels.cpu import linear as L
 
-    for env, want in (("blas", False), ("oneDNN", True)):
-        monkeypatch.setattr(L, "_choice", None)
-        monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", env)
-        assert L.onednn_pays() is want
-    monkeypatch.setattr(L, "_choice", None)
-    monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", "mkl")
-    with pytest.raises(SpikeformerError, match="SPIKEFORMER_CPU_GEMM must be 'onednn' or 'blas'"):
-        L.onednn_pays()
-    monkeypatch.delenv("SPIKEFORMER_CPU_GEMM")
     calls = []
     monkeypatch.setattr(L, "_measure_onednn", lambda: calls.append(1) or True)
+    # the default never looks at the clock: a seeded run gives the same weights in every process
+    for env, want in ((None, False), ("", False), ("blas", False), ("oneDNN", True)):
+        monkeypatch.setattr(L, "_choice", None)
+        if env is None:
+            monkeypatch.delenv("SPIKEFORMER_CPU_GEMM", raising=False)
+        else:
+            monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", env)
+        assert L.onednn_pays() is want
+    assert calls == []
     monkeypatch.setattr(L, "_choice", None)
-    assert L.onednn_pays() and L.onednn_pays() and calls == ([1] if L._dnnl is not None else [])
+    monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", "mkl")
+    with pytest.raises(SpikeformerError, match="SPIKEFORMER_CPU_GEMM must be 'blas' .the default., 'onednn' or 'auto'"):
+        L.onednn_pays()
+    monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", "auto")  # measured once, then kept
+    monkeypatch.setattr(L, "_choice", None)
+    assert L.onednn_pays() is (L._dnnl is not None) and L.onednn_pays() is (L._dnnl is not None)
+    assert calls == ([1] if L._dnnl is not None else [])
     monkeypatch.setattr(L, "_choice", False)  # BLAS chosen: the layer is F.linear, bit for bit
     layer = OneDNNLinear(32, 16)
     x = torch.randn(5, 32)

@@ -3,12 +3,16 @@ behind ``torch.mm``, on CPUs where that is faster.
 
 Which of the two is faster depends on the CPU and the BLAS build: where the BLAS dispatches to a slow code path,
 oneDNN's matmul was about twice as fast (``benchmarks/RESULTS.md``); on an AMD EPYC (AVX2) with PyTorch's MKL 2024.2,
-whose Zen kernels are in use, the BLAS is 15-20 % faster than oneDNN on the token projections of Spikformer. So the
-choice is measured once per process (:func:`onednn_pays`, a few hundred ms at the first fp32 call: the two GEMMs on
-a ``[4096, 384] x [384, 1536]`` product, alternating, best of three) unless ``SPIKEFORMER_CPU_GEMM`` is ``onednn`` or
-``blas``. Results equal ``F.linear`` within fp32 rounding: only the summation order differs. Anything other than fp32
-CPU tensors outside autocast (bf16 autocast already goes to oneDNN, CUDA, builds without mkldnn) takes plain
-``F.linear``.
+whose Zen kernels are in use, the BLAS is 15-20 % faster than oneDNN on the token projections of Spikformer.
+
+The two sum in different orders, so a choice that changed from one process to the next would change a seeded run's
+weights (a one-ulp difference flips a spike and the runs drift apart), and a run resumed after an interruption would
+no longer equal the uninterrupted one. So the choice is never made by the clock unless asked: ``SPIKEFORMER_CPU_GEMM``
+is ``blas`` (the default: ``F.linear``, bit for bit), ``onednn``, or ``auto``, which measures once per process
+(:func:`_measure_onednn`, a few hundred ms at the first fp32 call: the two GEMMs on a ``[4096, 384] x [384, 1536]``
+product, alternating, best of three) and keeps the faster, at the price of that reproducibility. Results equal
+``F.linear`` within fp32 rounding: only the summation order differs. Anything other than fp32 CPU tensors outside
+autocast (bf16 autocast already goes to oneDNN, CUDA, builds without mkldnn) takes plain ``F.linear``.
 """
 
 from __future__ import annotations
@@ -49,17 +53,21 @@ def _measure_onednn() -> bool:
 
 
 def onednn_pays() -> bool:
-    """Whether fp32 token projections go to oneDNN in this process: ``SPIKEFORMER_CPU_GEMM=onednn|blas`` if set, else
-    measured once (:func:`_measure_onednn`)."""
+    """Whether fp32 token projections go to oneDNN in this process: ``SPIKEFORMER_CPU_GEMM=blas`` (default) or
+    ``onednn``, or ``auto`` to measure once (:func:`_measure_onednn`; not reproducible from one process to the
+    next)."""
     global _choice
     if _choice is None:
         with _choice_lock:
             if _choice is None:
-                env = os.environ.get("SPIKEFORMER_CPU_GEMM", "").strip().lower()
-                if env not in ("", "onednn", "blas"):
-                    raise SpikeformerError(f"SPIKEFORMER_CPU_GEMM must be 'onednn' or 'blas' (or unset to measure "
-                                           f"which is faster here); got {env!r}")
-                _choice = (env == "onednn") if env else (_dnnl is not None and _measure_onednn())
+                env = os.environ.get("SPIKEFORMER_CPU_GEMM", "").strip().lower() or "blas"
+                if env not in ("onednn", "blas", "auto"):
+                    raise SpikeformerError(f"SPIKEFORMER_CPU_GEMM must be 'blas' (the default), 'onednn' or 'auto' "
+                                           f"(measure which is faster here, once per process); got {env!r}")
+                if env == "auto":
+                    _choice = _dnnl is not None and _measure_onednn()
+                else:
+                    _choice = env == "onednn"
     return _choice
 
 
