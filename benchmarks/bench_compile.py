@@ -7,7 +7,8 @@
 For each family the eager model and ``torch.compile`` of a copy with the same weights (the compiled CPU kernels run
 as custom operators inside the graph, ``spikeformer/kernels/cpu/ops.py``) are built in ONE process, compiled
 (the compile time of the first training and inference step is printed on its own), and their steps then alternate
-for ``--rounds`` rounds (training: forward, backward, AdamW step; inference: ``torch.no_grad()`` forward), so load
+for ``--rounds`` rounds (training: forward, backward, AdamW step; inference: ``torch.no_grad()`` forward of the model with its BatchNorm
+statistics calibrated on the batch, ``bench_families.calibrate``), so load
 from elsewhere hits both alike. Medians are reported with the ratio eager / compiled (above 1: compiled is faster).
 The graph breaks of one compiled forward are counted with ``torch._dynamo.explain``. Run with nothing else on the
 machine.
@@ -27,6 +28,9 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from bench_families import calibrate  # noqa: E402
 
 # family -> (registered model at CIFAR size, its --quick stand-in)
 FAMILIES = {
@@ -83,6 +87,8 @@ def run(family: str, a) -> dict:
     torch._dynamo.reset()
     out = {"model": name, "graph breaks": breaks}
     for train in (True, False):
+        if not train:  # as bench_families.py: an eval model with its initial statistics barely spikes
+            calibrate(eager, False, x)
         compiled_model = torch.compile(copy.deepcopy(eager), backend=a.backend, dynamic=a.dynamic)
         steps = {"eager": make_step(eager, x, y, train), "compiled": make_step(compiled_model, x, y, train)}
         t0 = time.perf_counter()

@@ -93,6 +93,8 @@ def make_step(model, bf16: bool, is_sj: bool, x, y, train: bool):
             loss.backward()
             opt.step()
             if is_sj:
+                from spikingjelly.activation_based import functional as sjf
+
                 sjf.reset_net(model)
     else:
         def step():
@@ -100,6 +102,8 @@ def make_step(model, bf16: bool, is_sj: bool, x, y, train: bool):
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 _logits(model(x), is_sj)
             if is_sj:
+                from spikingjelly.activation_based import functional as sjf
+
                 sjf.reset_net(model)
     return step
 
@@ -108,8 +112,6 @@ def calibrate(model, is_sj: bool, x) -> None:
     """BatchNorm running statistics of the batch ``x`` (cumulative averages over two train-mode passes), so that an
     untrained model in eval mode spikes as a trained one does; with the initial statistics (mean 0, variance 1) most
     of its layers stay silent and sparse kernels would time a network with nothing to do."""
-    from spikingjelly.activation_based import functional as sjf
-
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
@@ -120,6 +122,8 @@ def calibrate(model, is_sj: bool, x) -> None:
         for _ in range(2):
             model(x)
             if is_sj:
+                from spikingjelly.activation_based import functional as sjf
+
                 sjf.reset_net(model)
     for m, mom in zip(bns, saved):
         m.momentum = mom

@@ -34,6 +34,8 @@ SACCADE_VERTICES = ((-2.0, 1.5), (2.0, 1.5), (0.0, -2.0), (-2.0, 1.5))
 SACCADE_US = 100_000
 STEPS_PER_SACCADE = 12
 REFRACTORY_US = 1000
+# --set augment=true: shifts of up to 3 px and cutout; no flips (a mirrored digit is another shape)
+AUGMENT_POLICY = dict(flip=0.0, roll=3, cutout=0.5)
 BACKGROUND = 0.05  # intensity of the blank screen; log(0) would make every dark pixel infinitely sensitive
 
 
@@ -182,6 +184,10 @@ class EventDigits(Dataset):
                               "embedded (no download)",
                   default_model="spikformer_dvs_digits_1_64")
 def build_events_digits(split: str, root=None, T=None, split_by: str = "number", noise_hz: float = 0.5,
-                        seed: int = 0, transform=None) -> EventDigits:
+                        seed: int = 0, augment=False, transform=None) -> EventDigits:
+    if transform is None and split == "train":
+        from .dvs import _augment
+
+        transform = _augment(split, augment, AUGMENT_POLICY)
     return EventDigits(split, T=8 if T is None else T, split_by=split_by, noise_hz=noise_hz, seed=seed,
                        transform=transform)

@@ -8,6 +8,7 @@ Unknown keys are errors, so a typo never silently trains the wrong thing.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -69,9 +70,24 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# YAML 1.1 (PyYAML) reads "1e-3" and "5E4" as strings: a float needs a dot ("1.0e-3"). Numbers written either way
+# are numbers here, in --set values and in config files alike.
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(value: Any) -> Any:
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
 def _coerce(value: str) -> Any:
     try:
-        return yaml.safe_load(value)
+        return _numbers(yaml.safe_load(value))
     except yaml.YAMLError:
         return value
 
@@ -81,7 +97,7 @@ def load_config_file(path: str | Path) -> dict:
     if not p.is_file():
         raise SpikeformerError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = _numbers(yaml.safe_load(p.read_text()))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise SpikeformerError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:

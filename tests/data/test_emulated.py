@@ -73,3 +73,18 @@ def test_short_training_run_learns():
     acc = correct / len(test)
     print(f"events-digits one epoch: {acc:.3f} held-out top-1")
     assert acc >= 0.25, acc
+
+
+def test_augment_option_shifts_training_frames_only():
+    plain = build_dataset("events-digits", "train")
+    torch.manual_seed(0)
+    rolled = build_dataset("events-digits", "train", augment={"roll": 3, "cutout": 0, "flip": 0})
+    x0, y0 = plain[5]
+    shifted = [rolled[5][0] for _ in range(8)]
+    assert all(torch.equal(s.sum(), x0.sum()) for s in shifted)  # a roll moves events, never drops them
+    assert any(not torch.equal(s, x0) for s in shifted)
+    assert any(torch.equal(torch.roll(x0, (dy, dx), (-2, -1)), shifted[0])
+               for dy in range(-3, 4) for dx in range(-3, 4))
+    assert rolled[5][1] == y0
+    assert torch.equal(build_dataset("events-digits", "test", augment=True)[5][0],
+                       build_dataset("events-digits", "test")[5][0])

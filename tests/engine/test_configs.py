@@ -233,3 +233,15 @@ def test_config_runs_one_training_step(path, tmp_path, monkeypatch):
     params = [p for p in built["model"].parameters() if p.requires_grad]
     stepped = sum(p.numel() for p in params if opt.state.get(p))
     assert stepped / sum(p.numel() for p in params) > 0.95
+
+
+def test_exponent_numbers_are_numbers_on_the_command_line_and_in_files(tmp_path):
+    # PyYAML (YAML 1.1) reads "1e-3" as a string; users write learning rates that way
+    cfg = build_config(None, ["lr=1e-3", "weight_decay=5E-4", "min_lr=.5e-6", "notes=1e3 steps",
+                              "augment={roll: 2, cutout: 0, scale: [1e-3, 0.1]}"])
+    assert (cfg["lr"], cfg["weight_decay"], cfg["min_lr"]) == (1e-3, 5e-4, 5e-7)
+    assert cfg["notes"] == "1e3 steps" and cfg["augment"] == {"roll": 2, "cutout": 0, "scale": [1e-3, 0.1]}
+    path = tmp_path / "recipe.yaml"
+    path.write_text("lr: 2e-4\nwarmup_lr: 1.0e-6\n")
+    cfg = build_config(str(path))
+    assert (cfg["lr"], cfg["warmup_lr"]) == (2e-4, 1e-6) and isinstance(cfg["lr"], float)
