@@ -262,6 +262,14 @@ def _augment(split: str, augment, default_policy: dict):
     if augment is False or augment == "none":
         return None
     if isinstance(augment, dict):
+        import inspect
+
+        known = set(inspect.signature(dvs_augment).parameters)
+        unknown = sorted(map(str, set(augment) - known))
+        if unknown:
+            raise SpikeformerError(f"augment: unknown option(s) {', '.join(map(repr, unknown))}; the options are "
+                                   f"{', '.join(sorted(known))} (YAML needs a space after each colon: "
+                                   f"augment={{roll: 2, cutout: 0}})")
         return dvs_augment(**augment)
     if callable(augment):
         return augment

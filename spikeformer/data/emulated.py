@@ -34,8 +34,10 @@ SACCADE_VERTICES = ((-2.0, 1.5), (2.0, 1.5), (0.0, -2.0), (-2.0, 1.5))
 SACCADE_US = 100_000
 STEPS_PER_SACCADE = 12
 REFRACTORY_US = 1000
-# --set augment=true: shifts of up to 3 px and cutout; no flips (a mirrored digit is another shape)
-AUGMENT_POLICY = dict(flip=0.0, roll=3, cutout=0.5)
+# The training split's default augmentation (augment=None, as every event dataset): shifts of up to 2 px, no flips
+# (a mirrored digit is another shape), no cutout. spikeformer_dvs_digits reached 96.1 % (seed 0) and 93.9 % (seed 1)
+# without it, training accuracy 99-100 %; with it see the README.
+AUGMENT_POLICY = dict(flip=0.0, roll=2, cutout=0.0)
 BACKGROUND = 0.05  # intensity of the blank screen; log(0) would make every dark pixel infinitely sensitive
 
 
@@ -184,7 +186,7 @@ class EventDigits(Dataset):
                               "embedded (no download)",
                   default_model="spikformer_dvs_digits_1_64")
 def build_events_digits(split: str, root=None, T=None, split_by: str = "number", noise_hz: float = 0.5,
-                        seed: int = 0, augment=False, transform=None) -> EventDigits:
+                        seed: int = 0, augment=None, transform=None) -> EventDigits:
     if transform is None and split == "train":
         from .dvs import _augment
 

@@ -442,7 +442,7 @@ default_cfgs = {
     ),
     "spikeformer_dvs_digits": cfg(
         input_size=(2, 32, 32), T=8, num_classes=10, dataset="events-digits",
-        notes="small Spikeformer for the emulated-DVS digits (2x32x32 event frames, 8x8 tokens); not a paper config",
+        notes="small Spikeformer for the emulated-DVS digits (2x32x32 event frames, 4x4 tokens); not a paper config",
         **_DVS,
     ),
 }
@@ -482,8 +482,11 @@ def spikeformer_imagenet(**kw):
 def spikeformer_dvs_digits(**kw):
     kw.setdefault("in_chans", 2)
     kw.setdefault("img_size", 32)
-    kw.setdefault("tokenizer_widths", (2, 32, 64))
-    kw.setdefault("tokenizer_strides", (2, 2))
+    # three stride-2 SEW blocks: 4x4 tokens of the 32x32 sensor, as Spikformer's digits config has. With two blocks
+    # (8x8 tokens) the same recipe reached 87.5 %: training accuracy 99 %, test accuracy swinging 50-88 % between
+    # epochs; with 16 tokens it reaches 96 % in a third of the time (README, "Embedded data")
+    kw.setdefault("tokenizer_widths", (2, 32, 64, 64))
+    kw.setdefault("tokenizer_strides", (2, 2, 2))
     for k, v in dict(kernel_size=3, depth=2, num_heads=2, mlp_ratio=2).items():
         kw.setdefault(k, v)
     return _create(**kw)

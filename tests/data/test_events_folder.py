@@ -193,10 +193,10 @@ def test_frames_equal_events_digits(digits_folder, split):
 @pytest.mark.slow
 def test_training_matches_events_digits(digits_folder, tmp_path):
     common = [f"T={T}", "lr=0.01", "max_steps=45", "epochs=1", "warmup_epochs=0", "batch_size=32", "seed=0",
-              "report=false"]
+              "report=false", "augment=false"]
     ref = train(build_config(data="events-digits", sets=common + [f"out={tmp_path / 'digits'}"]), progress=False)
     got = train(build_config(data="events-folder", sets=common + [
-        f"out={tmp_path / 'folder'}", f"data_root={digits_folder}", "augment=false", "model_kwargs.num_classes=10",
+        f"out={tmp_path / 'folder'}", f"data_root={digits_folder}", "model_kwargs.num_classes=10",
         "data_kwargs.split_files=[train.txt,test.txt]", "data_kwargs.sensor_size=[32,32]", "data_kwargs.workers=1",
         "data_kwargs.progress=false"]), progress=False)
     assert got["model"] == ref["model"] == "spikformer_dvs_digits_1_64"

@@ -59,8 +59,8 @@ def test_parameter_counts_equal_official_code(name):
 
 def test_digits_config_is_small():
     m = spikeformer.create_model("spikeformer_dvs_digits")
-    assert n_params(m) == 181_267
-    assert m.grid == (8, 8) and m.T == 8 and m.num_classes == 10
+    assert n_params(m) == 256_406
+    assert m.grid == (4, 4) and m.T == 8 and m.num_classes == 10
 
 
 def test_structure_of_official_variants():
@@ -148,7 +148,7 @@ def test_neuron_is_pluggable():
     for spec, cls, tau in (("pliaf", PLIAF, 2.0), ({"type": "pliaf", "tau": 3.0}, PLIAF, 3.0), ("lif", LIF, 2.0)):
         m = spikeformer.create_model("spikeformer_dvs_digits", neuron=spec)
         neurons = [n for n in m.modules() if hasattr(n, "v_threshold")]
-        assert len(neurons) == 2 * 3 + 2  # 2 SEW blocks x (2 convs + shortcut conv), 2 MLPs
+        assert len(neurons) == 3 * 3 + 2  # 3 SEW blocks x (2 convs + shortcut conv), 2 MLPs
         assert all(type(n) is cls and n.detach_reset and abs(n.tau - tau) < 1e-6 for n in neurons)
 
 
@@ -452,7 +452,10 @@ def test_fast_path_takes_its_kernels(monkeypatch):
     import spikeformer.models.spikeformer_li as li
     from spikeformer.layers import OneDNNLinear
 
-    m = spikeformer.create_model("spikeformer_dvs_digits").eval()
+    # two tokenizer blocks: 8x8 tokens, enough for the fused kernel (li.FUSED_MIN_TOKENS; the default 4x4 takes bmm)
+    m = spikeformer.create_model("spikeformer_dvs_digits", tokenizer_widths=(2, 32, 64), tokenizer_strides=(2, 2))
+    m.eval()
+    assert m.grid == (8, 8) and 16 < li.FUSED_MIN_TOKENS <= 64
     assert all(type(mod) is OneDNNLinear for mod in m.modules() if isinstance(mod, nn.Linear))
     tried = collections.Counter()
     for mod, name in ((li, "spike_linear"), (blocks, "spike_conv3x3")):
