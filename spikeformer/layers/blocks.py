@@ -72,6 +72,27 @@ def _small_map(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return x.shape[0] * x.shape[1] * ((h + sh - 1) // sh) * ((w + sw - 1) // sw) < MIN_CHANNELS_LAST_PIXELS
 
 
+# A Conv-BN-neuron block whose output has fewer elements than this per call runs the exact operations on the fast
+# path too (fp32): below it the fixed per-call costs of the fast kernels (layout copies, the statistics and scale and
+# shift of the fused BatchNorm + neuron kernel, listing nonzero spikes) outweigh what they save. Measured, one
+# training step of a block, fast against exact (python benchmarks/bench_blocks.py): 0.79-0.97x at 8k-33k output
+# elements, 0.91-1.40x at 131k, 1.28-1.94x above.
+MIN_FAST_BLOCK_ELEMENTS = 2 ** 17
+
+
+def _small_block(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    if (x.dim() != 5 or not isinstance(conv, nn.Conv2d) or x.dtype != torch.float32
+            or torch.is_autocast_enabled(x.device.type)):
+        return False
+    h, w = x.shape[-2:]
+    kh, kw = conv.kernel_size
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding if isinstance(conv.padding, tuple) else (0, 0), \
+        conv.dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return x.shape[0] * x.shape[1] * conv.out_channels * ho * wo < MIN_FAST_BLOCK_ELEMENTS
+
+
 def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = False) -> torch.Tensor:
     """``conv`` over frames ``[T, B, C, H, W]``; on the fast path channels-last, over nonzero spikes where that pays
     (small maps: NCHW, see :data:`MIN_CHANNELS_LAST_PIXELS`)."""
@@ -120,6 +141,8 @@ def conv_bn_neuron(conv: nn.Conv2d, bn: nn.Module, neuron: nn.Module, x: torch.T
                    fast: Optional[bool] = None) -> torch.Tensor:
     """``neuron(bn(conv(x)))`` on frames ``[T, B, C, H, W]``; see the module docstring for the two paths."""
     fast = _fast(x, conv, bn, neuron) if fast is None else fast
+    if fast and _small_block(conv, x):
+        fast = False
     z = conv_frames(conv, x, fast, spikes_in)
     return bn_neuron(bn, neuron, z, fuse=fast)
 

@@ -172,7 +172,11 @@ def test_fallback_gives_the_unfused_result():
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """A list that gets one entry per training-mode call of the fused kernel."""
+    """A list that gets one entry per training-mode call of the fused kernel (at every block size: the small-block
+    rule of layers/blocks.py is off)."""
+    import spikeformer.layers.blocks as blocks
+
+    monkeypatch.setattr(blocks, "MIN_FAST_BLOCK_ELEMENTS", 0)
     calls = []
     real = BNN._native.NativeBNNeuron.apply
     monkeypatch.setattr(BNN._native.NativeBNNeuron, "apply", lambda *a: calls.append(1) or real(*a))
@@ -327,3 +331,30 @@ def test_linear_bn_neuron_keeps_the_bias_where_it_matters(fused_calls):
     assert torch.equal(BNN.linear_bn_neuron(linear, b1, neuron, x, fuse=False), neuron(b2(linear(x))))
     assert torch.equal(b1.running_mean, b2.running_mean)
     assert len(fused_calls) == 2  # the hooked-Linear call and its reference (BatchNorm+LIF fused, bias in the GEMM)
+
+
+def test_small_conv_blocks_take_the_exact_operations_on_the_fast_path(monkeypatch):
+    """Below MIN_FAST_BLOCK_ELEMENTS output elements a fast Conv-BN-neuron block runs the exact operations (their
+    fixed per-call costs lose there, benchmarks/bench_blocks.py): the official bits, no fused kernel; above, it fuses."""
+    import spikeformer.layers.blocks as blocks
+    from spikeformer.layers import set_numerics
+    from spikeformer.models.spiking_convnet import IF_DEFAULTS, ConvBlock
+    from spikeformer.neurons import neuron_factory
+
+    calls = []
+    real = BNN._native.NativeBNNeuron.apply
+    monkeypatch.setattr(BNN._native.NativeBNNeuron, "apply", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    exact = ConvBlock(16, 32, neuron_factory("if", **IF_DEFAULTS), spikes_in=True)
+    fast = copy.deepcopy(exact)
+    set_numerics(exact, "exact")
+    set_numerics(fast, "fast")
+    for side, tb, fuses in ((8, 8, False), (16, 32, True)):
+        n = tb * 32 * side * side
+        assert (n >= blocks.MIN_FAST_BLOCK_ELEMENTS) == fuses
+        x = (torch.rand(2, tb // 2, 16, side, side) < 0.2).float()
+        calls.clear()
+        ye, yf = exact(x), fast(x)
+        assert bool(calls) == fuses
+        if not fuses:
+            assert torch.equal(yf, ye)
