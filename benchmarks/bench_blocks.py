@@ -6,8 +6,8 @@
 For each shape the exact block, the fast block as shipped, and the fast block with the small-block rule switched off
 (``layers/blocks.py``: ``MIN_FAST_BLOCK_ELEMENTS`` set to 0, so the fast kernels run at every size) are timed in one
 process, alternating, and the ratios exact / fast are printed (above 1: fast is faster). The input is spikes at 15 %
-density (images for the first, 1-channel row), frames ``[2, TB/2, C, H, W]``, NCHW for the exact block and
-channels-last for the fast ones (what a fast block before them hands on). This is where the threshold of the
+density (images for the first, 1-channel row), frames ``[2, TB/2, C, H, W]`` in NCHW (the rule applies to blocks on
+NCHW frames: the input, or an exact block's output; a block fed channels-last frames keeps the fast kernels). This is where the threshold of the
 small-block rule comes from. Run with nothing else on the machine.
 """
 
@@ -56,9 +56,9 @@ def main() -> None:
             set_numerics(fast, "fast")
             shape = (2, tb // 2, cin, side, side)
             x = (torch.rand(shape) < 0.15).float() if spikes else torch.rand(shape)
-            # the fast variants read channels-last frames, as a fast block's output is
-            xs = {"exact": x.clone().requires_grad_(), "fast": blocks.channels_last(x).requires_grad_(),
-                  "always": blocks.channels_last(x).requires_grad_()}
+            # NCHW frames, as the input or an exact block's output: what the small-block rule looks at (a block fed
+            # channels-last frames by a fast block keeps the fast path at every size)
+            xs = {k: x.clone().requires_grad_() for k in ("exact", "fast", "always")}
             mods = {"exact": exact, "fast": fast, "always": fast}
 
             def step(k):

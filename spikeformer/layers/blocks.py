@@ -72,8 +72,8 @@ def _small_map(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return x.shape[0] * x.shape[1] * ((h + sh - 1) // sh) * ((w + sw - 1) // sw) < MIN_CHANNELS_LAST_PIXELS
 
 
-# A Conv-BN-neuron block whose output has fewer elements than this per call runs the exact operations on the fast
-# path too (fp32): below it the fixed per-call costs of the fast kernels (layout copies, the statistics and scale and
+# A Conv-BN-neuron block whose output has fewer elements than this per call, on NCHW frames, runs the exact
+# operations on the fast path too (fp32): below it the fixed per-call costs of the fast kernels (layout copies, the statistics and scale and
 # shift of the fused BatchNorm + neuron kernel, listing nonzero spikes) outweigh what they save. Measured, one
 # training step of a block, fast against exact (python benchmarks/bench_blocks.py): 0.79-0.97x at 8k-33k output
 # elements, 0.91-1.40x at 131k, 1.28-1.94x above.
@@ -141,7 +141,9 @@ def conv_bn_neuron(conv: nn.Conv2d, bn: nn.Module, neuron: nn.Module, x: torch.T
                    fast: Optional[bool] = None) -> torch.Tensor:
     """``neuron(bn(conv(x)))`` on frames ``[T, B, C, H, W]``; see the module docstring for the two paths."""
     fast = _fast(x, conv, bn, neuron) if fast is None else fast
-    if fast and _small_block(conv, x):
+    if fast and _small_block(conv, x) and not (x.shape[2] > 1 and _is_channels_last_frames(x)):
+        # a small block on NCHW frames (the input, or an exact block's output) stays NCHW; one fed channels-last
+        # frames by a fast block keeps the fast path, where switching layouts back and forth costs more
         fast = False
     z = conv_frames(conv, x, fast, spikes_in)
     return bn_neuron(bn, neuron, z, fuse=fast)
