@@ -254,7 +254,7 @@ def _folder_dataset_files(root: Path, dataset: str, exts: Sequence[str], class_n
     return files
 
 
-def _augment(split: str, augment, default_policy: dict):
+def augment_transform(split: str, augment, default_policy: dict):
     if augment is None:
         augment = split == "train"
     if augment is True:
@@ -300,7 +300,7 @@ def _resize(size):
 def _common(split, root, T, default_T, augment, policy, resize, transform):
     root = Path(root).expanduser()
     T = default_T if T is None else int(T)
-    tf = transform if transform is not None else _compose(_resize(resize), _augment(split, augment, policy))
+    tf = transform if transform is not None else _compose(_resize(resize), augment_transform(split, augment, policy))
     return root, T, tf
 
 

@@ -188,8 +188,8 @@ class EventDigits(Dataset):
 def build_events_digits(split: str, root=None, T=None, split_by: str = "number", noise_hz: float = 0.5,
                         seed: int = 0, augment=None, transform=None) -> EventDigits:
     if transform is None and split == "train":
-        from .dvs import _augment
+        from .dvs import augment_transform
 
-        transform = _augment(split, augment, AUGMENT_POLICY)
+        transform = augment_transform(split, augment, AUGMENT_POLICY)
     return EventDigits(split, T=8 if T is None else T, split_by=split_by, noise_hz=noise_hz, seed=seed,
                        transform=transform)

@@ -63,34 +63,35 @@ MIN_CHANNELS_LAST_PIXELS = 512
 LARGE_WEIGHT = 2 ** 18
 
 
-def _small_map(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    if (x.dim() != 5 or not isinstance(conv, nn.Conv2d) or conv.weight.numel() < LARGE_WEIGHT
-            or x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type)):
-        return False  # under autocast the weight is cast (copied) at every call anyway
+def _out_pixels(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """Output pixels of ``conv`` over frames ``x`` ``[T, B, C, H, W]`` per call (frames x height x width; the
+    "same"-padded size, ceil(H / stride))."""
     h, w = x.shape[-2:]
     sh, sw = conv.stride
-    return x.shape[0] * x.shape[1] * ((h + sh - 1) // sh) * ((w + sw - 1) // sw) < MIN_CHANNELS_LAST_PIXELS
+    return x.shape[0] * x.shape[1] * ((h + sh - 1) // sh) * ((w + sw - 1) // sw)
+
+
+def _fp32_conv_frames(conv: nn.Module, x: torch.Tensor) -> bool:
+    # under autocast the weight is cast (copied) at every call anyway, and the fast kernels carry bf16
+    return (x.dim() == 5 and isinstance(conv, nn.Conv2d) and x.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type))
+
+
+def _small_map(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    return (_fp32_conv_frames(conv, x) and conv.weight.numel() >= LARGE_WEIGHT
+            and _out_pixels(conv, x) < MIN_CHANNELS_LAST_PIXELS)
 
 
 # A Conv-BN-neuron block whose output has fewer elements than this per call, on NCHW frames, runs the exact
-# operations on the fast path too (fp32): below it the fixed per-call costs of the fast kernels (layout copies, the statistics and scale and
-# shift of the fused BatchNorm + neuron kernel, listing nonzero spikes) outweigh what they save. Measured, one
-# training step of a block, fast against exact (python benchmarks/bench_blocks.py): 0.79-0.97x at 8k-33k output
-# elements, 0.91-1.40x at 131k, 1.28-1.94x above.
+# operations on the fast path too (fp32): below it the fixed per-call costs of the fast kernels (layout copies, the
+# statistics and scale and shift of the fused BatchNorm + neuron kernel, listing nonzero spikes) outweigh what they
+# save. Measured, one training step of a block, fast against exact (python benchmarks/bench_blocks.py): 0.79-0.97x
+# at 8k-33k output elements, 0.88-1.33x at 131k, 1.1-1.9x above.
 MIN_FAST_BLOCK_ELEMENTS = 2 ** 17
 
 
 def _small_block(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    if (x.dim() != 5 or not isinstance(conv, nn.Conv2d) or x.dtype != torch.float32
-            or torch.is_autocast_enabled(x.device.type)):
-        return False
-    h, w = x.shape[-2:]
-    kh, kw = conv.kernel_size
-    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding if isinstance(conv.padding, tuple) else (0, 0), \
-        conv.dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return x.shape[0] * x.shape[1] * conv.out_channels * ho * wo < MIN_FAST_BLOCK_ELEMENTS
+    return _fp32_conv_frames(conv, x) and _out_pixels(conv, x) * conv.out_channels < MIN_FAST_BLOCK_ELEMENTS
 
 
 def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = False) -> torch.Tensor:
