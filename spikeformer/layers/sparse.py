@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..kernels.cpu import lut as _lut
 from ..neurons import _native
 
 # Above these fractions of nonzero inputs the dense products are as fast or faster (benchmarks/bench_sparse.py:
@@ -60,10 +61,32 @@ def _native_bf16() -> bool:
 
 
 def _sampled_density(x2d: torch.Tensor) -> float:
-    """The fraction of nonzeros in every 16th row of ``x2d`` (a sixteenth of a pass), to skip listing an input that
-    is clearly too dense (the listing gives up only when it has gone past its budget, near the end of the input)."""
-    sample = x2d[::16]
+    """The fraction of nonzeros in every 17th row of ``x2d`` (a seventeenth of a pass), to skip listing an input that
+    is clearly too dense (the listing gives up only when it has gone past its budget, near the end of the input) and
+    to choose between listing and table lookups. The step is prime: the rows of channels-last frames are pixels, and
+    every 16th pixel of a 16- or 32-wide map is its left edge, where a zero-padded convolution fires less."""
+    sample = x2d[::17]
     return float(torch.count_nonzero(sample)) / max(sample.numel(), 1)
+
+
+# At or above this fraction of nonzero inputs, fp32 products of 0/1 spikes take the table lookups
+# (kernels/cpu/lut.py), whose speed does not depend on the firing rate: forward plus weight gradient about 2-2.9x the
+# dense pair on an AVX2 CPU (benchmarks/bench_sparse.py), where listing the nonzeros gives 2.2x at 12 % and less above.
+LUT_MIN_DENSITY = 0.12
+
+
+def _density(x2d: torch.Tensor) -> float:
+    if x2d.shape[0] >= 1024:
+        return _sampled_density(x2d)
+    return float(torch.count_nonzero(x2d)) / max(x2d.numel(), 1)
+
+
+def _lookups_pay(x2d: torch.Tensor, weight: torch.Tensor, max_density: Optional[float]) -> bool:
+    """Whether to try the table lookups first: fp32 products (no autocast), the compiled kernels, no density bound
+    asked for by the caller, and at least :data:`LUT_MIN_DENSITY` of the input nonzero."""
+    if max_density is not None or torch.compiler.is_compiling() or _native.library() is None:
+        return False
+    return _compute_dtype(x2d, weight) == torch.float32 and _density(x2d) >= LUT_MIN_DENSITY
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
@@ -105,11 +128,15 @@ def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
             and x.dim() >= 2 and x.numel() > 0 and x.shape[-1] == weight.shape[1] and x.is_contiguous()):
         return None
     x2d = x.view(-1, x.shape[-1])
+    bias = linear.bias if with_bias else None
+    if _lookups_pay(x2d, weight, max_density):
+        out = _lut.lut_linear(x2d, weight, bias, torch.float32)
+        if out is not None:
+            return out.view(*x.shape[:-1], weight.shape[0])
     found = _nonzeros(x2d, weight, max_density)
     if found is None:
         return None
     rows, dtype = found
-    bias = linear.bias if with_bias else None
     out = _native.NativeSparseLinear.apply(x2d, weight, bias, rows, dtype)
     return out.view(*x.shape[:-1], weight.shape[0])
 
@@ -128,7 +155,12 @@ def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor,
             and x.is_contiguous(memory_format=torch.channels_last) and max(x.shape[2:]) < 2 ** 15):
         return None
     M, C, H, W = x.shape
-    found = _nonzeros(x.permute(0, 2, 3, 1).view(M * H * W, C), weight, max_density, conv=True)
+    pixels = x.permute(0, 2, 3, 1).view(M * H * W, C)
+    if _lookups_pay(pixels, weight, max_density):
+        out = _lut.lut_conv3x3(x, weight, conv.bias, torch.float32)
+        if out is not None:
+            return out
+    found = _nonzeros(pixels, weight, max_density, conv=True)
     if found is None:
         return None
     rows, dtype = found

@@ -47,9 +47,10 @@ class SPS(SpikingPatchStem):
 
     def __init__(self, in_chans: int, embed_dim: int, neuron, pool_stages: Sequence[int] = (0, 1, 2, 3)):
         # Under bf16 autocast the first two stages stay fp32: their rounding flips the most spikes, and early flips
-        # spread downstream (agreement with fp32 per choice: benchmarks/RESULTS.md, bench_bf16_agreement.py)
+        # spread downstream (agreement with fp32 per choice: benchmarks/RESULTS.md, bench_bf16_agreement.py). The
+        # relative position convolution reads pooled spikes (about 20 % nonzero): the table-lookup product pays there
         super().__init__(in_chans, embed_dim, neuron, stages=4, pool_stages=pool_stages, rpe="spikes", names="sps",
-                         fp32_stages=2)
+                         fp32_stages=2, rpe_spikes_in=True)
 
 
 class SSA(NumericsAware, nn.Module):

@@ -60,8 +60,11 @@ def _fresh_dynamo():
 @pytest.fixture
 def _compiled_graph_ops(monkeypatch):
     """Eager runs the operations the compiled graph runs where the two differ: the dense product where it would list
-    the nonzero spikes, ``F.linear`` where it would call oneDNN (``kernels/cpu/linear.py``)."""
+    the nonzero spikes or look up tables of spike codes, ``F.linear`` where it would call oneDNN
+    (``kernels/cpu/linear.py``)."""
     monkeypatch.setattr(_native, "sparse_rows", lambda x2d, max_density: None)
+    monkeypatch.setattr(cpu.lut, "lut_linear", lambda *a, **k: None)
+    monkeypatch.setattr(cpu.lut, "lut_conv3x3", lambda *a, **k: None)
     monkeypatch.setattr(cpu.linear, "_dnnl", None)
 
 

@@ -66,7 +66,10 @@ def test_sparse_rows_gives_up_when_too_dense():
     x = _spikes((64, 128), 0.3, 1)
     assert _native.sparse_rows(x, 0.1) is None
     assert _native.sparse_rows(x, 0.5) is not None
-    assert SL.spike_linear(nn.Linear(128, 32), x) is None  # above MAX_DENSITY: the caller's dense GEMM
+    # above MAX_DENSITY listing does not pay; fp32 0/1 spikes then take the table lookups, real values the dense GEMM
+    lin = nn.Linear(128, 32)
+    torch.testing.assert_close(SL.spike_linear(lin, x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+    assert SL.spike_linear(lin, x * torch.rand_like(x)) is None
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -195,7 +198,7 @@ def test_spikformer_runs_its_spike_inputs_on_the_nonzeros(sparse_calls, monkeypa
     l1, g1 = _mlp_step(m, x, y, dtype)
     used = sum(sparse_calls)
     assert len(sparse_calls) == 12 and used >= 2  # six projections of both blocks offered; sparse where sparse
-    assert conv_calls == [True, True, True]  # stem stages 2-4 (the first sees images)
+    assert conv_calls == [True, True, True, True]  # stem stages 2-4 (the first sees images) and the rpe conv
     monkeypatch.setattr(BNN, "spike_linear", lambda *a, **k: None)
     monkeypatch.setattr(BLK, "spike_conv3x3", lambda *a, **k: None)
     l2, g2 = _mlp_step(m_dense, x, y, dtype)

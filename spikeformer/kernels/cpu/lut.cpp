@@ -1,0 +1,297 @@
+// Products of binary spikes (every input exactly 0 or 1) and real matrices by table lookup, independent of how many
+// spikes are set. Four inputs form a 4-bit code; for four weight rows w0..w3 a table holds all 16 subset sums
+// (T[code] = sum of the w_j whose bit j is set), so one vector addition of T[code] does the work of four
+// multiply-adds of a dense product ("method of the four Russians"). The tables of a tile of 16 output columns sit in
+// the L1 cache, and each addition of a 16-column entry stands for 64 multiply-adds: where a dense GEMM does 16 per
+// cycle on AVX2 with FMA, the lookups do several times more, at 25-30 % spikes (SDT's q/k/v and MLP inputs, the
+// stems' pooled spikes) where listing the nonzeros (sparse.cpp) no longer pays.
+//
+// Forward: out[r] = bias + sum over the 4-column groups g of T_g[code(r, g)]. Weight gradient: the same with the
+// roles turned: 4 rows of the output gradient make the table and the codes are the spikes of those 4 rows in one
+// input column, dW^T[k] = sum over the 4-row groups q of T_q[code(q, k)]. All sums are fp32; the subset sums and the
+// accumulation add the same terms as a dense product in another order, so results differ from it by rounding only.
+// A 3x3 convolution (stride 1, padding 1) is the same product over the codes of its 9 taps (im2col of the codes).
+
+#include "common.h"
+
+namespace {
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+constexpr int64_t NT = 16;  // output columns per tile: one table entry is two 8-lane vectors
+
+struct e16 {
+  v8 a, b;
+};
+
+inline e16 ld16(const float* p) { return {*reinterpret_cast<const v8u*>(p), *reinterpret_cast<const v8u*>(p + 8)}; }
+inline void st16(float* p, const e16& v) {
+  *reinterpret_cast<v8u*>(p) = v.a;
+  *reinterpret_cast<v8u*>(p + 8) = v.b;
+}
+inline e16 add(const e16& x, const e16& y) { return {x.a + y.a, x.b + y.b}; }
+
+// T[0..16): the subset sums of rows[0..4) (nullptr: a zero row), each NT floats
+inline void build_table(e16* T, const float* const rows[4]) {
+  e16 w[4];
+  for (int j = 0; j < 4; ++j) w[j] = rows[j] ? ld16(rows[j]) : e16{};
+  T[0] = e16{};
+  for (int i = 1; i < 16; ++i) {
+    const int j = __builtin_ctz(i);
+    T[i] = add(T[i & (i - 1)], w[j]);
+  }
+}
+
+struct AlignedTables {
+  e16* p;
+  explicit AlignedTables(int64_t n) : p(static_cast<e16*>(::operator new[](n * sizeof(e16), std::align_val_t(64)))) {}
+  ~AlignedTables() { ::operator delete[](p, std::align_val_t(64)); }
+};
+
+constexpr int64_t FWD_RB = 256;  // rows per block: their codes stay in L2 over the tiles; their output tile is
+                                 // accumulated in a contiguous 16 KB buffer in L1 (rows of the output itself are
+                                 // N floats apart, and with N a multiple of 512 they all fall into two cache sets)
+constexpr int64_t FWD_SC = 64;   // groups whose tables are built at once (64 KB): rebuilt per row block, 6 % of the
+                                 // additions
+constexpr int64_t FWD_CH = 8;    // groups per chunk: 8 tables of 1 KB, in L1 over the rows of a block
+
+// out [R, N] = bias + codes [R, KG] x Wt [K, N] (fp32), N a multiple of NT
+void lut_fwd(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float* Wt, const float* bias, float* out,
+             int nthreads) {
+  const int64_t KG = (K + 3) / 4, ntiles = N / NT, nblocks = (R + FWD_RB - 1) / FWD_RB;
+  const int64_t nwork = nblocks * ntiles;
+#pragma omp parallel num_threads(nthreads)
+  {
+    AlignedTables tab(FWD_SC * 16), buf(FWD_RB);
+#pragma omp for schedule(static)
+    for (int64_t wk = 0; wk < nwork; ++wk) {  // row block major: a block's codes are reused over its tiles
+      const int64_t rb = (wk / ntiles) * FWD_RB, n0 = (wk % ntiles) * NT;
+      const int64_t nr = (rb + FWD_RB < R ? rb + FWD_RB : R) - rb;
+      const e16 init = bias ? ld16(bias + n0) : e16{};
+      e16* acc = buf.p;
+      for (int64_t i = 0; i < nr; ++i) acc[i] = init;
+      for (int64_t s0 = 0; s0 < KG; s0 += FWD_SC) {
+        const int64_t s1 = s0 + FWD_SC < KG ? s0 + FWD_SC : KG;
+        for (int64_t g = s0; g < s1; ++g) {
+          const float* rows[4];
+          for (int j = 0; j < 4; ++j) rows[j] = 4 * g + j < K ? Wt + (4 * g + j) * N + n0 : nullptr;
+          build_table(tab.p + (g - s0) * 16, rows);
+        }
+        for (int64_t c0 = s0; c0 < s1; c0 += FWD_CH) {
+          const int64_t nc = (c0 + FWD_CH < s1 ? c0 + FWD_CH : s1) - c0;
+          const e16* T = tab.p + (c0 - s0) * 16;
+          const uint8_t* q = codes + rb * KG + c0;
+          int64_t i = 0;
+          for (; i + 4 <= nr; i += 4, q += 4 * KG) {  // four rows at once: eight independent chains of additions
+            e16 a0 = acc[i], a1 = acc[i + 1], a2 = acc[i + 2], a3 = acc[i + 3];
+            const e16* Tc = T;
+            for (int64_t c = 0; c < nc; ++c, Tc += 16) {
+              a0 = add(a0, Tc[q[c]]);
+              a1 = add(a1, Tc[q[KG + c]]);
+              a2 = add(a2, Tc[q[2 * KG + c]]);
+              a3 = add(a3, Tc[q[3 * KG + c]]);
+            }
+            acc[i] = a0;
+            acc[i + 1] = a1;
+            acc[i + 2] = a2;
+            acc[i + 3] = a3;
+          }
+          for (; i < nr; ++i, q += KG) {
+            e16 a = acc[i];
+            for (int64_t c = 0; c < nc; ++c) a = add(a, T[c * 16 + q[c]]);
+            acc[i] = a;
+          }
+        }
+      }
+      for (int64_t i = 0; i < nr; ++i) st16(out + (rb + i) * N + n0, acc[i]);
+    }
+  }
+}
+
+constexpr int64_t WG_CH = 16;  // 4-row groups per chunk: 16 tables of 1 KB
+
+// dWt [K, N] = codesT [RG, K] x G [R, N] summed over the rows (fp32 G), N a multiple of NT
+void lut_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const float* G, float* dWt, int nthreads) {
+  const int64_t RG = (R + 3) / 4, ntiles = N / NT;
+#pragma omp parallel num_threads(nthreads)
+  {
+    AlignedTables tab(WG_CH * 16);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const int64_t n0 = t * NT;
+      for (int64_t q0 = 0; q0 < RG; q0 += WG_CH) {
+        const int64_t q1 = q0 + WG_CH < RG ? q0 + WG_CH : RG;
+        for (int64_t q = q0; q < q1; ++q) {
+          const float* rows[4];
+          for (int j = 0; j < 4; ++j) rows[j] = 4 * q + j < R ? G + (4 * q + j) * N + n0 : nullptr;
+          build_table(tab.p + (q - q0) * 16, rows);
+        }
+        const int64_t nq = q1 - q0;
+        int64_t k = 0;
+        for (; k + 4 <= K; k += 4) {
+          e16 a0, a1, a2, a3;
+          if (q0 == 0) {
+            a0 = a1 = a2 = a3 = e16{};
+          } else {
+            a0 = ld16(dWt + k * N + n0);
+            a1 = ld16(dWt + (k + 1) * N + n0);
+            a2 = ld16(dWt + (k + 2) * N + n0);
+            a3 = ld16(dWt + (k + 3) * N + n0);
+          }
+          const uint8_t* cq = codesT + q0 * K + k;
+          const e16* Tc = tab.p;
+          for (int64_t c = 0; c < nq; ++c, cq += K, Tc += 16) {
+            a0 = add(a0, Tc[cq[0]]);
+            a1 = add(a1, Tc[cq[1]]);
+            a2 = add(a2, Tc[cq[2]]);
+            a3 = add(a3, Tc[cq[3]]);
+          }
+          st16(dWt + k * N + n0, a0);
+          st16(dWt + (k + 1) * N + n0, a1);
+          st16(dWt + (k + 2) * N + n0, a2);
+          st16(dWt + (k + 3) * N + n0, a3);
+        }
+        for (; k < K; ++k) {
+          e16 a = q0 == 0 ? e16{} : ld16(dWt + k * N + n0);
+          for (int64_t c = 0; c < nq; ++c) a = add(a, tab.p[c * 16 + codesT[(q0 + c) * K + k]]);
+          st16(dWt + k * N + n0, a);
+        }
+      }
+    }
+  }
+}
+
+inline uint8_t bit(float v) { return v != 0.0f; }
+inline uint8_t bit(bf16 v) { return (v & 0x7FFF) != 0; }
+inline bool binary(float v) { return v == 0.0f || v == 1.0f; }
+inline bool binary(bf16 v) { return (v & 0x7FFF) == 0 || v == 0x3F80; }
+
+// the codes of x [R, K]: codes [R, KG] (4 consecutive columns of a row) and codesT [RG, K] (4 consecutive rows of a
+// column; rows past R are 0). Returns 1 when some value is neither 0 nor 1 (the codes are then not written fully).
+template <typename X>
+int pack(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int nthreads) {
+  const int64_t KG = (K + 3) / 4, RG = (R + 3) / 4;
+  int bad = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : bad)
+  {
+    std::vector<uint8_t> b(4 * K);
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < RG; ++q) {
+      if (bad) continue;
+      for (int j = 0; j < 4; ++j) {
+        uint8_t* bj = b.data() + j * K;
+        const int64_t r = 4 * q + j;
+        if (r >= R) {
+          std::memset(bj, 0, K);
+          continue;
+        }
+        const X* xr = x + r * K;
+        int ok = 1;
+        for (int64_t k = 0; k < K; ++k) {
+          bj[k] = bit(xr[k]);
+          ok &= binary(xr[k]);
+        }
+        bad |= !ok;
+        uint8_t* cr = codes + r * KG;
+        for (int64_t g = 0; g < KG; ++g) {
+          uint8_t v = 0;
+          for (int i = 0; i < 4 && 4 * g + i < K; ++i) v |= bj[4 * g + i] << i;
+          cr[g] = v;
+        }
+      }
+      uint8_t* ct = codesT + q * K;
+      const uint8_t *b0 = b.data(), *b1 = b0 + K, *b2 = b1 + K, *b3 = b2 + K;
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) ct[k] = b0[k] | (b1[k] << 1) | (b2[k] << 2) | (b3[k] << 3);
+    }
+  }
+  return bad;
+}
+
+// the codes of a 3x3 convolution's input (stride 1, padding 1) given as channels-last frames x [M, H, W, C], C a
+// multiple of 4: the im2col of the codes, codes [P, 9 * C / 4] (P = M * H * W output pixels; tap t = 3 * dy + dx of
+// the weight [3, 3, C, Cout], a tap outside the frame reads zeros) and codesT [ceil(P / 4), 9 * C] (4 consecutive
+// pixels). bits is scratch of P * C bytes. Returns 1 when some value is neither 0 nor 1.
+template <typename X>
+int pack_conv(int64_t M, int64_t H, int64_t W, int64_t C, const X* x, uint8_t* bits, uint8_t* codes,
+              uint8_t* codesT, int nthreads) {
+  const int64_t P = M * H * W, CG = C / 4, KG = 9 * CG, K = 9 * C, PG = (P + 3) / 4, HW = H * W;
+  int bad = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : bad)
+  {
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < P; ++p) {
+      const X* xp = x + p * C;
+      uint8_t* bp = bits + p * C;
+      int ok = 1;
+      for (int64_t c = 0; c < C; ++c) {
+        bp[c] = bit(xp[c]);
+        ok &= binary(xp[c]);
+      }
+      bad |= !ok;
+    }
+    // the neighbour of pixel p at tap t, or -1 outside the frame
+    auto nbr = [&](int64_t p, int t) -> int64_t {
+      const int64_t h = (p % HW) / W + t / 3 - 1, w = p % W + t % 3 - 1;
+      return (h < 0 || h >= H || w < 0 || w >= W) ? -1 : p + (t / 3 - 1) * W + (t % 3 - 1);
+    };
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < P; ++p) {
+      uint8_t* cp = codes + p * KG;
+      for (int t = 0; t < 9; ++t) {
+        const int64_t n = nbr(p, t);
+        uint8_t* ct = cp + t * CG;
+        if (n < 0) {
+          std::memset(ct, 0, CG);
+          continue;
+        }
+        const uint8_t* bn = bits + n * C;
+        for (int64_t g = 0; g < CG; ++g)
+          ct[g] = bn[4 * g] | (bn[4 * g + 1] << 1) | (bn[4 * g + 2] << 2) | (bn[4 * g + 3] << 3);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < PG; ++q) {
+      uint8_t* cq = codesT + q * K;
+      std::memset(cq, 0, K);
+      for (int j = 0; j < 4 && 4 * q + j < P; ++j) {
+        for (int t = 0; t < 9; ++t) {
+          const int64_t n = nbr(4 * q + j, t);
+          if (n < 0) continue;
+          const uint8_t* bn = bits + n * C;
+          uint8_t* ct = cq + t * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) ct[c] |= bn[c] << j;
+        }
+      }
+    }
+  }
+  return bad;
+}
+
+}  // namespace
+
+extern "C" {
+
+int sf_lut_pack(int64_t R, int64_t K, const void* x, int x_bf16, uint8_t* codes, uint8_t* codesT, int nthreads) {
+  return x_bf16 ? pack(R, K, static_cast<const bf16*>(x), codes, codesT, nthreads)
+                : pack(R, K, static_cast<const float*>(x), codes, codesT, nthreads);
+}
+
+void sf_lut_linear(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float* Wt, const float* bias,
+                   float* out, int nthreads) {
+  lut_fwd(R, K, N, codes, Wt, bias, out, nthreads);
+}
+
+int sf_lut_pack_conv3x3(int64_t M, int64_t H, int64_t W, int64_t C, const void* x, int x_bf16, uint8_t* bits,
+                         uint8_t* codes, uint8_t* codesT, int nthreads) {
+  return x_bf16 ? pack_conv(M, H, W, C, static_cast<const bf16*>(x), bits, codes, codesT, nthreads)
+                : pack_conv(M, H, W, C, static_cast<const float*>(x), bits, codes, codesT, nthreads);
+}
+
+void sf_lut_linear_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const float* G, float* dWt,
+                         int nthreads) {
+  lut_wgrad(R, K, N, codesT, G, dWt, nthreads);
+}
+
+}  // extern "C"

@@ -1,0 +1,210 @@
+"""Binding of the compiled products of binary spikes by table lookup (``lut.cpp``): a Linear layer and a 3x3
+convolution (stride 1, padding 1) whose input is 0/1 spikes, in fp32, at any firing rate.
+
+Four spikes form a 4-bit code and one addition of a precomputed subset sum of four weight rows replaces four
+multiply-adds; the weight gradient does the same with four rows of the output gradient. The input gradient
+``g @ W`` is dense and stays with the BLAS (oneDNN for the convolution). Sums are fp32 in another order than a dense
+GEMM's, so results differ from it by rounding only (exactly equal on integer-valued data).
+
+A Linear input may also hold spike counts (Spikformer's residual stream of summed spikes): it is split into its
+0/1 indicator, which takes the lookups, and the rest ``x - indicator``, nonzero only where a count exceeds 1,
+which takes the products over listed nonzeros (``sparse.cpp``). When that rest is not sparse (real-valued input)
+the operation gives up and returns ``None``: the caller's dense product runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Optional
+
+import torch
+
+from . import build
+from .build import is_bf16, ptr, threads
+from .sparse import sparse_rows
+
+_vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+build.declare(
+    sf_lut_pack=(_ci, [_i64, _i64, _vp, _ci, _vp, _vp, _ci]),
+    sf_lut_pack_conv3x3=(_ci, [_i64] * 4 + [_vp, _ci, _vp, _vp, _vp, _ci]),
+    sf_lut_linear=(None, [_i64, _i64, _i64, _vp, _vp, _vp, _vp, _ci]),
+    sf_lut_linear_wgrad=(None, [_i64, _i64, _i64, _vp, _vp, _vp, _ci]),
+)
+TILE = 16  # output columns per table entry: the number of outputs must be a multiple
+REST_MAX_DENSITY = 0.1  # the counts above 1 of a Linear input, listed; denser: give up
+
+
+def pack(x2d: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """The 4-bit codes of the nonzeros of ``x2d`` ``[R, K]`` (contiguous fp32 or bf16): ``codes [R, ceil(K/4)]``
+    (four consecutive columns of a row) and ``codesT [ceil(R/4), K]`` (four consecutive rows of a column), or
+    ``None`` when some value is neither 0 nor 1."""
+    R, K = x2d.shape
+    codes = torch.empty(R, (K + 3) // 4, dtype=torch.uint8)
+    codes_t = torch.empty((R + 3) // 4, K, dtype=torch.uint8)
+    bad = build.library().sf_lut_pack(R, K, ptr(x2d), is_bf16(x2d), ptr(codes), ptr(codes_t), threads())
+    return None if bad else (codes, codes_t)
+
+
+def pack_conv3x3(x: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """The codes of a 3x3 convolution's input ``x`` ``[M, C, H, W]`` (channels-last, ``C`` a multiple of 4) over
+    its 9 taps: ``codes [M*H*W, 9*C/4]`` and ``codesT [ceil(M*H*W/4), 9*C]``, or ``None`` unless every value is 0
+    or 1."""
+    M, C, H, W = x.shape
+    P = M * H * W
+    bits = torch.empty(P, C, dtype=torch.uint8)
+    codes = torch.empty(P, 9 * C // 4, dtype=torch.uint8)
+    codes_t = torch.empty((P + 3) // 4, 9 * C, dtype=torch.uint8)
+    bad = build.library().sf_lut_pack_conv3x3(M, H, W, C, ptr(x), is_bf16(x), ptr(bits), ptr(codes), ptr(codes_t),
+                                              threads())
+    return None if bad else (codes, codes_t)
+
+
+def _products(R: int, K: int, codes: torch.Tensor, wt: torch.Tensor, bias: Optional[torch.Tensor],
+              out: torch.Tensor) -> None:
+    build.library().sf_lut_linear(R, K, wt.shape[1], ptr(codes), ptr(wt), None if bias is None else ptr(bias),
+                                  ptr(out), threads())
+
+
+def _wgrad(R: int, K: int, codes_t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``sum_r x[r]^T g[r]`` as ``[K, N]`` fp32."""
+    dwt = torch.empty(K, g.shape[-1], dtype=torch.float32)
+    build.library().sf_lut_linear_wgrad(R, K, g.shape[-1], ptr(codes_t), ptr(g), ptr(dwt), threads())
+    return dwt
+
+
+class NativeLutLinear(torch.autograd.Function):
+    """``x @ weight^T + bias`` in fp32 for ``x [R, K]`` given as the codes of its 0/1 indicator (:func:`pack`) plus,
+    optionally, the listed nonzeros of the rest (``sparse.sparse_rows``: counts above 1). Backward: ``dL/dx = g @ W``
+    dense, ``dL/dW`` by lookups (plus the rest's products), ``dL/db = sum g``. Saves the codes, not ``x``."""
+
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, packed, rest):
+        R, K = x2d.shape
+        codes, codes_t = packed
+        w = weight.detach()
+        N = w.shape[0]
+        wt = w.t().contiguous()
+        out = torch.empty(R, N, dtype=torch.float32)
+        _products(R, K, codes, wt, None if bias is None else bias.detach().contiguous(), out)
+        if rest is not None:  # the counts above 1, over their listed nonzeros
+            extra = torch.empty(R, N, dtype=torch.float32)
+            build.library().sf_sparse_linear(R, N, *(ptr(t) for t in rest), ptr(wt), None, ptr(extra), 0, threads())
+            out += extra
+        ctx.codes_t, ctx.rest, ctx.shape, ctx.has_bias = codes_t, rest, x2d.shape, bias is not None
+        ctx.save_for_backward(w)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (w,) = ctx.saved_tensors
+        g = g.float().contiguous()
+        gx = g.mm(w) if ctx.needs_input_grad[0] else None
+        gw = gb = None
+        if ctx.needs_input_grad[1]:
+            R, K = ctx.shape
+            gw = _wgrad(R, K, ctx.codes_t, g).t().contiguous()
+            if ctx.rest is not None:
+                extra = torch.empty_like(gw)
+                build.library().sf_sparse_linear_wgrad(R, K, w.shape[0], *(ptr(t) for t in ctx.rest), ptr(g), 0,
+                                                       ptr(extra), threads())
+                gw += extra
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(0)
+        return gx, gw, gb, None, None
+
+
+class NativeLutConv3x3(torch.autograd.Function):
+    """A 3x3 convolution, stride 1, padding 1, no groups, in fp32, of channels-last 0/1 frames ``x [M, Cin, H, W]``
+    given as their codes (:func:`pack_conv3x3`); output channels-last. Backward: ``dL/dx`` by oneDNN's data-gradient
+    convolution, ``dL/dW`` by lookups. Saves the codes, not ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, packed):
+        M, Cin, H, W = x.shape
+        codes, codes_t = packed
+        w = weight.detach()
+        Cout = w.shape[0]
+        out = torch.empty((M, Cout, H, W), dtype=torch.float32, memory_format=torch.channels_last)
+        wt = w.permute(2, 3, 1, 0).reshape(9 * Cin, Cout).contiguous()  # [3, 3, Cin, Cout]
+        _products(M * H * W, 9 * Cin, codes, wt, None if bias is None else bias.detach().contiguous(), out)
+        ctx.codes_t, ctx.shape, ctx.has_bias = codes_t, x.shape, bias is not None
+        ctx.save_for_backward(w)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (w,) = ctx.saved_tensors
+        M, Cin, H, W = ctx.shape
+        Cout = w.shape[0]
+        g = g.float().contiguous(memory_format=torch.channels_last)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            like = torch.empty(ctx.shape, dtype=torch.float32, memory_format=torch.channels_last)
+            gx = torch.ops.aten.convolution_backward(g, like, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                     [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            dwt = _wgrad(M * H * W, 9 * Cin, ctx.codes_t, g.permute(0, 2, 3, 1))
+            gw = dwt.view(3, 3, Cin, Cout).permute(3, 2, 0, 1).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum((0, 2, 3))
+        return gx, gw, gb, None
+
+
+def supports_linear(x2d: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
+    return (dtype == torch.float32 and x2d.device.type == "cpu" and x2d.dtype == torch.float32 and x2d.dim() == 2
+            and x2d.numel() > 0 and x2d.is_contiguous() and weight.device.type == "cpu"
+            and weight.dtype == torch.float32 and weight.dim() == 2 and x2d.shape[1] == weight.shape[1]
+            and weight.shape[0] % TILE == 0 and build.available())
+
+
+def supports_conv3x3(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
+    return (dtype == torch.float32 and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.numel() > 0 and x.shape[1] % 4 == 0 and x.is_contiguous(memory_format=torch.channels_last)
+            and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and tuple(weight.shape[1:]) == (x.shape[1], 3, 3) and weight.shape[0] % TILE == 0
+            and build.available())
+
+
+def lut_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """``x2d @ weight^T + bias`` (fp32) by table lookup for spikes or spike counts, or ``None`` where it does not
+    apply (see :func:`supports_linear`; real-valued input; bf16). While ``torch.compile`` traces: ``None``."""
+    if torch.compiler.is_compiling() or not supports_linear(x2d, weight, dtype):
+        return None
+    found = _codes_of(x2d)
+    if found is None:
+        return None
+    packed, rest = found
+    return NativeLutLinear.apply(x2d, weight, bias, packed, rest)
+
+
+# The codes of the last Linear input (a strong reference keeps its memory from being reused while it is the key):
+# attention's q, k and v read the same tokens, which are then packed once
+_last: list = []
+
+
+def _codes_of(x2d: torch.Tensor):
+    """``(codes, rest)`` of ``x2d``, or ``None`` when it is not spikes or sparse enough spike counts."""
+    key = (x2d.data_ptr(), tuple(x2d.shape), x2d.stride(), x2d._version)
+    if _last and _last[0] == key:
+        return _last[2]
+    packed = pack(x2d)
+    rest = None
+    if packed is None:  # counts: the 0/1 indicator by lookups, the counts above 1 as listed nonzeros
+        indicator = (x2d != 0).to(x2d.dtype)
+        rest = sparse_rows((x2d - indicator).contiguous(), REST_MAX_DENSITY)
+        if rest is not None:
+            packed = pack(indicator)
+    found = None if packed is None else (packed, rest)
+    _last[:] = [key, x2d, found]
+    return found
+
+
+def lut_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The 3x3 convolution (stride 1, padding 1) of 0/1 channels-last frames by table lookup, or ``None`` where it
+    does not apply (:func:`supports_conv3x3`, or some input neither 0 nor 1)."""
+    if torch.compiler.is_compiling() or not supports_conv3x3(x, weight, dtype):
+        return None
+    packed = pack_conv3x3(x)
+    return None if packed is None else NativeLutConv3x3.apply(x, weight, bias, packed)
