@@ -97,7 +97,7 @@ def test_random_weights_within_fp32_rounding():
 def test_q_k_v_of_one_input_pack_it_once(monkeypatch):
     calls = []
     real = lut.pack
-    monkeypatch.setattr(lut, "pack", lambda x2d: calls.append(1) or real(x2d))
+    monkeypatch.setattr(lut, "pack", lambda x2d, *a: calls.append(1) or real(x2d, *a))
     x = _spikes((40, 64), 0.3, 15)
     w = torch.randn(3, 32, 64)
     ys = [lut.lut_linear(x, w[i], None, torch.float32) for i in range(3)]
@@ -152,3 +152,17 @@ def test_layers_choose_lookups_for_dense_fp32_spikes_and_listing_for_sparse(monk
     with torch.autocast("cpu", dtype=torch.bfloat16):
         SL.spike_linear(lin, dense)
     assert used == ["lut"]  # bf16 compute: no lookups
+
+
+def test_inference_packs_no_transposed_codes_and_a_later_training_call_repacks():
+    x = _spikes((40, 64), 0.3, 50)
+    w = torch.randn(32, 64, requires_grad=True)
+    with torch.no_grad():
+        assert lut._codes_of(x, False)[0][1] is None
+        lut.lut_linear(x, w, None, torch.float32)
+    y = lut.lut_linear(x, w, None, torch.float32)  # same input, now with a weight gradient to form
+    gw = torch.autograd.grad(y.sum(), w)[0]
+    torch.testing.assert_close(gw, torch.ones(40, 32).t() @ x, rtol=1e-5, atol=1e-5)
+    xc = _spikes((1, 8, 4, 4), 0.3, 51).contiguous(memory_format=torch.channels_last)
+    codes, codes_t = lut.pack_conv3x3(xc, transposed=False)
+    assert codes_t is None and torch.equal(codes, lut.pack_conv3x3(xc)[0])

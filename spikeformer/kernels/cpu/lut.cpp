@@ -12,6 +12,10 @@
 // accumulation add the same terms as a dense product in another order, so results differ from it by rounding only.
 // A 3x3 convolution (stride 1, padding 1) is the same product over the codes of its 9 taps (im2col of the codes).
 
+#if defined(__AVX2__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "common.h"
 
 namespace {
@@ -30,6 +34,27 @@ inline void st16(float* p, const e16& v) {
   *reinterpret_cast<v8u*>(p + 8) = v.b;
 }
 inline e16 add(const e16& x, const e16& y) { return {x.a + y.a, x.b + y.b}; }
+inline v8 fma8(v8 s, v8 x, v8 acc) {
+#if defined(__FMA__) && defined(__AVX__)
+  return reinterpret_cast<v8>(_mm256_fmadd_ps(reinterpret_cast<__m256>(s), reinterpret_cast<__m256>(x),
+                                              reinterpret_cast<__m256>(acc)));
+#else
+  return acc + s * x;
+#endif
+}
+// acc + v * x, fused where the CPU has FMA (for spike counts times weights the product is exact either way)
+inline e16 add_scaled(const e16& acc, float v, const e16& x) {
+  const v8 s = v - v8{};
+  return {fma8(s, x.a, acc.a), fma8(s, x.b, acc.b)};
+}
+
+// Listed nonzeros of an extra input added to the binary one (row r's being col/val[rs[r] .. re[r]), see
+// sparse.cpp): the counts above 1 of summed spikes. nullptr rs: none.
+struct Rest {
+  const int64_t *rs, *re;
+  const int32_t* col;
+  const float* val;
+};
 
 // T[0..16): the subset sums of rows[0..4) (nullptr: a zero row), each NT floats
 inline void build_table(e16* T, const float* const rows[4]) {
@@ -56,17 +81,23 @@ constexpr int64_t FWD_SC = 64;   // groups whose tables are built at once (64 KB
 constexpr int64_t FWD_CH = 8;    // groups per chunk: 8 tables of 1 KB, in L1 over the rows of a block
 
 // out [R, N] = bias + codes [R, KG] x Wt [K, N] (fp32), N a multiple of NT
-void lut_fwd(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float* Wt, const float* bias, float* out,
-             int nthreads) {
+void lut_fwd(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float* Wt, const float* bias, const Rest& rest,
+             float* out, int nthreads) {
   const int64_t KG = (K + 3) / 4, ntiles = N / NT, nblocks = (R + FWD_RB - 1) / FWD_RB;
   const int64_t nwork = nblocks * ntiles;
 #pragma omp parallel num_threads(nthreads)
   {
-    AlignedTables tab(FWD_SC * 16), buf(FWD_RB);
+    AlignedTables tab(FWD_SC * 16), buf(FWD_RB), wcol(K);
+    int64_t have = -1;  // the tile whose weight columns wcol holds
 #pragma omp for schedule(static)
     for (int64_t wk = 0; wk < nwork; ++wk) {  // row block major: a block's codes are reused over its tiles
       const int64_t rb = (wk / ntiles) * FWD_RB, n0 = (wk % ntiles) * NT;
       const int64_t nr = (rb + FWD_RB < R ? rb + FWD_RB : R) - rb;
+      if (have != n0) {  // the tile's weights, contiguous ([K, 16]): rows of Wt are N floats apart (cache aliasing)
+        for (int64_t k = 0; k < K; ++k) wcol.p[k] = ld16(Wt + k * N + n0);
+        have = n0;
+      }
+      const e16* wc = wcol.p;
       const e16 init = bias ? ld16(bias + n0) : e16{};
       e16* acc = buf.p;
       for (int64_t i = 0; i < nr; ++i) acc[i] = init;
@@ -74,7 +105,7 @@ void lut_fwd(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float*
         const int64_t s1 = s0 + FWD_SC < KG ? s0 + FWD_SC : KG;
         for (int64_t g = s0; g < s1; ++g) {
           const float* rows[4];
-          for (int j = 0; j < 4; ++j) rows[j] = 4 * g + j < K ? Wt + (4 * g + j) * N + n0 : nullptr;
+          for (int j = 0; j < 4; ++j) rows[j] = 4 * g + j < K ? reinterpret_cast<const float*>(wc + 4 * g + j) : nullptr;
           build_table(tab.p + (g - s0) * 16, rows);
         }
         for (int64_t c0 = s0; c0 < s1; c0 += FWD_CH) {
@@ -103,6 +134,22 @@ void lut_fwd(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float*
           }
         }
       }
+      if (rest.rs) {
+        for (int64_t i = 0; i < nr; ++i) {
+          // four partial sums: independent chains of multiply-adds
+          e16 a0 = acc[i], a1{}, a2{}, a3{};
+          int64_t e = rest.rs[rb + i];
+          const int64_t e1 = rest.re[rb + i];
+          for (; e + 4 <= e1; e += 4) {
+            a0 = add_scaled(a0, rest.val[e], wc[rest.col[e]]);
+            a1 = add_scaled(a1, rest.val[e + 1], wc[rest.col[e + 1]]);
+            a2 = add_scaled(a2, rest.val[e + 2], wc[rest.col[e + 2]]);
+            a3 = add_scaled(a3, rest.val[e + 3], wc[rest.col[e + 3]]);
+          }
+          for (; e < e1; ++e) a0 = add_scaled(a0, rest.val[e], wc[rest.col[e]]);
+          acc[i] = add(add(a0, a1), add(a2, a3));
+        }
+      }
       for (int64_t i = 0; i < nr; ++i) st16(out + (rb + i) * N + n0, acc[i]);
     }
   }
@@ -111,14 +158,17 @@ void lut_fwd(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float*
 constexpr int64_t WG_CH = 16;  // 4-row groups per chunk: 16 tables of 1 KB
 
 // dWt [K, N] = codesT [RG, K] x G [R, N] summed over the rows (fp32 G), N a multiple of NT
-void lut_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const float* G, float* dWt, int nthreads) {
+void lut_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const float* G, const Rest& rest, float* dWt,
+               int nthreads) {
   const int64_t RG = (R + 3) / 4, ntiles = N / NT;
 #pragma omp parallel num_threads(nthreads)
   {
-    AlignedTables tab(WG_CH * 16);
+    AlignedTables tab(WG_CH * 16), dw(K);  // dw: the tile of dW^T, contiguous ([K, 16]; see lut_fwd)
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t n0 = t * NT;
+      e16* d = dw.p;
+      for (int64_t k = 0; k < K; ++k) d[k] = e16{};
       for (int64_t q0 = 0; q0 < RG; q0 += WG_CH) {
         const int64_t q1 = q0 + WG_CH < RG ? q0 + WG_CH : RG;
         for (int64_t q = q0; q < q1; ++q) {
@@ -129,15 +179,7 @@ void lut_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const flo
         const int64_t nq = q1 - q0;
         int64_t k = 0;
         for (; k + 4 <= K; k += 4) {
-          e16 a0, a1, a2, a3;
-          if (q0 == 0) {
-            a0 = a1 = a2 = a3 = e16{};
-          } else {
-            a0 = ld16(dWt + k * N + n0);
-            a1 = ld16(dWt + (k + 1) * N + n0);
-            a2 = ld16(dWt + (k + 2) * N + n0);
-            a3 = ld16(dWt + (k + 3) * N + n0);
-          }
+          e16 a0 = d[k], a1 = d[k + 1], a2 = d[k + 2], a3 = d[k + 3];
           const uint8_t* cq = codesT + q0 * K + k;
           const e16* Tc = tab.p;
           for (int64_t c = 0; c < nq; ++c, cq += K, Tc += 16) {
@@ -146,17 +188,25 @@ void lut_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const flo
             a2 = add(a2, Tc[cq[2]]);
             a3 = add(a3, Tc[cq[3]]);
           }
-          st16(dWt + k * N + n0, a0);
-          st16(dWt + (k + 1) * N + n0, a1);
-          st16(dWt + (k + 2) * N + n0, a2);
-          st16(dWt + (k + 3) * N + n0, a3);
+          d[k] = a0;
+          d[k + 1] = a1;
+          d[k + 2] = a2;
+          d[k + 3] = a3;
         }
         for (; k < K; ++k) {
-          e16 a = q0 == 0 ? e16{} : ld16(dWt + k * N + n0);
+          e16 a = d[k];
           for (int64_t c = 0; c < nq; ++c) a = add(a, tab.p[c * 16 + codesT[(q0 + c) * K + k]]);
-          st16(dWt + k * N + n0, a);
+          d[k] = a;
         }
       }
+      if (rest.rs) {
+        for (int64_t r = 0; r < R; ++r) {
+          if (rest.re[r] == rest.rs[r]) continue;
+          const e16 gr = ld16(G + r * N + n0);
+          for (int64_t e = rest.rs[r]; e < rest.re[r]; ++e) d[rest.col[e]] = add_scaled(d[rest.col[e]], rest.val[e], gr);
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) st16(dWt + k * N + n0, d[k]);
     }
   }
 }
@@ -167,7 +217,8 @@ inline bool binary(float v) { return v == 0.0f || v == 1.0f; }
 inline bool binary(bf16 v) { return (v & 0x7FFF) == 0 || v == 0x3F80; }
 
 // the codes of x [R, K]: codes [R, KG] (4 consecutive columns of a row) and codesT [RG, K] (4 consecutive rows of a
-// column; rows past R are 0). Returns 1 when some value is neither 0 nor 1 (the codes are then not written fully).
+// column; rows past R are 0; nullptr: not wanted, as in inference). Returns 1 when some value is neither 0 nor 1 (the
+// codes are then not written fully).
 template <typename X>
 int pack(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int nthreads) {
   const int64_t KG = (K + 3) / 4, RG = (R + 3) / 4;
@@ -199,6 +250,7 @@ int pack(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int 
           cr[g] = v;
         }
       }
+      if (!codesT) continue;
       uint8_t* ct = codesT + q * K;
       const uint8_t *b0 = b.data(), *b1 = b0 + K, *b2 = b1 + K, *b3 = b2 + K;
 #pragma omp simd
@@ -211,7 +263,7 @@ int pack(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int 
 // the codes of a 3x3 convolution's input (stride 1, padding 1) given as channels-last frames x [M, H, W, C], C a
 // multiple of 4: the im2col of the codes, codes [P, 9 * C / 4] (P = M * H * W output pixels; tap t = 3 * dy + dx of
 // the weight [3, 3, C, Cout], a tap outside the frame reads zeros) and codesT [ceil(P / 4), 9 * C] (4 consecutive
-// pixels). bits is scratch of P * C bytes. Returns 1 when some value is neither 0 nor 1.
+// pixels; nullptr: not wanted). bits is scratch of P * C bytes. Returns 1 when some value is neither 0 nor 1.
 template <typename X>
 int pack_conv(int64_t M, int64_t H, int64_t W, int64_t C, const X* x, uint8_t* bits, uint8_t* codes,
               uint8_t* codesT, int nthreads) {
@@ -251,7 +303,7 @@ int pack_conv(int64_t M, int64_t H, int64_t W, int64_t C, const X* x, uint8_t* b
       }
     }
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < PG; ++q) {
+    for (int64_t q = 0; q < (codesT ? PG : 0); ++q) {
       uint8_t* cq = codesT + q * K;
       std::memset(cq, 0, K);
       for (int j = 0; j < 4 && 4 * q + j < P; ++j) {
@@ -279,8 +331,9 @@ int sf_lut_pack(int64_t R, int64_t K, const void* x, int x_bf16, uint8_t* codes,
 }
 
 void sf_lut_linear(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float* Wt, const float* bias,
-                   float* out, int nthreads) {
-  lut_fwd(R, K, N, codes, Wt, bias, out, nthreads);
+                   const int64_t* rs, const int64_t* re, const int32_t* col, const float* val, float* out,
+                   int nthreads) {
+  lut_fwd(R, K, N, codes, Wt, bias, Rest{rs, re, col, val}, out, nthreads);
 }
 
 int sf_lut_pack_conv3x3(int64_t M, int64_t H, int64_t W, int64_t C, const void* x, int x_bf16, uint8_t* bits,
@@ -289,9 +342,9 @@ int sf_lut_pack_conv3x3(int64_t M, int64_t H, int64_t W, int64_t C, const void* 
                 : pack_conv(M, H, W, C, static_cast<const float*>(x), bits, codes, codesT, nthreads);
 }
 
-void sf_lut_linear_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const float* G, float* dWt,
-                         int nthreads) {
-  lut_wgrad(R, K, N, codesT, G, dWt, nthreads);
+void sf_lut_linear_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const float* G, const int64_t* rs,
+                         const int64_t* re, const int32_t* col, const float* val, float* dWt, int nthreads) {
+  lut_wgrad(R, K, N, codesT, G, Rest{rs, re, col, val}, dWt, nthreads);
 }
 
 }  // extern "C"

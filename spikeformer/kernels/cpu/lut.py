@@ -27,48 +27,54 @@ _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 build.declare(
     sf_lut_pack=(_ci, [_i64, _i64, _vp, _ci, _vp, _vp, _ci]),
     sf_lut_pack_conv3x3=(_ci, [_i64] * 4 + [_vp, _ci, _vp, _vp, _vp, _ci]),
-    sf_lut_linear=(None, [_i64, _i64, _i64, _vp, _vp, _vp, _vp, _ci]),
-    sf_lut_linear_wgrad=(None, [_i64, _i64, _i64, _vp, _vp, _vp, _ci]),
+    sf_lut_linear=(None, [_i64, _i64, _i64] + [_vp] * 8 + [_ci]),
+    sf_lut_linear_wgrad=(None, [_i64, _i64, _i64] + [_vp] * 7 + [_ci]),
 )
 TILE = 16  # output columns per table entry: the number of outputs must be a multiple
 REST_MAX_DENSITY = 0.1  # the counts above 1 of a Linear input, listed; denser: give up
 
 
-def pack(x2d: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+def pack(x2d: torch.Tensor, transposed: bool = True) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """The 4-bit codes of the nonzeros of ``x2d`` ``[R, K]`` (contiguous fp32 or bf16): ``codes [R, ceil(K/4)]``
-    (four consecutive columns of a row) and ``codesT [ceil(R/4), K]`` (four consecutive rows of a column), or
-    ``None`` when some value is neither 0 nor 1."""
+    (four consecutive columns of a row) and ``codesT [ceil(R/4), K]`` (four consecutive rows of a column; ``None``
+    unless ``transposed``: only the weight gradient reads them), or ``None`` when some value is neither 0 nor 1."""
     R, K = x2d.shape
     codes = torch.empty(R, (K + 3) // 4, dtype=torch.uint8)
-    codes_t = torch.empty((R + 3) // 4, K, dtype=torch.uint8)
+    codes_t = torch.empty((R + 3) // 4, K, dtype=torch.uint8) if transposed else None
     bad = build.library().sf_lut_pack(R, K, ptr(x2d), is_bf16(x2d), ptr(codes), ptr(codes_t), threads())
     return None if bad else (codes, codes_t)
 
 
-def pack_conv3x3(x: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+def pack_conv3x3(x: torch.Tensor, transposed: bool = True) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """The codes of a 3x3 convolution's input ``x`` ``[M, C, H, W]`` (channels-last, ``C`` a multiple of 4) over
-    its 9 taps: ``codes [M*H*W, 9*C/4]`` and ``codesT [ceil(M*H*W/4), 9*C]``, or ``None`` unless every value is 0
-    or 1."""
+    its 9 taps: ``codes [M*H*W, 9*C/4]`` and ``codesT [ceil(M*H*W/4), 9*C]`` (``None`` unless ``transposed``), or
+    ``None`` unless every value is 0 or 1."""
     M, C, H, W = x.shape
     P = M * H * W
     bits = torch.empty(P, C, dtype=torch.uint8)
     codes = torch.empty(P, 9 * C // 4, dtype=torch.uint8)
-    codes_t = torch.empty((P + 3) // 4, 9 * C, dtype=torch.uint8)
+    codes_t = torch.empty((P + 3) // 4, 9 * C, dtype=torch.uint8) if transposed else None
     bad = build.library().sf_lut_pack_conv3x3(M, H, W, C, ptr(x), is_bf16(x), ptr(bits), ptr(codes), ptr(codes_t),
                                               threads())
     return None if bad else (codes, codes_t)
 
 
+def _rest_ptrs(rest) -> list:
+    return [None] * 4 if rest is None else [ptr(t) for t in rest]
+
+
 def _products(R: int, K: int, codes: torch.Tensor, wt: torch.Tensor, bias: Optional[torch.Tensor],
-              out: torch.Tensor) -> None:
+              out: torch.Tensor, rest=None) -> None:
+    """``out = bias + x @ wt`` for ``x`` given as its codes plus the listed ``rest`` (or ``None``)."""
     build.library().sf_lut_linear(R, K, wt.shape[1], ptr(codes), ptr(wt), None if bias is None else ptr(bias),
-                                  ptr(out), threads())
+                                  *_rest_ptrs(rest), ptr(out), threads())
 
 
-def _wgrad(R: int, K: int, codes_t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _wgrad(R: int, K: int, codes_t: torch.Tensor, g: torch.Tensor, rest=None) -> torch.Tensor:
     """``sum_r x[r]^T g[r]`` as ``[K, N]`` fp32."""
     dwt = torch.empty(K, g.shape[-1], dtype=torch.float32)
-    build.library().sf_lut_linear_wgrad(R, K, g.shape[-1], ptr(codes_t), ptr(g), ptr(dwt), threads())
+    build.library().sf_lut_linear_wgrad(R, K, g.shape[-1], ptr(codes_t), ptr(g), *_rest_ptrs(rest), ptr(dwt),
+                                        threads())
     return dwt
 
 
@@ -82,14 +88,8 @@ class NativeLutLinear(torch.autograd.Function):
         R, K = x2d.shape
         codes, codes_t = packed
         w = weight.detach()
-        N = w.shape[0]
-        wt = w.t().contiguous()
-        out = torch.empty(R, N, dtype=torch.float32)
-        _products(R, K, codes, wt, None if bias is None else bias.detach().contiguous(), out)
-        if rest is not None:  # the counts above 1, over their listed nonzeros
-            extra = torch.empty(R, N, dtype=torch.float32)
-            build.library().sf_sparse_linear(R, N, *(ptr(t) for t in rest), ptr(wt), None, ptr(extra), 0, threads())
-            out += extra
+        out = torch.empty(R, w.shape[0], dtype=torch.float32)
+        _products(R, K, codes, w.t().contiguous(), None if bias is None else bias.detach().contiguous(), out, rest)
         ctx.codes_t, ctx.rest, ctx.shape, ctx.has_bias = codes_t, rest, x2d.shape, bias is not None
         ctx.save_for_backward(w)
         return out
@@ -102,12 +102,7 @@ class NativeLutLinear(torch.autograd.Function):
         gw = gb = None
         if ctx.needs_input_grad[1]:
             R, K = ctx.shape
-            gw = _wgrad(R, K, ctx.codes_t, g).t().contiguous()
-            if ctx.rest is not None:
-                extra = torch.empty_like(gw)
-                build.library().sf_sparse_linear_wgrad(R, K, w.shape[0], *(ptr(t) for t in ctx.rest), ptr(g), 0,
-                                                       ptr(extra), threads())
-                gw += extra
+            gw = _wgrad(R, K, ctx.codes_t, g, ctx.rest).t().contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0)
         return gx, gw, gb, None, None
@@ -171,7 +166,7 @@ def lut_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     apply (see :func:`supports_linear`; real-valued input; bf16). While ``torch.compile`` traces: ``None``."""
     if torch.compiler.is_compiling() or not supports_linear(x2d, weight, dtype):
         return None
-    found = _codes_of(x2d)
+    found = _codes_of(x2d, _wants_weight_grad(weight))
     if found is None:
         return None
     packed, rest = found
@@ -183,18 +178,22 @@ def lut_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 _last: list = []
 
 
-def _codes_of(x2d: torch.Tensor):
+def _wants_weight_grad(weight: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and weight.requires_grad
+
+
+def _codes_of(x2d: torch.Tensor, transposed: bool):
     """``(codes, rest)`` of ``x2d``, or ``None`` when it is not spikes or sparse enough spike counts."""
-    key = (x2d.data_ptr(), tuple(x2d.shape), x2d.stride(), x2d._version)
+    key = (x2d.data_ptr(), tuple(x2d.shape), x2d.stride(), x2d._version, transposed)
     if _last and _last[0] == key:
         return _last[2]
-    packed = pack(x2d)
+    packed = pack(x2d, transposed)
     rest = None
     if packed is None:  # counts: the 0/1 indicator by lookups, the counts above 1 as listed nonzeros
         indicator = (x2d != 0).to(x2d.dtype)
         rest = sparse_rows((x2d - indicator).contiguous(), REST_MAX_DENSITY)
         if rest is not None:
-            packed = pack(indicator)
+            packed = pack(indicator, transposed)
     found = None if packed is None else (packed, rest)
     _last[:] = [key, x2d, found]
     return found
@@ -206,5 +205,5 @@ def lut_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     does not apply (:func:`supports_conv3x3`, or some input neither 0 nor 1)."""
     if torch.compiler.is_compiling() or not supports_conv3x3(x, weight, dtype):
         return None
-    packed = pack_conv3x3(x)
+    packed = pack_conv3x3(x, _wants_weight_grad(weight))
     return None if packed is None else NativeLutConv3x3.apply(x, weight, bias, packed)
