@@ -73,6 +73,9 @@ def _sampled_density(x2d: torch.Tensor) -> float:
 # (kernels/cpu/lut.py), whose speed does not depend on the firing rate: forward plus weight gradient about 2-2.9x the
 # dense pair on an AVX2 CPU (benchmarks/bench_sparse.py), where listing the nonzeros gives 2.2x at 12 % and less above.
 LUT_MIN_DENSITY = 0.12
+# ... and at least this many rows (tokens, or output pixels of a convolution): the kernel builds its tables per
+# block of 256 rows, which a small input does not amortise (there a dense GEMM is cheap anyway)
+LUT_MIN_ROWS = 512
 
 
 def _density(x2d: torch.Tensor) -> float:
@@ -83,8 +86,9 @@ def _density(x2d: torch.Tensor) -> float:
 
 def _lookups_pay(x2d: torch.Tensor, weight: torch.Tensor, max_density: Optional[float]) -> bool:
     """Whether to try the table lookups first: fp32 products (no autocast), the compiled kernels, no density bound
-    asked for by the caller, and at least :data:`LUT_MIN_DENSITY` of the input nonzero."""
-    if max_density is not None or torch.compiler.is_compiling() or _native.library() is None:
+    asked for by the caller, at least :data:`LUT_MIN_ROWS` rows and :data:`LUT_MIN_DENSITY` of the input nonzero."""
+    if (max_density is not None or x2d.shape[0] < LUT_MIN_ROWS or torch.compiler.is_compiling()
+            or _native.library() is None):
         return False
     return _compute_dtype(x2d, weight) == torch.float32 and _density(x2d) >= LUT_MIN_DENSITY
 

@@ -145,10 +145,11 @@ def test_layers_choose_lookups_for_dense_fp32_spikes_and_listing_for_sparse(monk
     real_apply = lut.NativeLutLinear.apply
     monkeypatch.setattr(lut.NativeLutLinear, "apply", lambda *a: used.append("lut") or real_apply(*a))
     lin = nn.Linear(128, 32)
-    dense, sparse = _spikes((64, 128), 0.3, 40), _spikes((64, 128), 0.02, 41)
+    dense, sparse = _spikes((512, 128), 0.3, 40), _spikes((512, 128), 0.02, 41)
     for x in (dense, sparse):
         torch.testing.assert_close(SL.spike_linear(lin, x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
     assert used == ["lut"]  # the sparse input was listed
+    assert SL.spike_linear(lin, dense[:64]) is None and used == ["lut"]  # 64 rows: the caller's dense product
     with torch.autocast("cpu", dtype=torch.bfloat16):
         SL.spike_linear(lin, dense)
     assert used == ["lut"]  # bf16 compute: no lookups

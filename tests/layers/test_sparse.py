@@ -68,8 +68,10 @@ def test_sparse_rows_gives_up_when_too_dense():
     assert _native.sparse_rows(x, 0.5) is not None
     # above MAX_DENSITY listing does not pay; fp32 0/1 spikes then take the table lookups, real values the dense GEMM
     lin = nn.Linear(128, 32)
+    x = _spikes((512, 128), 0.3, 1)
     torch.testing.assert_close(SL.spike_linear(lin, x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
     assert SL.spike_linear(lin, x * torch.rand_like(x)) is None
+    assert SL.spike_linear(lin, x[:64]) is None  # too few rows for the lookups' tables to pay
 
 
 @pytest.mark.parametrize("bias", [True, False])
