@@ -11,6 +11,8 @@ Operations (the names below) and their signatures, the same for every backend:
 * ``sparse_linear(x2d, weight, bias, dtype, max_density=1.0)`` and ``sparse_conv3x3(x, weight, bias, dtype,
   max_density=1.0)``: products over nonzero spikes in the compute ``dtype`` (``None`` when the input is denser
   than ``max_density`` and the caller's dense product is faster).
+  For denser 0/1 spikes in fp32 the layers call the compiled table-lookup products of ``kernels/cpu/lut.py``
+  (same results up to the order of fp32 sums; ``spikeformer.layers.sparse`` chooses between the two by density).
 * ``max_pool(x) -> y``: 3x3, stride 2, padding 1 max-pool of frames ``[N, C, H, W]``.
 * ``linear(x, weight, bias) -> y``: a token-wise Linear.
 
