@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_sparse import _median_ms  # noqa: E402  (benchmarks/ is the script's folder)
 from spikeformer.engine.runtime import reuse_freed_memory  # noqa: E402
 from spikeformer.kernels.cpu import build, lut, sparse  # noqa: E402
 
@@ -35,16 +34,6 @@ LINEAR = [("SDT q/k/v 512->512", 8192, 512, 512), ("SDT MLP 512->2048", 8192, 51
           ("Spikformer MLP 384->1536", 8192, 384, 1536)]
 CONV = [("SDT stem 256->512 16x16", 128, 256, 16, 512), ("SDT rpe 512->512 8x8", 128, 512, 8, 512),
         ("Spikformer stem 192->384 16x16", 128, 192, 16, 384)]
-
-
-def _median_ms(fn, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
 
 
 def linear(R: int, K: int, N: int, density: float, reps: int) -> tuple[float, float, float]:

@@ -76,8 +76,8 @@ def _sampled_density(x2d: torch.Tensor) -> float:
 
 
 # At or above this fraction of nonzero inputs, fp32 products of 0/1 spikes take the table lookups
-# (kernels/cpu/lut.py), whose speed does not depend on the firing rate: forward plus weight gradient about 2-2.9x the
-# dense pair on an AVX2 CPU (benchmarks/bench_sparse.py), where listing the nonzeros gives 2.2x at 12 % and less above.
+# (kernels/cpu/lut.py), whose speed does not depend on the firing rate: forward plus weight gradient about 1.9-3x the
+# dense pair on an AVX2 CPU (benchmarks/bench_lut.py), where listing the nonzeros gives 1.4-2.4x at 12 % and less above.
 LUT_MIN_DENSITY = 0.12
 # ... and at least this many rows (tokens, or output pixels of a convolution): the kernel builds its tables per
 # block of 256 rows, which a small input does not amortise (there a dense GEMM is cheap anyway)
@@ -90,13 +90,14 @@ def _density(x2d: torch.Tensor) -> float:
     return float(torch.count_nonzero(x2d)) / max(x2d.numel(), 1)
 
 
-def _lookups_pay(x2d: torch.Tensor, weight: torch.Tensor, max_density: Optional[float]) -> bool:
-    """Whether to try the table lookups first: fp32 products (no autocast), the compiled kernels, no density bound
-    asked for by the caller, at least :data:`LUT_MIN_ROWS` rows and :data:`LUT_MIN_DENSITY` of the input nonzero."""
+def _lookup_density(x2d: torch.Tensor, weight: torch.Tensor, max_density: Optional[float]) -> Optional[float]:
+    """The input's fraction of nonzeros (:func:`_density`) where the table lookups could run: fp32 products (no
+    autocast), the compiled kernels, no density bound asked for by the caller, at least :data:`LUT_MIN_ROWS` rows;
+    else ``None``. They are tried at :data:`LUT_MIN_DENSITY` or above; the listing reuses the sampled value."""
     if (max_density is not None or x2d.shape[0] < LUT_MIN_ROWS or torch.compiler.is_compiling()
-            or _native.library() is None):
-        return False
-    return _compute_dtype(x2d, weight) == torch.float32 and _density(x2d) >= LUT_MIN_DENSITY
+            or _native.library() is None or _compute_dtype(x2d, weight) != torch.float32):
+        return None
+    return _density(x2d)
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
@@ -106,10 +107,12 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtyp
     return torch.float32 if x.dtype == torch.float32 and weight.dtype == torch.float32 else None
 
 
-def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, density: Optional[float], conv: bool = False):
+def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, density: Optional[float], conv: bool = False,
+              sampled: Optional[float] = None):
     """``(rows, dtype)``: the nonzeros of ``x2d [R, K]`` (:func:`spikeformer.neurons._native.sparse_rows`) with their
     values as the compute ``dtype`` has them; ``None`` if there is no compute dtype for these tensors, no compiled
-    kernel, or more than ``density`` of ``x2d`` is nonzero (``None``: :func:`max_density` of the compute dtype)."""
+    kernel, or more than ``density`` of ``x2d`` is nonzero (``None``: :func:`max_density` of the compute dtype).
+    ``sampled``: :func:`_density` of ``x2d`` if the caller has it already."""
     if torch.compiler.is_compiling():  # the listing is data-dependent: compiled graphs take the dense products
         return None
     dtype = _compute_dtype(x2d, weight)
@@ -118,7 +121,7 @@ def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, density: Optional[float],
     if density is None:
         forward_only = not (torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad))
         density = max_density(dtype, forward_only, conv)
-        if x2d.shape[0] >= 1024 and _sampled_density(x2d) > 1.25 * density:
+        if x2d.shape[0] >= 1024 and (_sampled_density(x2d) if sampled is None else sampled) > 1.25 * density:
             return None
     rows = _native.sparse_rows(x2d, density)
     if rows is None:
@@ -139,11 +142,12 @@ def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
         return None
     x2d = x.view(-1, x.shape[-1])
     bias = linear.bias if with_bias else None
-    if _lookups_pay(x2d, weight, max_density):
+    d = _lookup_density(x2d, weight, max_density)
+    if d is not None and d >= LUT_MIN_DENSITY:
         out = _lut.lut_linear(x2d, weight, bias, torch.float32)
         if out is not None:
             return out.view(*x.shape[:-1], weight.shape[0])
-    found = _nonzeros(x2d, weight, max_density)
+    found = _nonzeros(x2d, weight, max_density, sampled=d)
     if found is None:
         return None
     rows, dtype = found
@@ -166,11 +170,12 @@ def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor,
         return None
     M, C, H, W = x.shape
     pixels = x.permute(0, 2, 3, 1).view(M * H * W, C)
-    if _lookups_pay(pixels, weight, max_density):
+    d = _lookup_density(pixels, weight, max_density)
+    if d is not None and d >= LUT_MIN_DENSITY:
         out = _lut.lut_conv3x3(x, weight, conv.bias, torch.float32)
         if out is not None:
             return out
-    found = _nonzeros(pixels, weight, max_density, conv=True)
+    found = _nonzeros(pixels, weight, max_density, conv=True, sampled=d)
     if found is None:
         return None
     rows, dtype = found

@@ -21,7 +21,7 @@ import torch
 
 from . import build
 from .build import is_bf16, ptr, threads
-from .sparse import sparse_rows
+from .sparse import conv3x3_input_grad, sparse_rows
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 build.declare(
@@ -134,9 +134,7 @@ class NativeLutConv3x3(torch.autograd.Function):
         g = g.float().contiguous(memory_format=torch.channels_last)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            like = torch.empty(ctx.shape, dtype=torch.float32, memory_format=torch.channels_last)
-            gx = torch.ops.aten.convolution_backward(g, like, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                                     [True, False, False])[0]
+            gx = conv3x3_input_grad(g, ctx.shape, w)
         if ctx.needs_input_grad[1]:
             dwt = _wgrad(M * H * W, 9 * Cin, ctx.codes_t, g.permute(0, 2, 3, 1))
             gw = dwt.view(3, 3, Cin, Cout).permute(3, 2, 0, 1).contiguous()

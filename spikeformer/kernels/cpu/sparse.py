@@ -89,6 +89,15 @@ class NativeSparseLinear(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
+def conv3x3_input_grad(g: torch.Tensor, shape: torch.Size, w: torch.Tensor) -> torch.Tensor:
+    """``dL/dx`` of a 3x3 convolution (stride 1, padding 1) with weight ``w`` for the output gradient ``g`` (both
+    channels-last, in ``w``'s dtype): oneDNN's data-gradient convolution, channels-last ``shape``."""
+    # the input only gives its shape and layout to the data-gradient convolution (never read)
+    like = torch.empty(shape, dtype=w.dtype, memory_format=torch.channels_last)
+    return torch.ops.aten.convolution_backward(g, like, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                               [True, False, False])[0]
+
+
 class NativeSparseConv3x3(torch.autograd.Function):
     """A 3x3 convolution, stride 1, padding 1, no groups, of channels-last frames ``x [M, Cin, H, W]`` given as
     their pixels' nonzeros (:func:`sparse_rows` of the ``[M * H * W, Cin]`` view); output channels-last
@@ -118,10 +127,7 @@ class NativeSparseConv3x3(torch.autograd.Function):
         g = g.to(ctx.dtype).contiguous(memory_format=torch.channels_last)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            # the input only gives its shape and layout to the data-gradient convolution (never read)
-            like = torch.empty(ctx.shape, dtype=ctx.dtype, memory_format=torch.channels_last)
-            gx = torch.ops.aten.convolution_backward(g, like, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                                     [True, False, False])[0]
+            gx = conv3x3_input_grad(g, ctx.shape, w)
         if ctx.needs_input_grad[1]:
             gw = torch.empty(Cout, Cin, 3, 3, dtype=torch.float32)
             build.library().sf_sparse_conv3x3_wgrad(M, H, W, Cin, Cout, *(ptr(t) for t in ctx.rows), ptr(g), is_bf16(g),
