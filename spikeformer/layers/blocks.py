@@ -32,6 +32,7 @@ from .fused_bn import _hooked, bn_neuron
 from .linear import TokenLinear
 from .norm import TokenBN
 from .numerics import NumericsAware, wants_fast
+from ..kernels.cpu import winograd
 from .sparse import spike_conv3x3, spike_linear
 from .time import seq_apply
 
@@ -110,6 +111,10 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
             tokens = x.permute(0, 1, 3, 4, 2)  # channels-last frames: a contiguous [T, B, H, W, C] view
             lin = spike_linear(_LinearView(conv), tokens)
             out = None if lin is None else lin.permute(0, 1, 4, 2, 3).flatten(0, 1)
+        if out is not None:
+            return channels_last(out.unflatten(0, x.shape[:2]))
+    if not _hooked(conv):
+        out = winograd.conv3x3(conv, x.flatten(0, 1))  # a dense input's gradient: Winograd, where it pays
         if out is not None:
             return channels_last(out.unflatten(0, x.shape[:2]))
     y = seq_apply(conv, x)

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ..torch import sparse as torch_sparse
-from . import build
+from . import build, winograd
 from .build import is_bf16, ptr, threads
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -91,7 +91,12 @@ class NativeSparseLinear(torch.autograd.Function):
 
 def conv3x3_input_grad(g: torch.Tensor, shape: torch.Size, w: torch.Tensor) -> torch.Tensor:
     """``dL/dx`` of a 3x3 convolution (stride 1, padding 1) with weight ``w`` for the output gradient ``g`` (both
-    channels-last, in ``w``'s dtype): oneDNN's data-gradient convolution, channels-last ``shape``."""
+    channels-last, in ``w``'s dtype), channels-last ``shape``: Winograd F(4x4, 3x3) in fp32 where it pays
+    (``winograd.py``), else oneDNN's data-gradient convolution."""
+    if g.dtype == torch.float32:
+        gx = winograd.conv3x3_input_grad(g, shape, w)
+        if gx is not None:
+            return gx
     # the input only gives its shape and layout to the data-gradient convolution (never read)
     like = torch.empty(shape, dtype=w.dtype, memory_format=torch.channels_last)
     return torch.ops.aten.convolution_backward(g, like, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,

@@ -1,0 +1,166 @@
+// The data gradient of a 3x3 convolution (stride 1, padding 1) by Winograd's minimal filtering F(4x4, 3x3)
+// (Lavin & Gray 2016), fp32, channels-last frames. It is what cuDNN's Winograd algorithms do for a backward-data
+// convolution: each 6x6 tile of the output gradient g and each 3x3 filter are transformed, the 36 transformed
+// positions become 36 independent GEMMs (done by the BLAS, `torch.bmm`, between the two kernels below), and each
+// 6x6 product is transformed back into a 4x4 tile of dL/dx. 36 multiply-adds per channel pair give 16 outputs
+// instead of 144: 4x fewer. The sums are exact in exact arithmetic; in fp32 they round differently from a direct
+// convolution (about 1e-6 of the gradient's magnitude; tests/kernels/test_winograd.py).
+//
+// dL/dx is the same-padded correlation of g with the flipped, transposed filter, so the tile at (ty, tx) reads g
+// rows 4ty-1 .. 4ty+4 and columns 4tx-1 .. 4tx+4 (zero outside the frame) and writes dL/dx rows 4ty .. 4ty+3 and
+// columns 4tx .. 4tx+3 that lie inside it.
+//
+// Tiles are numbered p = (n * TH + ty) * TW + tx (TH = ceil(H/4), TW = ceil(W/4)); a call handles tiles
+// p0 .. p0+P-1, so that the caller can work through a large batch in chunks that stay in cache.
+
+#include "common.h"
+
+namespace {
+
+constexpr int64_t CB = 16;  // channels per vector block
+
+// B^T d for six vectors d[0..5] (each CB channels): out[a] = sum_i BT[a][i] d[i]
+inline void bt6(const float (*d)[CB], float (*o)[CB]) {
+#pragma omp simd
+  for (int64_t c = 0; c < CB; ++c) {
+    const float d0 = d[0][c], d1 = d[1][c], d2 = d[2][c], d3 = d[3][c], d4 = d[4][c], d5 = d[5][c];
+    o[0][c] = 4.0f * d0 - 5.0f * d2 + d4;
+    o[1][c] = -4.0f * (d1 + d2) + (d3 + d4);
+    o[2][c] = 4.0f * (d1 - d2) + (d4 - d3);
+    o[3][c] = 2.0f * (d3 - d1) + (d4 - d2);
+    o[4][c] = 2.0f * (d1 - d3) + (d4 - d2);
+    o[5][c] = 4.0f * d1 - 5.0f * d3 + d5;
+  }
+}
+
+// A^T m for six vectors m[0..5]: out[r] = sum_i AT[r][i] m[i]
+inline void at6(const float (*m)[CB], float (*o)[CB]) {
+#pragma omp simd
+  for (int64_t c = 0; c < CB; ++c) {
+    const float p12 = m[1][c] + m[2][c], m12 = m[1][c] - m[2][c];
+    const float p34 = m[3][c] + m[4][c], m34 = m[3][c] - m[4][c];
+    o[0][c] = m[0][c] + p12 + p34;
+    o[1][c] = m12 + 2.0f * m34;
+    o[2][c] = p12 + 4.0f * p34;
+    o[3][c] = m12 + 8.0f * m34 + m[5][c];
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// g [N, H, W, C] fp32 (channels-last) -> v [36, P, C]: v[a*6+b][p - p0] = (B^T d B)[a][b] of tile p.
+void sf_wino_input(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* g, float* v,
+                   int nthreads) {
+  const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4;
+  const int64_t cblocks = (C + CB - 1) / CB;
+  (void)N;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t q = 0; q < P; ++q) {
+    for (int64_t cb = 0; cb < cblocks; ++cb) {
+      const int64_t p = p0 + q;
+      const int64_t n = p / (TH * TW), ty = (p / TW) % TH, tx = p % TW;
+      const int64_t c0 = cb * CB, nc = C - c0 < CB ? C - c0 : CB;
+      alignas(64) float d[6][6][CB];
+      alignas(64) float t[6][6][CB];  // t[a][j] = (B^T d)[a][j]
+      for (int64_t i = 0; i < 6; ++i) {
+        const int64_t y = 4 * ty - 1 + i;
+        for (int64_t j = 0; j < 6; ++j) {
+          const int64_t x = 4 * tx - 1 + j;
+          float* dst = d[i][j];
+          if (y < 0 || y >= H || x < 0 || x >= W) {
+            for (int64_t c = 0; c < CB; ++c) dst[c] = 0.0f;
+          } else {
+            const float* src = g + ((n * H + y) * W + x) * C + c0;
+            if (nc == CB) {
+#pragma omp simd
+              for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
+            } else {
+              for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c] : 0.0f;
+            }
+          }
+        }
+      }
+      // columns: for each j, transform d[0..5][j] over i
+      for (int64_t j = 0; j < 6; ++j) {
+        float col[6][CB], out[6][CB];
+        for (int64_t i = 0; i < 6; ++i)
+          for (int64_t c = 0; c < CB; ++c) col[i][c] = d[i][j][c];
+        bt6(col, out);
+        for (int64_t a = 0; a < 6; ++a)
+          for (int64_t c = 0; c < CB; ++c) t[a][j][c] = out[a][c];
+      }
+      // rows: for each a, transform t[a][0..5] over j
+      for (int64_t a = 0; a < 6; ++a) {
+        float out[6][CB];
+        bt6(t[a], out);
+        for (int64_t b = 0; b < 6; ++b) {
+          float* dst = v + ((a * 6 + b) * P + q) * C + c0;
+          if (nc == CB) {
+#pragma omp simd
+            for (int64_t c = 0; c < CB; ++c) dst[c] = out[b][c];
+          } else {
+            for (int64_t c = 0; c < nc; ++c) dst[c] = out[b][c];
+          }
+        }
+      }
+    }
+  }
+}
+
+// m [36, P, C] -> dx [N, H, W, C] fp32 (channels-last): the 4x4 tile A^T m A of tile p, rows and columns inside
+// the frame only.
+void sf_wino_output(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* m, float* dx,
+                    int nthreads) {
+  const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4;
+  const int64_t cblocks = (C + CB - 1) / CB;
+  (void)N;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t q = 0; q < P; ++q) {
+    for (int64_t cb = 0; cb < cblocks; ++cb) {
+      const int64_t p = p0 + q;
+      const int64_t n = p / (TH * TW), ty = (p / TW) % TH, tx = p % TW;
+      const int64_t c0 = cb * CB, nc = C - c0 < CB ? C - c0 : CB;
+      alignas(64) float mm[6][6][CB];
+      alignas(64) float t[4][6][CB];  // t[r][b] = (A^T m)[r][b]
+      for (int64_t k = 0; k < 36; ++k) {
+        const float* src = m + (k * P + q) * C + c0;
+        float* dst = mm[k / 6][k % 6];
+        if (nc == CB) {
+#pragma omp simd
+          for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
+        } else {
+          for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c] : 0.0f;
+        }
+      }
+      for (int64_t b = 0; b < 6; ++b) {
+        float col[6][CB], out[4][CB];
+        for (int64_t a = 0; a < 6; ++a)
+          for (int64_t c = 0; c < CB; ++c) col[a][c] = mm[a][b][c];
+        at6(col, out);
+        for (int64_t r = 0; r < 4; ++r)
+          for (int64_t c = 0; c < CB; ++c) t[r][b][c] = out[r][c];
+      }
+      for (int64_t r = 0; r < 4; ++r) {
+        const int64_t y = 4 * ty + r;
+        if (y >= H) break;
+        float out[4][CB];
+        at6(t[r], out);
+        for (int64_t s = 0; s < 4; ++s) {
+          const int64_t x = 4 * tx + s;
+          if (x >= W) break;
+          float* dst = dx + ((n * H + y) * W + x) * C + c0;
+          if (nc == CB) {
+#pragma omp simd
+            for (int64_t c = 0; c < CB; ++c) dst[c] = out[s][c];
+          } else {
+            for (int64_t c = 0; c < nc; ++c) dst[c] = out[s][c];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // extern "C"
