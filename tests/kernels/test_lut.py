@@ -74,6 +74,30 @@ def test_spike_counts_split_into_indicator_and_listed_rest():
     assert torch.equal(gx.double(), g.double() @ w0.double())
 
 
+@pytest.mark.parametrize("transposed", [True, False])
+def test_counts_packed_in_one_pass_equal_indicator_codes_and_listed_rest(transposed):
+    """``pack_counts`` against its definition: the codes of ``x != 0`` and the nonzeros of ``x - (x != 0)``."""
+    x = _spikes((83, 45), 0.3, 60) * torch.randint(1, 5, (83, 45), generator=_gen(61)).float()  # counts 0..4
+    x[5, 7], x[9, 0] = -0.0, 2.5  # a negative zero is a zero; any other value than 0 and 1 goes to the rest
+    indicator = (x != 0).float()
+    (codes, codes_t), rest = lut.pack_counts(x, transposed, max_density=1.0)
+    want_codes, want_t = lut.pack(indicator, transposed)
+    assert torch.equal(codes, want_codes) and (codes_t is None if not transposed else torch.equal(codes_t, want_t))
+    rs, re, col, val = rest
+    dense = torch.zeros_like(x)
+    for r in range(x.shape[0]):
+        c = col[rs[r]:re[r]].long()
+        assert torch.all(c[1:] > c[:-1])  # each row's entries in column order, once each
+        dense[r, c] = val[rs[r]:re[r]]
+    assert torch.equal(dense, x - indicator)
+    # binary input: no rest; more of the rest than max_density: none at all
+    binary = lut.pack_counts(indicator, transposed)
+    assert binary[1] is None and torch.equal(binary[0][0], want_codes)
+    frac = ((x != 0) & (x != 1)).float().mean().item()
+    assert lut.pack_counts(x, transposed, max_density=frac * 0.9) is None
+    assert lut.pack_counts(x, transposed, max_density=frac * 1.01) is not None
+
+
 def test_linear_gives_up_where_it_does_not_apply():
     w = torch.randn(32, 64)
     x = _spikes((20, 64), 0.3, 10)
@@ -96,8 +120,8 @@ def test_random_weights_within_fp32_rounding():
 
 def test_q_k_v_of_one_input_pack_it_once(monkeypatch):
     calls = []
-    real = lut.pack
-    monkeypatch.setattr(lut, "pack", lambda x2d, *a: calls.append(1) or real(x2d, *a))
+    real = lut.pack_counts
+    monkeypatch.setattr(lut, "pack_counts", lambda x2d, *a: calls.append(1) or real(x2d, *a))
     x = _spikes((40, 64), 0.3, 15)
     w = torch.randn(3, 32, 64)
     ys = [lut.lut_linear(x, w[i], None, torch.float32) for i in range(3)]

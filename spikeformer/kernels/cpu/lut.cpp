@@ -260,6 +260,81 @@ int pack(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int 
   return bad;
 }
 
+// Spike counts (or any values) x [R, K] fp32 as their 0/1 indicator (x != 0) in codes / codesT, as pack does, plus
+// the rest x - 1 at the entries that are neither 0 nor 1, listed row by row as sparse.cpp's sparse_rows lists
+// nonzeros (row r's entries col/val[rs[r] .. re[r]), in column order). One pass for the codes and the per-row counts
+// of the rest, one over the rows that have some. Returns the number of listed entries, or -1 if more than cap.
+int64_t pack_counts(int64_t R, int64_t K, const float* x, int64_t cap, uint8_t* codes, uint8_t* codesT, int64_t* rs,
+                    int64_t* re, int32_t* col, float* val, int nthreads) {
+  const int64_t KG = (K + 3) / 4, RG = (R + 3) / 4;
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<uint8_t> b(4 * K);
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < RG; ++q) {
+      for (int j = 0; j < 4; ++j) {
+        uint8_t* bj = b.data() + j * K;
+        const int64_t r = 4 * q + j;
+        if (r >= R) {
+          std::memset(bj, 0, K);
+          continue;
+        }
+        const float* xr = x + r * K;
+        int64_t n = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          bj[k] = xr[k] != 0.0f;
+          n += !binary(xr[k]);
+        }
+        re[r] = n;  // the count for now; the offsets follow
+        uint8_t* cr = codes + r * KG;
+        for (int64_t g = 0; g < KG; ++g) {
+          uint8_t v = 0;
+          for (int i = 0; i < 4 && 4 * g + i < K; ++i) v |= bj[4 * g + i] << i;
+          cr[g] = v;
+        }
+      }
+      if (!codesT) continue;
+      uint8_t* ct = codesT + q * K;
+      const uint8_t *b0 = b.data(), *b1 = b0 + K, *b2 = b1 + K, *b3 = b2 + K;
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) ct[k] = b0[k] | (b1[k] << 1) | (b2[k] << 2) | (b3[k] << 3);
+    }
+  }
+  int64_t total = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    rs[r] = total;
+    total += re[r];
+    re[r] = total;
+  }
+  if (total > cap) return -1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t r = 0; r < R; ++r) {
+    if (re[r] == rs[r]) continue;
+    const float* xr = x + r * K;
+    int64_t e = rs[r], k = 0;
+#ifdef __AVX__
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    for (; k + 8 <= K; k += 8) {  // a mask of the 8 entries that are neither 0 nor 1 (NaN included), then its bits
+      const __m256 v = _mm256_loadu_ps(xr + k);
+      unsigned m = static_cast<unsigned>(_mm256_movemask_ps(
+          _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ), _mm256_cmp_ps(v, one, _CMP_NEQ_UQ))));
+      while (m) {
+        const int i = __builtin_ctz(m);
+        col[e] = static_cast<int32_t>(k + i);
+        val[e++] = xr[k + i] - 1.0f;
+        m &= m - 1;
+      }
+    }
+#endif
+    for (; k < K; ++k) {
+      if (binary(xr[k])) continue;
+      col[e] = static_cast<int32_t>(k);
+      val[e++] = xr[k] - 1.0f;
+    }
+  }
+  return total;
+}
+
 // the codes of a 3x3 convolution's input (stride 1, padding 1) given as channels-last frames x [M, H, W, C], C a
 // multiple of 4: the im2col of the codes, codes [P, 9 * C / 4] (P = M * H * W output pixels; tap t = 3 * dy + dx of
 // the weight [3, 3, C, Cout], a tap outside the frame reads zeros) and codesT [ceil(P / 4), 9 * C] (4 consecutive
@@ -328,6 +403,11 @@ extern "C" {
 int sf_lut_pack(int64_t R, int64_t K, const void* x, int x_bf16, uint8_t* codes, uint8_t* codesT, int nthreads) {
   return x_bf16 ? pack(R, K, static_cast<const bf16*>(x), codes, codesT, nthreads)
                 : pack(R, K, static_cast<const float*>(x), codes, codesT, nthreads);
+}
+
+int64_t sf_lut_pack_counts(int64_t R, int64_t K, const float* x, int64_t cap, uint8_t* codes, uint8_t* codesT,
+                           int64_t* rs, int64_t* re, int32_t* col, float* val, int nthreads) {
+  return pack_counts(R, K, x, cap, codes, codesT, rs, re, col, val, nthreads);
 }
 
 void sf_lut_linear(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float* Wt, const float* bias,

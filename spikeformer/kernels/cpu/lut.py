@@ -8,8 +8,9 @@ GEMM's, so results differ from it by rounding only (exactly equal on integer-val
 
 A Linear input may also hold spike counts (Spikformer's residual stream of summed spikes): it is split into its
 0/1 indicator, which takes the lookups, and the rest ``x - indicator``, nonzero only where a count exceeds 1,
-which takes the products over listed nonzeros (``sparse.cpp``). When that rest is not sparse (real-valued input)
-the operation gives up and returns ``None``: the caller's dense product runs.
+which takes the products over listed nonzeros, added inside the same kernel. One pass packs both
+(:func:`pack_counts`). When that rest is not sparse (real-valued input) the operation gives up and returns ``None``:
+the caller's dense product runs.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import torch
 
 from . import build
 from .build import is_bf16, ptr, threads
-from .sparse import conv3x3_input_grad, sparse_rows
+from .sparse import conv3x3_input_grad
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 build.declare(
     sf_lut_pack=(_ci, [_i64, _i64, _vp, _ci, _vp, _vp, _ci]),
+    sf_lut_pack_counts=(_i64, [_i64, _i64, _vp, _i64] + [_vp] * 6 + [_ci]),
     sf_lut_pack_conv3x3=(_ci, [_i64] * 4 + [_vp, _ci, _vp, _vp, _vp, _ci]),
     sf_lut_linear=(None, [_i64, _i64, _i64] + [_vp] * 8 + [_ci]),
     sf_lut_linear_wgrad=(None, [_i64, _i64, _i64] + [_vp] * 7 + [_ci]),
@@ -43,6 +45,24 @@ def pack(x2d: torch.Tensor, transposed: bool = True) -> Optional[tuple[torch.Ten
     codes_t = torch.empty((R + 3) // 4, K, dtype=torch.uint8) if transposed else None
     bad = build.library().sf_lut_pack(R, K, ptr(x2d), is_bf16(x2d), ptr(codes), ptr(codes_t), threads())
     return None if bad else (codes, codes_t)
+
+
+def pack_counts(x2d: torch.Tensor, transposed: bool = True, max_density: Optional[float] = None):
+    """Spike counts ``x2d`` ``[R, K]`` (contiguous fp32) in one pass: ``((codes, codesT), rest)``, the codes of the 0/1
+    indicator ``x != 0`` (as :func:`pack`) and ``rest``, the listed entries ``x - 1`` where ``x`` is neither 0 nor 1
+    (``sparse.sparse_rows``' layout; ``None`` when there are none: ``x2d`` is binary), or ``None`` when more than
+    ``max_density`` (default :data:`REST_MAX_DENSITY`) of the entries are neither 0 nor 1."""
+    R, K = x2d.shape
+    cap = max(int((REST_MAX_DENSITY if max_density is None else max_density) * R * K), 1)
+    codes = torch.empty(R, (K + 3) // 4, dtype=torch.uint8)
+    codes_t = torch.empty((R + 3) // 4, K, dtype=torch.uint8) if transposed else None
+    rs, re = torch.empty(R, dtype=torch.int64), torch.empty(R, dtype=torch.int64)
+    col, val = torch.empty(cap, dtype=torch.int32), torch.empty(cap, dtype=torch.float32)
+    n = build.library().sf_lut_pack_counts(R, K, ptr(x2d), cap, ptr(codes), ptr(codes_t), ptr(rs), ptr(re), ptr(col),
+                                           ptr(val), threads())
+    if n < 0:
+        return None
+    return (codes, codes_t), (None if n == 0 else (rs, re, col, val))
 
 
 def pack_conv3x3(x: torch.Tensor, transposed: bool = True) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
@@ -185,14 +205,7 @@ def _codes_of(x2d: torch.Tensor, transposed: bool):
     key = (x2d.data_ptr(), tuple(x2d.shape), x2d.stride(), x2d._version, transposed)
     if _last and _last[0] == key:
         return _last[2]
-    packed = pack(x2d, transposed)
-    rest = None
-    if packed is None:  # counts: the 0/1 indicator by lookups, the counts above 1 as listed nonzeros
-        indicator = (x2d != 0).to(x2d.dtype)
-        rest = sparse_rows((x2d - indicator).contiguous(), REST_MAX_DENSITY)
-        if rest is not None:
-            packed = pack(indicator, transposed)
-    found = None if packed is None else (packed, rest)
+    found = pack_counts(x2d, transposed)  # spikes, or counts: the 0/1 indicator by lookups, the rest listed
     _last[:] = [key, x2d, found]
     return found
 
