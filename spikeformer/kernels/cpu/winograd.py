@@ -117,6 +117,8 @@ def conv3x3(conv: torch.nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
     """``conv(x)`` with the Winograd data gradient, for channels-last fp32 frames ``x [N, C, H, W]`` that need a
     gradient; ``None`` when that does not apply (another convolution, no gradient to form, too small a shape)."""
     w = conv.weight
+    if torch.compiler.is_compiling():  # a compiled graph keeps the plain convolution (no break on the C kernels)
+        return None
     if not (type(conv) is torch.nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros" and x.dim() == 4 and x.device.type == "cpu"
