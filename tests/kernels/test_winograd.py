@@ -142,6 +142,15 @@ def test_dense_input_convolution_declines_without_a_gradient_or_in_other_cases()
     assert winograd.conv3x3(conv, xg.contiguous()) is None  # NCHW
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert winograd.conv3x3(conv, xg) is None
+    assert winograd.conv3x3(conv, xg) is not None
+
+
+def test_dense_input_convolution_declines_while_torch_compile_traces(monkeypatch):
+    # a compiled graph keeps the plain convolution rather than break on the compiled kernels
+    conv = nn.Conv2d(48, 64, 3, padding=1)
+    xg = torch.randn(16, 48, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert winograd.conv3x3(conv, xg) is None
 
 
 def test_fast_conv_frames_route_dense_inputs_through_it(monkeypatch):
