@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..kernels.cpu import lut as _lut
+from ..kernels.cpu.winograd import same_padded_3x3
 from ..neurons import _native
 
 # Above these fractions of nonzero inputs the dense products are as fast or faster (benchmarks/bench_sparse.py:
@@ -162,9 +163,7 @@ def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor,
     32768 pixels or more on a side, more than ``max_density`` nonzero, and the cases of :func:`spike_linear`. The
     output is channels-last."""
     weight = conv.weight
-    if not (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and x.dim() == 4 and x.device.type == "cpu" and x.numel() > 0
+    if not (same_padded_3x3(conv) and x.dim() == 4 and x.device.type == "cpu" and x.numel() > 0
             and weight.device.type == "cpu" and weight.dtype == torch.float32 and x.shape[1] == weight.shape[1]
             and x.is_contiguous(memory_format=torch.channels_last) and max(x.shape[2:]) < 2 ** 15):
         return None

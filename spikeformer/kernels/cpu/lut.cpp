@@ -216,11 +216,12 @@ inline uint8_t bit(bf16 v) { return (v & 0x7FFF) != 0; }
 inline bool binary(float v) { return v == 0.0f || v == 1.0f; }
 inline bool binary(bf16 v) { return (v & 0x7FFF) == 0 || v == 0x3F80; }
 
-// the codes of x [R, K]: codes [R, KG] (4 consecutive columns of a row) and codesT [RG, K] (4 consecutive rows of a
-// column; rows past R are 0; nullptr: not wanted, as in inference). Returns 1 when some value is neither 0 nor 1 (the
-// codes are then not written fully).
-template <typename X>
-int pack(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int nthreads) {
+// The codes of rows whose 0/1 bits row_bits(r, xr, bits) writes (it returns 1 to stop: the input does not qualify):
+// codes [R, KG] (4 consecutive columns of a row) and codesT [RG, K] (4 consecutive rows of a column; rows past R are
+// 0; nullptr: not wanted, as in inference). Returns 1 when some call of row_bits did (the codes are then not written
+// fully).
+template <typename X, typename RowBits>
+int pack_codes(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int nthreads, RowBits row_bits) {
   const int64_t KG = (K + 3) / 4, RG = (R + 3) / 4;
   int bad = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : bad)
@@ -236,13 +237,7 @@ int pack(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int 
           std::memset(bj, 0, K);
           continue;
         }
-        const X* xr = x + r * K;
-        int ok = 1;
-        for (int64_t k = 0; k < K; ++k) {
-          bj[k] = bit(xr[k]);
-          ok &= binary(xr[k]);
-        }
-        bad |= !ok;
+        bad |= row_bits(r, x + r * K, bj);
         uint8_t* cr = codes + r * KG;
         for (int64_t g = 0; g < KG; ++g) {
           uint8_t v = 0;
@@ -260,46 +255,37 @@ int pack(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int 
   return bad;
 }
 
+// the codes of x [R, K] (see pack_codes); returns 1 when some value is neither 0 nor 1
+template <typename X>
+int pack(int64_t R, int64_t K, const X* x, uint8_t* codes, uint8_t* codesT, int nthreads) {
+  return pack_codes(R, K, x, codes, codesT, nthreads, [K](int64_t, const X* __restrict xr, uint8_t* __restrict bits) {
+    int ok = 1;
+#pragma omp simd reduction(& : ok)
+    for (int64_t k = 0; k < K; ++k) {
+      bits[k] = bit(xr[k]);
+      ok &= binary(xr[k]);
+    }
+    return !ok;
+  });
+}
+
 // Spike counts (or any values) x [R, K] fp32 as their 0/1 indicator (x != 0) in codes / codesT, as pack does, plus
 // the rest x - 1 at the entries that are neither 0 nor 1, listed row by row as sparse.cpp's sparse_rows lists
 // nonzeros (row r's entries col/val[rs[r] .. re[r]), in column order). One pass for the codes and the per-row counts
 // of the rest, one over the rows that have some. Returns the number of listed entries, or -1 if more than cap.
 int64_t pack_counts(int64_t R, int64_t K, const float* x, int64_t cap, uint8_t* codes, uint8_t* codesT, int64_t* rs,
                     int64_t* re, int32_t* col, float* val, int nthreads) {
-  const int64_t KG = (K + 3) / 4, RG = (R + 3) / 4;
-#pragma omp parallel num_threads(nthreads)
-  {
-    std::vector<uint8_t> b(4 * K);
-#pragma omp for schedule(static)
-    for (int64_t q = 0; q < RG; ++q) {
-      for (int j = 0; j < 4; ++j) {
-        uint8_t* bj = b.data() + j * K;
-        const int64_t r = 4 * q + j;
-        if (r >= R) {
-          std::memset(bj, 0, K);
-          continue;
-        }
-        const float* xr = x + r * K;
-        int64_t n = 0;
-        for (int64_t k = 0; k < K; ++k) {
-          bj[k] = xr[k] != 0.0f;
-          n += !binary(xr[k]);
-        }
-        re[r] = n;  // the count for now; the offsets follow
-        uint8_t* cr = codes + r * KG;
-        for (int64_t g = 0; g < KG; ++g) {
-          uint8_t v = 0;
-          for (int i = 0; i < 4 && 4 * g + i < K; ++i) v |= bj[4 * g + i] << i;
-          cr[g] = v;
-        }
-      }
-      if (!codesT) continue;
-      uint8_t* ct = codesT + q * K;
-      const uint8_t *b0 = b.data(), *b1 = b0 + K, *b2 = b1 + K, *b3 = b2 + K;
-#pragma omp simd
-      for (int64_t k = 0; k < K; ++k) ct[k] = b0[k] | (b1[k] << 1) | (b2[k] << 2) | (b3[k] << 3);
+  pack_codes(R, K, x, codes, codesT, nthreads,
+             [K, re](int64_t r, const float* __restrict xr, uint8_t* __restrict bits) {
+    int64_t n = 0;
+#pragma omp simd reduction(+ : n)
+    for (int64_t k = 0; k < K; ++k) {
+      bits[k] = xr[k] != 0.0f;
+      n += !binary(xr[k]);
     }
-  }
+    re[r] = n;  // the count for now; the offsets follow
+    return 0;
+  });
   int64_t total = 0;
   for (int64_t r = 0; r < R; ++r) {
     rs[r] = total;

@@ -19,6 +19,26 @@ namespace {
 
 constexpr int64_t CB = 16;  // channels per vector block
 
+// dst[0..CB) = src[0..nc), zeros past nc
+inline void load_block(float* __restrict dst, const float* __restrict src, int64_t nc) {
+  if (nc == CB) {
+#pragma omp simd
+    for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
+  } else {
+    for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c] : 0.0f;
+  }
+}
+
+// dst[0..nc) = src[0..nc)
+inline void store_block(float* __restrict dst, const float* __restrict src, int64_t nc) {
+  if (nc == CB) {
+#pragma omp simd
+    for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
+  } else {
+    for (int64_t c = 0; c < nc; ++c) dst[c] = src[c];
+  }
+}
+
 // B^T d for six vectors d[0..5] (each CB channels): out[a] = sum_i BT[a][i] d[i]
 inline void bt6(const float (*d)[CB], float (*o)[CB]) {
 #pragma omp simd
@@ -68,17 +88,10 @@ void sf_wino_input(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64
         const int64_t y = 4 * ty - 1 + i;
         for (int64_t j = 0; j < 6; ++j) {
           const int64_t x = 4 * tx - 1 + j;
-          float* dst = d[i][j];
           if (y < 0 || y >= H || x < 0 || x >= W) {
-            for (int64_t c = 0; c < CB; ++c) dst[c] = 0.0f;
+            for (int64_t c = 0; c < CB; ++c) d[i][j][c] = 0.0f;
           } else {
-            const float* src = g + ((n * H + y) * W + x) * C + c0;
-            if (nc == CB) {
-#pragma omp simd
-              for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
-            } else {
-              for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c] : 0.0f;
-            }
+            load_block(d[i][j], g + ((n * H + y) * W + x) * C + c0, nc);
           }
         }
       }
@@ -95,15 +108,7 @@ void sf_wino_input(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64
       for (int64_t a = 0; a < 6; ++a) {
         float out[6][CB];
         bt6(t[a], out);
-        for (int64_t b = 0; b < 6; ++b) {
-          float* dst = v + ((a * 6 + b) * P + q) * C + c0;
-          if (nc == CB) {
-#pragma omp simd
-            for (int64_t c = 0; c < CB; ++c) dst[c] = out[b][c];
-          } else {
-            for (int64_t c = 0; c < nc; ++c) dst[c] = out[b][c];
-          }
-        }
+        for (int64_t b = 0; b < 6; ++b) store_block(v + ((a * 6 + b) * P + q) * C + c0, out[b], nc);
       }
     }
   }
@@ -124,16 +129,7 @@ void sf_wino_output(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int6
       const int64_t c0 = cb * CB, nc = C - c0 < CB ? C - c0 : CB;
       alignas(64) float mm[6][6][CB];
       alignas(64) float t[4][6][CB];  // t[r][b] = (A^T m)[r][b]
-      for (int64_t k = 0; k < 36; ++k) {
-        const float* src = m + (k * P + q) * C + c0;
-        float* dst = mm[k / 6][k % 6];
-        if (nc == CB) {
-#pragma omp simd
-          for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
-        } else {
-          for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c] : 0.0f;
-        }
-      }
+      for (int64_t k = 0; k < 36; ++k) load_block(mm[k / 6][k % 6], m + (k * P + q) * C + c0, nc);
       for (int64_t b = 0; b < 6; ++b) {
         float col[6][CB], out[4][CB];
         for (int64_t a = 0; a < 6; ++a)
@@ -150,13 +146,7 @@ void sf_wino_output(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int6
         for (int64_t s = 0; s < 4; ++s) {
           const int64_t x = 4 * tx + s;
           if (x >= W) break;
-          float* dst = dx + ((n * H + y) * W + x) * C + c0;
-          if (nc == CB) {
-#pragma omp simd
-            for (int64_t c = 0; c < CB; ++c) dst[c] = out[s][c];
-          } else {
-            for (int64_t c = 0; c < nc; ++c) dst[c] = out[s][c];
-          }
+          store_block(dx + ((n * H + y) * W + x) * C + c0, out[s], nc);
         }
       }
     }

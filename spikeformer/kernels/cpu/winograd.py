@@ -113,15 +113,21 @@ class Conv3x3WinogradGrad(torch.autograd.Function):
         return gx, gw, (gb if need_b else None)
 
 
+def same_padded_3x3(conv: torch.nn.Module) -> bool:
+    """A plain ``nn.Conv2d`` 3x3, stride 1, zero padding 1, no dilation or groups: the convolution the compiled 3x3
+    kernels (Winograd, listed nonzeros, table lookups) compute."""
+    return (type(conv) is torch.nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
 def conv3x3(conv: torch.nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
     """``conv(x)`` with the Winograd data gradient, for channels-last fp32 frames ``x [N, C, H, W]`` that need a
     gradient; ``None`` when that does not apply (another convolution, no gradient to form, too small a shape)."""
     w = conv.weight
     if torch.compiler.is_compiling():  # a compiled graph keeps the plain convolution (no break on the C kernels)
         return None
-    if not (type(conv) is torch.nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and x.dim() == 4 and x.device.type == "cpu"
+    if not (same_padded_3x3(conv) and x.dim() == 4 and x.device.type == "cpu"
             and x.dtype == torch.float32 and w.dtype == torch.float32 and w.device.type == "cpu"
             and x.requires_grad and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and x.is_contiguous(memory_format=torch.channels_last)):
