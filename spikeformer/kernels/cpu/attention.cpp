@@ -1,9 +1,15 @@
 // Spike attention on tokens: out = (Q K^T V) * scale for every head. Q, K, V: [M, N, C] (M = T * B, N tokens), head
 // h being channels h*d .. h*d+d-1 (d = C / H), so no head transposes are made. Each head's Q, K, V are loaded into
-// fp32 [N, d] buffers (in cache) and multiplied with register-blocked small GEMMs, K^T V first. For 0/1 spikes every
-// product and sum is a small integer, exact in fp32 with or without fused multiply-adds, so out has the values of
-// any association order bit for bit; out is fp32, so that sums beyond bf16's 256 stay exact. Backward recomputes
-// K^T V; its gradients equal the reference's up to fp32 summation order.
+// fp32 [N, d] buffers (in cache) and multiplied with small GEMMs, K^T V first. A GEMM whose left operand is mostly
+// zeros (spikes) lists each row's nonzeros and adds only their rows of the right operand, in the same order and with
+// the same multiply-adds as the dense GEMM, which would add exact zeros for the rest: both give the same bits. For 0/1
+// spikes every product and sum is a small integer, exact in fp32 with or without fused multiply-adds, so out has the
+// values of any association order bit for bit; out is fp32, so that sums beyond bf16's 256 stay exact. Backward
+// recomputes K^T V; its gradients equal the reference's up to fp32 summation order.
+
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 #include "common.h"
 
@@ -31,10 +37,86 @@ void small_gemm(int64_t rows, int64_t P, const float* a, int64_t am, int64_t ap,
   }
 }
 
+// Bit i set where p[i] (i < n <= 8) is nonzero (or NaN).
+inline uint32_t nz8(const float* p, int64_t n) {
+#ifdef __AVX__
+  if (n == 8)
+    return static_cast<uint32_t>(
+        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_NEQ_UQ)));
+#endif
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m |= static_cast<uint32_t>(!(p[i] == 0.0f)) << i;
+  return m;
+}
+
+// c[m][0:D] = madd(A(m, p), b[p][0:D], c[m][0:D]) over the nonzero A(m, p) in ascending p, c starting at zero:
+// small_gemm's sums in small_gemm's order, less its additions of exact zeros, so the same values. The nonzeros are
+// found 8 at a time along A's contiguous direction: a row of A (ap == 1) or a row of A^T (am == 1).
+template <int D>
+void listed_gemm(int64_t rows, int64_t P, const float* a, int64_t am, int64_t ap, const float* b, float* c) {
+  for (int64_t i = 0; i < rows * D; ++i) c[i] = 0.0f;
+  if (ap == 1) {  // row by row: the nonzeros of row m pick rows of b
+    for (int64_t m = 0; m < rows; ++m) {
+      const float* am_ = a + m * am;
+      float* __restrict cm = c + m * D;
+      for (int64_t p0 = 0; p0 < P; p0 += 8) {
+        for (uint32_t bits = nz8(am_ + p0, P - p0 < 8 ? P - p0 : 8); bits; bits &= bits - 1) {
+          const int64_t p = p0 + __builtin_ctz(bits);
+          const float ar = am_[p];
+          const float* __restrict bp = b + p * D;
+#pragma omp simd
+          for (int j = 0; j < D; ++j) cm[j] = madd(ar, bp[j], cm[j]);
+        }
+      }
+    }
+  } else {  // am == 1, token by token: the nonzeros of row p of A^T add row p of b into their rows of c
+    for (int64_t p = 0; p < P; ++p) {
+      const float* ap_ = a + p * ap;
+      const float* __restrict bp = b + p * D;
+      for (int64_t m0 = 0; m0 < rows; m0 += 8) {
+        for (uint32_t bits = nz8(ap_ + m0, rows - m0 < 8 ? rows - m0 : 8); bits; bits &= bits - 1) {
+          const int64_t m = m0 + __builtin_ctz(bits);
+          const float ar = ap_[m];
+          float* __restrict cm = c + m * D;
+#pragma omp simd
+          for (int j = 0; j < D; ++j) cm[j] = madd(ar, bp[j], cm[j]);
+        }
+      }
+    }
+  }
+}
+
+// The largest share of nonzeros in A at which listed_gemm beat small_gemm (benchmarks/bench_attention_products.py, AVX2):
+// d = 64 up to at least 45 % (small_gemm's 4 x 64 accumulators spill), d = 32 below 7 %, d = 16 never (all zeros
+// aside). Spiking Q, K and V fire at about 3 % in a Spikformer or QKFormer at its initial weights.
+constexpr float listed_max_density(int D) { return D >= 64 ? 0.5f : (D >= 32 ? 0.07f : 0.0f); }
+
+// How the products with a spike operand are chosen: by its density, or always one way (tests, benchmarks).
+enum Products { AUTO = 0, DENSE = 1, LISTED = 2 };
+
+// c = A b (as small_gemm) by listed_gemm when A, with nnz nonzeros, is sparse enough (or as mode says)
+template <int D>
+inline void gemm(int64_t rows, int64_t P, const float* a, int64_t am, int64_t ap, const float* b, float* c,
+                 int64_t nnz, int mode) {
+  const bool listed = mode == LISTED || (mode == AUTO && static_cast<float>(nnz) <=
+                                                              listed_max_density(D) * static_cast<float>(rows * P));
+  if (listed && (ap == 1 || am == 1))
+    listed_gemm<D>(rows, P, a, am, ap, b, c);
+  else
+    small_gemm<D>(rows, P, a, am, ap, b, c);
+}
+
+// one head's [N, d] channels into dst; returns how many are nonzero
 template <typename X>
-inline void load_head(int64_t N, int64_t C, int64_t d, const X* src, float* dst) {
+inline int64_t load_head(int64_t N, int64_t C, int64_t d, const X* src, float* dst) {
+  int64_t nnz = 0;
   for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < d; ++j) dst[n * d + j] = ld(src + n * C, j);
+    for (int64_t j = 0; j < d; ++j) {
+      const float val = ld(src + n * C, j);
+      dst[n * d + j] = val;
+      nnz += val != 0.0f;
+    }
+  return nnz;
 }
 
 template <typename X>
@@ -43,14 +125,20 @@ inline void store_head(int64_t N, int64_t C, int64_t d, const float* src, X* dst
     for (int64_t j = 0; j < d; ++j) st(dst + n * C, j, src[n * d + j]);
 }
 
-// one head's Q, K, V (at offset off of the [M, N, C] tokens) into fp32 [N, D] buffers, and K^T V [D, D]
+// One head's Q, K, V (at offset off of the [M, N, C] tokens) in fp32 [N, D] buffers, how many of each are nonzero,
+// and K^T V [D, D].
+struct Head {
+  std::vector<float> q, k, v, kv;
+  int64_t nq = 0, nk = 0, nv = 0;
+  Head(int64_t N, int64_t D) : q(N * D), k(N * D), v(N * D), kv(D * D) {}
+};
+
 template <typename X, int D>
-inline void load_head_kv(int64_t N, int64_t C, int64_t off, const X* q, const X* k, const X* v, float* qh, float* kh,
-                         float* vh, float* kv) {
-  load_head(N, C, D, q + off, qh);
-  load_head(N, C, D, k + off, kh);
-  load_head(N, C, D, v + off, vh);
-  small_gemm<D>(D, N, kh, 1, D, vh, kv);
+inline void load_head_kv(int64_t N, int64_t C, int64_t off, const X* q, const X* k, const X* v, Head& h, int mode) {
+  h.nq = load_head(N, C, D, q + off, h.q.data());
+  h.nk = load_head(N, C, D, k + off, h.k.data());
+  h.nv = load_head(N, C, D, v + off, h.v.data());
+  gemm<D>(D, N, h.k.data(), 1, D, h.v.data(), h.kv.data(), h.nk, mode);
 }
 
 inline void transpose_sq(int64_t d, const float* a, float* at) {
@@ -60,15 +148,16 @@ inline void transpose_sq(int64_t d, const float* a, float* at) {
 
 template <typename X, int D>
 void attn_fwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k, const X* v, float scale,
-              float* out, int nthreads) {
+              float* out, int mode, int nthreads) {
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * H > 1)
   {
-    std::vector<float> qh(N * D), kh(N * D), vh(N * D), kv(D * D), o(N * D);
+    Head h(N, D);
+    std::vector<float> o(N * D);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < M * H; ++task) {
       const int64_t off = (task / H) * N * C + (task % H) * D;
-      load_head_kv<X, D>(N, C, off, q, k, v, qh.data(), kh.data(), vh.data(), kv.data());
-      small_gemm<D>(N, D, qh.data(), D, 1, kv.data(), o.data());  // Q (K^T V)
+      load_head_kv<X, D>(N, C, off, q, k, v, h, mode);
+      gemm<D>(N, D, h.q.data(), D, 1, h.kv.data(), o.data(), h.nq, mode);  // Q (K^T V)
       for (int64_t n = 0; n < N; ++n) {
         float* __restrict orow = out + off + n * C;
 #pragma omp simd
@@ -81,24 +170,25 @@ void attn_fwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k
 // go: dL/dout [M, N, C] fp32; gq, gk, gv: [M, N, C] of the inputs' dtype (written whole).
 template <typename X, int D>
 void attn_bwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k, const X* v, float scale,
-              const float* go, X* gq, X* gk, X* gv, int nthreads) {
+              const float* go, X* gq, X* gk, X* gv, int mode, int nthreads) {
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * H > 1)
   {
-    std::vector<float> qh(N * D), kh(N * D), vh(N * D), g(N * D), r(N * D), kv(D * D), t(D * D), dkv(D * D);
+    Head h(N, D);
+    std::vector<float> g(N * D), r(N * D), t(D * D), dkv(D * D);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < M * H; ++task) {
       const int64_t off = (task / H) * N * C + (task % H) * D;
-      load_head_kv<X, D>(N, C, off, q, k, v, qh.data(), kh.data(), vh.data(), kv.data());
+      load_head_kv<X, D>(N, C, off, q, k, v, h, mode);
       for (int64_t n = 0; n < N; ++n)
         for (int j = 0; j < D; ++j) g[n * D + j] = go[off + n * C + j] * scale;  // dL/d(Q K^T V)
-      transpose_sq(D, kv.data(), t.data());
-      small_gemm<D>(N, D, g.data(), D, 1, t.data(), r.data());     // dQ = G (K^T V)^T
+      transpose_sq(D, h.kv.data(), t.data());
+      small_gemm<D>(N, D, g.data(), D, 1, t.data(), r.data());                     // dQ = G (K^T V)^T
       store_head(N, C, D, r.data(), gq + off);
-      small_gemm<D>(D, N, qh.data(), 1, D, g.data(), dkv.data());  // d(K^T V) = Q^T G
+      gemm<D>(D, N, h.q.data(), 1, D, g.data(), dkv.data(), h.nq, mode);          // d(K^T V) = Q^T G
       transpose_sq(D, dkv.data(), t.data());
-      small_gemm<D>(N, D, vh.data(), D, 1, t.data(), r.data());    // dK = V d(K^T V)^T
+      gemm<D>(N, D, h.v.data(), D, 1, t.data(), r.data(), h.nv, mode);            // dK = V d(K^T V)^T
       store_head(N, C, D, r.data(), gk + off);
-      small_gemm<D>(N, D, kh.data(), D, 1, dkv.data(), r.data());  // dV = K d(K^T V)
+      gemm<D>(N, D, h.k.data(), D, 1, dkv.data(), r.data(), h.nk, mode);          // dV = K d(K^T V)
       store_head(N, C, D, r.data(), gv + off);
     }
   }
@@ -122,31 +212,31 @@ extern "C" {
 // Spike attention (see attn_fwd): q, k, v [M, N, C] of dtype x_bf16 ? bf16 : float, out [M, N, C] float; head dim
 // C / H. Returns 0 (nothing written) if the head dim has no compiled kernel, else 1.
 int sf_attn_fwd(int64_t M, int64_t N, int64_t C, int64_t H, const void* q, const void* k, const void* v, int x_bf16,
-                float scale, float* out, int nthreads) {
+                float scale, float* out, int mode, int nthreads) {
   return with_head_dim(C / H, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
     if (x_bf16)
       attn_fwd<bf16, D>(M, N, C, H, static_cast<const bf16*>(q), static_cast<const bf16*>(k),
-                        static_cast<const bf16*>(v), scale, out, nthreads);
+                        static_cast<const bf16*>(v), scale, out, mode, nthreads);
     else
       attn_fwd<float, D>(M, N, C, H, static_cast<const float*>(q), static_cast<const float*>(k),
-                         static_cast<const float*>(v), scale, out, nthreads);
+                         static_cast<const float*>(v), scale, out, mode, nthreads);
   });
 }
 
 // go [M, N, C] float; gq, gk, gv [M, N, C] of the inputs' dtype. Returns as sf_attn_fwd.
 int sf_attn_bwd(int64_t M, int64_t N, int64_t C, int64_t H, const void* q, const void* k, const void* v, int x_bf16,
-                float scale, const float* go, void* gq, void* gk, void* gv, int nthreads) {
+                float scale, const float* go, void* gq, void* gk, void* gv, int mode, int nthreads) {
   return with_head_dim(C / H, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
     if (x_bf16)
       attn_bwd<bf16, D>(M, N, C, H, static_cast<const bf16*>(q), static_cast<const bf16*>(k),
                         static_cast<const bf16*>(v), scale, go, static_cast<bf16*>(gq), static_cast<bf16*>(gk),
-                        static_cast<bf16*>(gv), nthreads);
+                        static_cast<bf16*>(gv), mode, nthreads);
     else
       attn_bwd<float, D>(M, N, C, H, static_cast<const float*>(q), static_cast<const float*>(k),
                          static_cast<const float*>(v), scale, go, static_cast<float*>(gq), static_cast<float*>(gk),
-                         static_cast<float*>(gv), nthreads);
+                         static_cast<float*>(gv), mode, nthreads);
   });
 }
 

@@ -1,5 +1,7 @@
 """Binding of the compiled spike attention (``attention.cpp``): every head of tokens ``[..., N, C]`` in the token
-layout, without head transposes, for the head dims in :data:`ATTENTION_HEAD_DIMS`."""
+layout, without head transposes, for the head dims in :data:`ATTENTION_HEAD_DIMS`. A product whose spike operand is
+sparse enough adds only the rows its nonzeros pick, with the same sums in the same order as the dense product (same
+bits); ``products`` forces one kind (tests and ``benchmarks/bench_attention_products.py``)."""
 
 from __future__ import annotations
 
@@ -12,33 +14,34 @@ from . import build, ops
 from .build import is_bf16, ptr, threads
 
 ATTENTION_HEAD_DIMS = (16, 32, 64)  # head dims the compiled attention kernel is built for
+PRODUCTS = {"auto": 0, "dense": 1, "listed": 2}  # attention.cpp's Products
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 build.declare(
-    sf_attn_fwd=(_ci, [_i64, _i64, _i64, _i64, _vp, _vp, _vp, _ci, ctypes.c_float, _vp, _ci]),
-    sf_attn_bwd=(_ci, [_i64, _i64, _i64, _i64, _vp, _vp, _vp, _ci, ctypes.c_float, _vp, _vp, _vp, _vp, _ci]),
+    sf_attn_fwd=(_ci, [_i64, _i64, _i64, _i64, _vp, _vp, _vp, _ci, ctypes.c_float, _vp, _ci, _ci]),
+    sf_attn_bwd=(_ci, [_i64, _i64, _i64, _i64, _vp, _vp, _vp, _ci, ctypes.c_float, _vp, _vp, _vp, _vp, _ci, _ci]),
 )
 
 
-def attention_forward(q, k, v, heads: int, scale: float) -> torch.Tensor:
+def attention_forward(q, k, v, heads: int, scale: float, products: str = "auto") -> torch.Tensor:
     """``(Q K^T V) * scale`` per head, fp32 ``[..., N, C]`` (the compiled kernel's forward)."""
     C, N = q.shape[-1], q.shape[-2]
     M = q.numel() // (N * C)
     out = torch.empty(q.shape, dtype=torch.float32)
     if not build.library().sf_attn_fwd(M, N, C, heads, ptr(q), ptr(k), ptr(v), is_bf16(q), float(scale), ptr(out),
-                                       threads()):
+                                       PRODUCTS[products], threads()):
         raise ValueError(f"no compiled attention kernel for head dim {C // heads}")
     return out
 
 
-def attention_backward(grad_out, q, k, v, heads: int, scale: float):
+def attention_backward(grad_out, q, k, v, heads: int, scale: float, products: str = "auto"):
     """``(dL/dq, dL/dk, dL/dv)``, recomputing ``K^T V`` per head."""
     C, N = q.shape[-1], q.shape[-2]
     M = q.numel() // (N * C)
     go = grad_out.to(torch.float32).contiguous()
     gq, gk, gv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     build.library().sf_attn_bwd(M, N, C, heads, ptr(q), ptr(k), ptr(v), is_bf16(q), float(scale), ptr(go), ptr(gq),
-                                ptr(gk), ptr(gv), threads())
+                                ptr(gk), ptr(gv), PRODUCTS[products], threads())
     return gq, gk, gv
 
 
