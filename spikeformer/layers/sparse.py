@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from ..kernels.cpu import lut as _lut
+from ..kernels.cpu import sparse as _native_sparse
+from ..kernels.cpu import weights as _weights
 from ..kernels.cpu.winograd import same_padded_3x3
 from ..neurons import _native
 
@@ -72,7 +74,17 @@ def _sampled_density(x2d: torch.Tensor) -> float:
     is clearly too dense (the listing gives up only when it has gone past its budget, near the end of the input) and
     to choose between listing and table lookups. The step is prime: the rows of channels-last frames are pixels, and
     every 16th pixel of a 16- or 32-wide map is its left edge, where a zero-padded convolution fires less."""
-    sample = x2d[::17]
+    return _fraction_nonzero(x2d, 17)
+
+
+def _fraction_nonzero(x2d: torch.Tensor, step: int = 1) -> float:
+    """The fraction of nonzeros in the rows ``0, step, 2 step, ...`` of ``x2d``: one compiled pass where it can run
+    (``torch.count_nonzero`` of a strided view took 2 ns per entry), else PyTorch's count."""
+    rows = (x2d.shape[0] + step - 1) // step
+    if (x2d.device.type == "cpu" and x2d.dtype in (torch.float32, torch.bfloat16) and x2d.is_contiguous()
+            and not torch.compiler.is_compiling() and _native.library() is not None):
+        return _native_sparse.count_nonzero_rows(x2d, step) / max(rows * x2d.shape[1], 1)
+    sample = x2d[::step]
     return float(torch.count_nonzero(sample)) / max(sample.numel(), 1)
 
 
@@ -88,7 +100,7 @@ LUT_MIN_ROWS = 512
 def _density(x2d: torch.Tensor) -> float:
     if x2d.shape[0] >= 1024:
         return _sampled_density(x2d)
-    return float(torch.count_nonzero(x2d)) / max(x2d.numel(), 1)
+    return _fraction_nonzero(x2d)
 
 
 def _lookup_density(x2d: torch.Tensor, weight: torch.Tensor, max_density: Optional[float]) -> Optional[float]:
@@ -152,7 +164,7 @@ def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
     if found is None:
         return None
     rows, dtype = found
-    out = _native.NativeSparseLinear.apply(x2d, weight, bias, rows, dtype)
+    out = _native.NativeSparseLinear.apply(x2d, weight, bias, rows, dtype, _weights.layout(weight, dtype, "linear"))
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -178,4 +190,5 @@ def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor,
     if found is None:
         return None
     rows, dtype = found
-    return _native.NativeSparseConv3x3.apply(x, weight, conv.bias, rows, dtype)
+    return _native.NativeSparseConv3x3.apply(x, weight, conv.bias, rows, dtype,
+                                             _weights.layout(weight, dtype, "conv3x3"))

@@ -74,6 +74,18 @@ def test_sparse_rows_gives_up_when_too_dense():
     assert SL.spike_linear(lin, x[:64]) is None  # too few rows for the lookups' tables to pay
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,step", [((1100, 37), 17), ((64, 100), 1), ((35, 96), 17)])
+def test_compiled_nonzero_count_of_sampled_rows_equals_torch(dtype, shape, step):
+    # counts, -0 (zero), NaN (nonzero); rows not a multiple of the step, columns off the 16/32-lane vectors
+    x = _spikes(shape, 0.3, 5, dtype, counts=True)
+    x[0, 0], x[0, 1], x[step, 3] = -0.0, float("nan"), 2.0
+    sample = x[::step]
+    want = float(torch.count_nonzero(sample)) / sample.numel()
+    assert SL._fraction_nonzero(x, step) == want
+    assert SL._fraction_nonzero(x.t().contiguous().t(), step) == want  # non-contiguous: PyTorch's count
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("N", [384, 100])  # full 64-column tiles, and a narrower last tile
 def test_forward_and_gradients_equal_f_linear_fp32(bias, N):

@@ -86,9 +86,10 @@ void listed_gemm(int64_t rows, int64_t P, const float* a, int64_t am, int64_t ap
   }
 }
 
-// The largest share of nonzeros in A at which listed_gemm beat small_gemm (benchmarks/bench_attention_products.py, AVX2):
-// d = 64 up to at least 45 % (small_gemm's 4 x 64 accumulators spill), d = 32 below 7 %, d = 16 never (all zeros
-// aside). Spiking Q, K and V fire at about 3 % in a Spikformer or QKFormer at its initial weights.
+// The largest share of nonzeros in A at which listed_gemm beat small_gemm (AVX2,
+// benchmarks/bench_attention_products.py): d = 64 up to at least 45 % (small_gemm's 4 x 64 accumulators spill),
+// d = 32 below 7 %, d = 16 never (all zeros aside). Spiking Q, K and V fire at about 3 % in a Spikformer or QKFormer
+// at its initial weights (BatchNorm statistics of a batch).
 constexpr float listed_max_density(int D) { return D >= 64 ? 0.5f : (D >= 32 ? 0.07f : 0.0f); }
 
 // How the products with a spike operand are chosen: by its density, or always one way (tests, benchmarks).

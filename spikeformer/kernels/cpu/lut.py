@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from . import build
+from . import build, weights
 from .build import is_bf16, ptr, threads
 from .sparse import conv3x3_input_grad
 
@@ -104,12 +104,14 @@ class NativeLutLinear(torch.autograd.Function):
     dense, ``dL/dW`` by lookups (plus the rest's products), ``dL/db = sum g``. Saves the codes, not ``x``."""
 
     @staticmethod
-    def forward(ctx, x2d, weight, bias, packed, rest):
+    def forward(ctx, x2d, weight, bias, packed, rest, wt=None):
+        # wt: weights.layout(weight, torch.float32, "linear") [K, N], made by the caller (kept in inference)
         R, K = x2d.shape
         codes, codes_t = packed
         w = weight.detach()
         out = torch.empty(R, w.shape[0], dtype=torch.float32)
-        _products(R, K, codes, w.t().contiguous(), None if bias is None else bias.detach().contiguous(), out, rest)
+        wt = weights.make(weight, torch.float32, "linear") if wt is None else wt
+        _products(R, K, codes, wt, None if bias is None else bias.detach().contiguous(), out, rest)
         ctx.codes_t, ctx.rest, ctx.shape, ctx.has_bias = codes_t, rest, x2d.shape, bias is not None
         ctx.save_for_backward(w)
         return out
@@ -125,7 +127,7 @@ class NativeLutLinear(torch.autograd.Function):
             gw = _wgrad(R, K, ctx.codes_t, g, ctx.rest).t().contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0)
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 class NativeLutConv3x3(torch.autograd.Function):
@@ -134,13 +136,14 @@ class NativeLutConv3x3(torch.autograd.Function):
     convolution, ``dL/dW`` by lookups. Saves the codes, not ``x``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, packed):
+    def forward(ctx, x, weight, bias, packed, wt=None):
+        # wt: weights.layout(weight, torch.float32, "conv3x3") [3, 3, Cin, Cout], made by the caller
         M, Cin, H, W = x.shape
         codes, codes_t = packed
         w = weight.detach()
         Cout = w.shape[0]
         out = torch.empty((M, Cout, H, W), dtype=torch.float32, memory_format=torch.channels_last)
-        wt = w.permute(2, 3, 1, 0).reshape(9 * Cin, Cout).contiguous()  # [3, 3, Cin, Cout]
+        wt = (weights.make(weight, torch.float32, "conv3x3") if wt is None else wt).view(9 * Cin, Cout)
         _products(M * H * W, 9 * Cin, codes, wt, None if bias is None else bias.detach().contiguous(), out)
         ctx.codes_t, ctx.shape, ctx.has_bias = codes_t, x.shape, bias is not None
         ctx.save_for_backward(w)
@@ -160,7 +163,7 @@ class NativeLutConv3x3(torch.autograd.Function):
             gw = dwt.view(3, 3, Cin, Cout).permute(3, 2, 0, 1).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum((0, 2, 3))
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
 def supports_linear(x2d: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -188,7 +191,7 @@ def lut_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if found is None:
         return None
     packed, rest = found
-    return NativeLutLinear.apply(x2d, weight, bias, packed, rest)
+    return NativeLutLinear.apply(x2d, weight, bias, packed, rest, weights.layout(weight, torch.float32, "linear"))
 
 
 # The codes of the last Linear input (a strong reference keeps its memory from being reused while it is the key):
@@ -217,4 +220,6 @@ def lut_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if torch.compiler.is_compiling() or not supports_conv3x3(x, weight, dtype):
         return None
     packed = pack_conv3x3(x, _wants_weight_grad(weight))
-    return None if packed is None else NativeLutConv3x3.apply(x, weight, bias, packed)
+    if packed is None:
+        return None
+    return NativeLutConv3x3.apply(x, weight, bias, packed, weights.layout(weight, torch.float32, "conv3x3"))

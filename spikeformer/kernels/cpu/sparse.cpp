@@ -505,9 +505,29 @@ void sconv_wgrad(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, con
       }
 }
 
+// How many entries of the rows 0, step, 2 step, ... of x [R, K] are nonzero (-0 counts as zero).
+template <typename X>
+int64_t count_nonzero_rows(int64_t R, int64_t K, const X* x, int64_t step) {
+  constexpr int64_t LANES = 64 / sizeof(X);
+  int64_t n = 0;
+  for (int64_t r = 0; r < R; r += step) {
+    const X* row = x + r * K;
+    int64_t j = 0;
+    for (; j + LANES <= K; j += LANES) n += __builtin_popcountll(nz_mask(row + j));
+    for (; j < K; ++j) n += nonzero(row[j]);
+  }
+  return n;
+}
+
 }  // namespace
 
 extern "C" {
+
+// The number of nonzeros in every step-th row of x [R, K] (x_bf16 ? bf16 : float), from row 0.
+int64_t sf_count_nonzero_rows(int64_t R, int64_t K, const void* x, int x_bf16, int64_t step) {
+  if (x_bf16) return count_nonzero_rows<bf16>(R, K, static_cast<const bf16*>(x), step);
+  return count_nonzero_rows<float>(R, K, static_cast<const float*>(x), step);
+}
 
 // Nonzeros of x [R, K] (x_bf16 ? bf16 : float) into rs/re [R] and col/val [cap], see sparse_rows. Returns their
 // number, or -1 if there are more than about cap.

@@ -14,11 +14,12 @@ from typing import Optional
 import torch
 
 from ..torch import sparse as torch_sparse
-from . import build, winograd
+from . import build, weights, winograd
 from .build import is_bf16, ptr, threads
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 build.declare(
+    sf_count_nonzero_rows=(_i64, [_i64, _i64, _vp, _ci, _i64]),
     sf_sparse_rows=(_i64, [_i64, _i64, _vp, _ci, _i64, _vp, _vp, _vp, _vp, _ci]),
     sf_sparse_linear=(None, [_i64, _i64, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _ci, _ci]),
     sf_sparse_linear_wgrad=(None, [_i64, _i64, _i64, _vp, _vp, _vp, _vp, _vp, _ci, _vp, _ci]),
@@ -26,6 +27,13 @@ build.declare(
     sf_sparse_conv3x3_wgrad=(None, [_i64] * 5 + [_vp] * 5 + [_ci, _vp, _ci]),
 )
 _DTYPES = (torch.float32, torch.bfloat16)
+
+
+def count_nonzero_rows(x2d: torch.Tensor, step: int = 1) -> int:
+    """How many entries of the rows ``0, step, 2 step, ...`` of ``x2d`` ``[R, K]`` (contiguous fp32 or bf16) are
+    nonzero (``-0`` counts as zero): one compiled pass over those rows."""
+    R, K = x2d.shape
+    return int(build.library().sf_count_nonzero_rows(R, K, ptr(x2d), is_bf16(x2d), step))
 
 
 def sparse_rows(x2d: torch.Tensor, max_density: float) -> Optional[tuple[torch.Tensor, ...]]:
@@ -62,10 +70,11 @@ class NativeSparseLinear(torch.autograd.Function):
     ``dL/db = sum g``, both fp32. Saves the nonzeros, not ``x``."""
 
     @staticmethod
-    def forward(ctx, x2d, weight, bias, rows, dtype):
+    def forward(ctx, x2d, weight, bias, rows, dtype, wt=None):
+        # wt: weights.layout(weight, dtype, "linear"), [K, Nout] in dtype, made by the caller (kept in inference)
         R, Nout = x2d.shape[0], weight.shape[0]
         w, b = _compute_weights(weight, bias, dtype)
-        wt = w.t().contiguous()  # [K, Nout], in dtype
+        wt = weights.make(weight, dtype, "linear") if wt is None else wt
         out = torch.empty(R, Nout, dtype=dtype)
         build.library().sf_sparse_linear(R, Nout, *(ptr(t) for t in rows), ptr(wt), None if b is None else ptr(b),
                                    ptr(out), int(dtype == torch.bfloat16), threads())
@@ -86,7 +95,7 @@ class NativeSparseLinear(torch.autograd.Function):
                                              ptr(gw), threads())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0, dtype=torch.float32)
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 def conv3x3_input_grad(g: torch.Tensor, shape: torch.Size, w: torch.Tensor) -> torch.Tensor:
@@ -111,11 +120,12 @@ class NativeSparseConv3x3(torch.autograd.Function):
     in fp32. Saves the nonzeros, not ``x``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, rows, dtype):
+    def forward(ctx, x, weight, bias, rows, dtype, wt=None):
+        # wt: weights.layout(weight, dtype, "conv3x3"), [3, 3, Cin, Cout] in dtype, made by the caller
         M, Cin, H, W = x.shape
         Cout = weight.shape[0]
         w, b = _compute_weights(weight, bias, dtype)
-        wt = w.permute(2, 3, 1, 0).contiguous()  # [3, 3, Cin, Cout], in dtype
+        wt = weights.make(weight, dtype, "conv3x3") if wt is None else wt
         out = torch.empty((M, Cout, H, W), dtype=dtype, memory_format=torch.channels_last)
         build.library().sf_sparse_conv3x3(M, H, W, Cin, Cout, *(ptr(t) for t in rows), ptr(wt),
                                     None if b is None else ptr(b), ptr(out), int(dtype == torch.bfloat16),
@@ -139,7 +149,7 @@ class NativeSparseConv3x3(torch.autograd.Function):
                                               ptr(gw), threads())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum((0, 2, 3), dtype=torch.float32)
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 def _nonzeros(x2d: torch.Tensor, dtype: torch.dtype, max_density: float):
@@ -176,7 +186,8 @@ def sparse_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     if torch.compiler.is_compiling() or not supports_linear(x2d, weight, dtype):
         return torch_sparse.sparse_linear(x2d, weight, bias, dtype, max_density)
     rows = _nonzeros(x2d, dtype, max_density)
-    return None if rows is None else NativeSparseLinear.apply(x2d, weight, bias, rows, dtype)
+    return None if rows is None else NativeSparseLinear.apply(
+        x2d, weight, bias, rows, dtype, weights.layout(weight, dtype, "linear"))
 
 
 def sparse_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype,
@@ -187,4 +198,5 @@ def sparse_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
         return torch_sparse.sparse_conv3x3(x, weight, bias, dtype, max_density)
     M, C, H, W = x.shape
     rows = _nonzeros(x.permute(0, 2, 3, 1).view(M * H * W, C), dtype, max_density)
-    return None if rows is None else NativeSparseConv3x3.apply(x, weight, bias, rows, dtype)
+    return None if rows is None else NativeSparseConv3x3.apply(
+        x, weight, bias, rows, dtype, weights.layout(weight, dtype, "conv3x3"))

@@ -1,0 +1,62 @@
+"""Weights in the layouts of the compiled products, kept across inference calls while unchanged
+(``kernels/cpu/weights.py``)."""
+
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+from spikeformer.kernels.cpu import weights
+
+
+@pytest.mark.parametrize("kind,shape,want", [("linear", (48, 32), lambda w: w.t()),
+                                             ("conv3x3", (16, 8, 3, 3), lambda w: w.permute(2, 3, 1, 0))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layout_is_kept_in_inference_until_the_weight_changes(kind, shape, want, dtype):
+    w = nn.Parameter(torch.randn(shape))
+    with torch.no_grad():
+        a = weights.layout(w, dtype, kind)
+        assert a.is_contiguous() and a.dtype == dtype and torch.equal(a, want(w.detach()).to(dtype))
+        assert weights.layout(w, dtype, kind) is a  # kept
+        assert weights.layout(w, torch.float32 if dtype == torch.bfloat16 else torch.bfloat16, kind) is not a
+        w.mul_(2.0)  # in place: the version counter moves
+        b = weights.layout(w, torch.float32, kind)
+        assert torch.equal(b, want(w.detach()))
+        w.copy_(torch.randn(shape))  # load_state_dict does this
+        assert torch.equal(weights.layout(w, torch.float32, kind), want(w.detach()))
+    # with gradients on (training), nothing is kept and the stale entry goes
+    c = weights.layout(w, torch.float32, kind)
+    assert torch.equal(c, want(w.detach())) and id(w) not in weights._cache
+    assert weights.layout(w, torch.float32, kind) is not c
+
+
+def test_entry_goes_with_its_weight():
+    w = torch.randn(32, 16)
+    with torch.no_grad():
+        weights.layout(w, torch.float32, "linear")
+    key = id(w)
+    assert key in weights._cache
+    del w
+    gc.collect()
+    assert key not in weights._cache
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="unknown weight layout"):
+        weights.layout(torch.randn(4, 4), torch.float32, "conv1x1")
+
+
+def test_inference_reuses_the_layout_and_follows_a_weight_update():
+    # a Linear on spikes through the listed product: outputs follow an in-place weight change between calls
+    from spikeformer.layers.sparse import spike_linear
+
+    lin = nn.Linear(64, 32)
+    x = (torch.rand(2048, 64, generator=torch.Generator().manual_seed(0)) < 0.05).float()
+    with torch.no_grad():
+        y0 = spike_linear(lin, x)
+        assert y0 is not None
+        torch.testing.assert_close(y0, nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+        lin.weight.mul_(-1.0)
+        y1 = spike_linear(lin, x)
+        torch.testing.assert_close(y1, nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
