@@ -238,6 +238,8 @@ def test_gradients_reach_every_parameter():
 def test_digits_trains(tmp_path):
     from spikeformer.engine import build_config, train
 
-    r = train(build_config(None, ["report=false"], model="qkformer_digits", epochs=6, out=str(tmp_path / "d")),
-              progress=False)
-    assert r["top1"] >= 80.0, r["top1"]  # measured: 88.1 % on 2 threads, >= 90 % on 1; chance is 10 %
+    # T=2 and lr 6e-3 (the recipe's default is 3e-3): 96.7 % at seeds 0 and 1 in about 30 s with one thread beside
+    # another job; the model's T=4 with the default lr gave 88.1 % in 133 s in the suite. Chance is 10 %.
+    r = train(build_config(None, ["report=false", "T=2", "lr=6e-3"], model="qkformer_digits", epochs=6,
+                           out=str(tmp_path / "d")), progress=False)
+    assert r["top1"] >= 90.0, r["top1"]
