@@ -96,12 +96,16 @@ class SPEDS(NumericsAware, nn.Module):
     """
 
     def __init__(self, in_chans: int, widths: Sequence[int], neuron, names: Sequence[str],
-                 pool_after: Sequence[int] = (), shortcut_from: int = -1, first_fp32: bool = False):
+                 pool_after: Sequence[int] = (), shortcut_from: int = -1, first_fp32: bool = False,
+                 stream_in: bool = False):
         super().__init__()
         if len(names) != len(widths):
             raise ValueError("one name per stage")
         self.names, self.pool_after = tuple(names), frozenset(pool_after)
         self.shortcut_from, self.first_fp32 = shortcut_from, first_fp32
+        # stream_in: x is the residual stream of summed spikes (small integers, 12-16 % nonzero), whose convolutions
+        # may run over its nonzeros on the fast path as those of spikes do; else x is an image
+        self.stream_in = stream_in
         dims = (in_chans, *widths)
         for i, n in enumerate(self.names):
             setattr(self, f"{n}_conv", nn.Conv2d(dims[i], dims[i + 1], 3, 1, 1, bias=False))
@@ -119,7 +123,7 @@ class SPEDS(NumericsAware, nn.Module):
         src = x
         for i, n in enumerate(self.names):
             conv, bn, lif = getattr(self, f"{n}_conv"), getattr(self, f"{n}_bn"), getattr(self, f"{n}_lif")
-            spikes_in = i > 0  # stage 0 reads the image or the integer-valued stream
+            spikes_in = i > 0 or self.stream_in  # stage 0 reads the image or the integer-valued stream
             fp32 = i == 0 and self.first_fp32 and torch.is_autocast_enabled(x.device.type)
             # under autocast the image convolution stays fp32: its rounding flips the most spikes
             with torch.autocast(x.device.type, enabled=False) if fp32 else contextlib.nullcontext():
@@ -131,7 +135,7 @@ class SPEDS(NumericsAware, nn.Module):
             if i == self.shortcut_from:
                 src = x
         res = conv_bn_neuron(self.proj_res_conv, self.proj_res_bn, self.proj_res_lif, src,
-                             spikes_in=self.shortcut_from >= 0, fast=fast)
+                             spikes_in=self.shortcut_from >= 0 or self.stream_in, fast=fast)
         return x + res
 
 
@@ -299,7 +303,8 @@ class QKFormer(SpikingClassifier):
                 pe = SPEDS(in_chans, first["widths"], make, first["names"], first["pool_after"],
                            first["shortcut_from"], first_fp32=True)
             else:
-                pe = SPEDS(prev, (dim, dim), make, later["names"], later["pool_after"], shortcut_from=-1)
+                pe = SPEDS(prev, (dim, dim), make, later["names"], later["pool_after"], shortcut_from=-1,
+                           stream_in=True)
             self.add_module(f"patch_embed{i}", pe)
             self.add_module(f"stage{i}", nn.Sequential(*(block(dim, num_heads, mlp_ratio, make)
                                                          for _ in range(blocks))))
