@@ -157,9 +157,10 @@ void lut_fwd(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float*
 
 constexpr int64_t WG_CH = 16;  // 4-row groups per chunk: 16 tables of 1 KB
 
-// dWt [K, N] = codesT [RG, K] x G [R, N] summed over the rows (fp32 G), N a multiple of NT
+// dWt [K, N] = codesT [RG, K] x G [R, N] summed over the rows (fp32 G), N a multiple of NT; out_nk: written as
+// dW [N, K] instead (a Linear's own layout: each tile's [K, 16] block is transposed in cache, 64 columns at a time)
 void lut_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const float* G, const Rest& rest, float* dWt,
-               int nthreads) {
+               int out_nk, int nthreads) {
   const int64_t RG = (R + 3) / 4, ntiles = N / NT;
 #pragma omp parallel num_threads(nthreads)
   {
@@ -206,7 +207,18 @@ void lut_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const flo
           for (int64_t e = rest.rs[r]; e < rest.re[r]; ++e) d[rest.col[e]] = add_scaled(d[rest.col[e]], rest.val[e], gr);
         }
       }
-      for (int64_t k = 0; k < K; ++k) st16(dWt + k * N + n0, d[k]);
+      if (out_nk) {
+        const float* df = reinterpret_cast<const float*>(d);
+        for (int64_t k0 = 0; k0 < K; k0 += 64) {
+          const int64_t k1 = k0 + 64 < K ? k0 + 64 : K;
+          for (int64_t j = 0; j < NT; ++j) {
+            float* out = dWt + (n0 + j) * K;
+            for (int64_t k = k0; k < k1; ++k) out[k] = df[k * NT + j];
+          }
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k) st16(dWt + k * N + n0, d[k]);
+      }
     }
   }
 }
@@ -409,8 +421,9 @@ int sf_lut_pack_conv3x3(int64_t M, int64_t H, int64_t W, int64_t C, const void* 
 }
 
 void sf_lut_linear_wgrad(int64_t R, int64_t K, int64_t N, const uint8_t* codesT, const float* G, const int64_t* rs,
-                         const int64_t* re, const int32_t* col, const float* val, float* dWt, int nthreads) {
-  lut_wgrad(R, K, N, codesT, G, Rest{rs, re, col, val}, dWt, nthreads);
+                         const int64_t* re, const int32_t* col, const float* val, float* dWt, int out_nk,
+                         int nthreads) {
+  lut_wgrad(R, K, N, codesT, G, Rest{rs, re, col, val}, dWt, out_nk, nthreads);
 }
 
 }  // extern "C"

@@ -30,7 +30,7 @@ build.declare(
     sf_lut_pack_counts=(_i64, [_i64, _i64, _vp, _i64] + [_vp] * 6 + [_ci]),
     sf_lut_pack_conv3x3=(_ci, [_i64] * 4 + [_vp, _ci, _vp, _vp, _vp, _ci]),
     sf_lut_linear=(None, [_i64, _i64, _i64] + [_vp] * 8 + [_ci]),
-    sf_lut_linear_wgrad=(None, [_i64, _i64, _i64] + [_vp] * 7 + [_ci]),
+    sf_lut_linear_wgrad=(None, [_i64, _i64, _i64] + [_vp] * 7 + [_ci, _ci]),
 )
 TILE = 16  # output columns per table entry: the number of outputs must be a multiple
 REST_MAX_DENSITY = 0.1  # the counts above 1 of a Linear input, listed; denser: give up
@@ -90,10 +90,12 @@ def _products(R: int, K: int, codes: torch.Tensor, wt: torch.Tensor, bias: Optio
                                   *_rest_ptrs(rest), ptr(out), threads())
 
 
-def _wgrad(R: int, K: int, codes_t: torch.Tensor, g: torch.Tensor, rest=None) -> torch.Tensor:
-    """``sum_r x[r]^T g[r]`` as ``[K, N]`` fp32."""
-    dwt = torch.empty(K, g.shape[-1], dtype=torch.float32)
-    build.library().sf_lut_linear_wgrad(R, K, g.shape[-1], ptr(codes_t), ptr(g), *_rest_ptrs(rest), ptr(dwt),
+def _wgrad(R: int, K: int, codes_t: torch.Tensor, g: torch.Tensor, rest=None, nk: bool = False) -> torch.Tensor:
+    """``sum_r x[r]^T g[r]`` as ``[K, N]`` fp32, or with ``nk`` its transpose ``[N, K]`` (a Linear's weight
+    gradient, written so by the kernel: no transposed copy)."""
+    N = g.shape[-1]
+    dwt = torch.empty((N, K) if nk else (K, N), dtype=torch.float32)
+    build.library().sf_lut_linear_wgrad(R, K, N, ptr(codes_t), ptr(g), *_rest_ptrs(rest), ptr(dwt), int(nk),
                                         threads())
     return dwt
 
@@ -124,7 +126,7 @@ class NativeLutLinear(torch.autograd.Function):
         gw = gb = None
         if ctx.needs_input_grad[1]:
             R, K = ctx.shape
-            gw = _wgrad(R, K, ctx.codes_t, g, ctx.rest).t().contiguous()
+            gw = _wgrad(R, K, ctx.codes_t, g, ctx.rest, nk=True)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0)
         return gx, gw, gb, None, None, None
