@@ -60,3 +60,17 @@ def test_inference_reuses_the_layout_and_follows_a_weight_update():
         lin.weight.mul_(-1.0)
         y1 = spike_linear(lin, x)
         torch.testing.assert_close(y1, nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind,shape", [("linear", (37, 50)), ("linear", (1, 7)), ("conv3x3", (17, 5, 3, 3)),
+                                        ("conv3x3", (48, 96, 3, 3))])
+def test_compiled_reorder_equals_torch_permute(dtype, kind, shape):
+    # row counts off the 16-row blocks; a non-contiguous weight is made contiguous first
+    w = torch.randn(shape).to(dtype)
+    want = w.t().contiguous() if kind == "linear" else w.permute(2, 3, 1, 0).contiguous()
+    got = weights.make(w, dtype, kind)
+    assert got.is_contiguous() and torch.equal(got, want)
+    wn = torch.randn(tuple(reversed(shape))).to(dtype).permute(*reversed(range(len(shape))))  # strided view
+    want = wn.t().contiguous() if kind == "linear" else wn.permute(2, 3, 1, 0).contiguous()
+    assert torch.equal(weights.make(wn, dtype, kind), want)

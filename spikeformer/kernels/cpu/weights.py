@@ -1,18 +1,27 @@
 """Weights in the layouts the compiled products read, kept across calls while they cannot have changed.
 
-The listed and lookup products read a Linear weight as ``W^T [K, N]`` and a 3x3 convolution's as
-``[3, 3, Cin, Cout]``, in the compute dtype: a copy per call (0.2-1.8 ms per weight here, about 1.5 % of a Spikformer
-inference step). In inference (gradients off) that copy is kept for the weight until its memory, version counter
-(bumped by every in-place change: an optimizer step, ``load_state_dict``, an EMA update), shape or dtype changes; the
-entry goes with the weight. With gradients on, nothing is kept (a training step changes every weight) and a stale
-entry is dropped, so training holds no second copy of the weights.
+The listed products read a Linear weight as ``W^T [K, N]``, and the listed and lookup 3x3 convolutions read theirs
+as ``[3, 3, Cin, Cout]``, in the compute dtype: a copy per call, made by ``weights.cpp`` (PyTorch's strided copy of
+these permutations took 0.2-1.8 ms per weight here, 4 % of a QKFormer 10-384 training step at 32x32). In inference
+(gradients off) that copy is kept for the weight until its memory, version counter (bumped by every in-place change:
+an optimizer step, ``load_state_dict``, an EMA update), shape or dtype changes; the entry goes with the weight. With
+gradients on, nothing is kept (a training step changes every weight) and a stale entry is dropped, so training holds
+no second copy of the weights.
 """
 
 from __future__ import annotations
 
 import weakref
 
+import ctypes
+
 import torch
+
+from . import build
+from .build import ptr, threads
+
+_vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+build.declare(sf_permute_cba=(None, [_i64, _i64, _i64, _vp, _vp, _ci, _ci]))
 
 _cache: dict[int, tuple] = {}  # id(weight) -> (weakref, key, layout)
 
@@ -23,11 +32,19 @@ def make(weight: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
 
 
 def _make(w: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "linear":
-        return w.t().contiguous()  # [K, N]
-    if kind == "conv3x3":
-        return w.permute(2, 3, 1, 0).contiguous()  # [3, 3, Cin, Cout]
-    raise ValueError(f"unknown weight layout {kind!r}: 'linear' or 'conv3x3'")
+    if kind == "linear":  # [N, K] -> [K, N]
+        A, B, C = w.shape[0], 1, w.shape[1]
+    elif kind == "conv3x3":  # [Cout, Cin, 3, 3] -> [3, 3, Cin, Cout]
+        A, B, C = w.shape[0], w.shape[1], w.shape[2] * w.shape[3]
+    else:
+        raise ValueError(f"unknown weight layout {kind!r}: 'linear' or 'conv3x3'")
+    shape = (C, A) if kind == "linear" else (*w.shape[2:], B, A)
+    if w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu" and build.available():
+        src = w.contiguous()  # kept referenced across the call
+        out = torch.empty(shape, dtype=w.dtype)
+        build.library().sf_permute_cba(A, B, C, ptr(src), ptr(out), int(w.dtype == torch.bfloat16), threads())
+        return out
+    return w.t().contiguous() if kind == "linear" else w.permute(2, 3, 1, 0).contiguous()
 
 
 def layout(weight: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
