@@ -5,10 +5,14 @@
     python benchmarks/bench_numerics.py --no-bf16                # fp32 only (CPUs without native bf16)
 
 For each model the three variants -- exact fp32 (the official operations), fast fp32 (the default) and fast under
-bf16 autocast -- are built once in this process from the same weights and their steps alternate (exact, fast, bf16,
-exact, ...) for ``--rounds`` rounds, so load from elsewhere hits all three alike; the median step time of each is
-reported with the ratios exact/fast (> 1: fast is faster) and exact-fp32/fast-bf16. Run it with nothing else on the
-machine. Static models get images (16x16 for the digits configs), event models event-count frames.
+bf16 autocast -- are built once in this process from the same weights and their steps alternate for ``--rounds``
+rounds, so load from elsewhere hits all three alike; the median step time of each is reported with the ratios
+exact/fast (> 1: fast is faster) and exact-fp32/fast-bf16. The order within a round is reversed every other round
+(exact, fast, bf16, then bf16, fast, exact): with a fixed order, a control that timed the exact model against a second
+copy of itself in the "fast" slot gave 0.93x for ``spikeformer_imagenet`` and 0.98x for ``spikeformer_dvs_digits``,
+a bias against whichever variant runs second; with the order alternating the same control gave 1.02x and 1.04x, the
+noise of the measurement. ``--control`` runs that control (the "fast" slot holds exact numerics). Run it with nothing
+else on the machine. Static models get images (16x16 for the digits configs), event models event-count frames.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def bench_model(name: str, a) -> dict:
     torch.manual_seed(0)
     base = spikeformer.create_model(name, T=a.T, numerics="exact")
     variants = {}
-    for tag, numerics, bf16 in (("exact", "exact", False), ("fast", "fast", False), ("fast-bf16", "fast", True)):
+    second = "exact" if a.control else "fast"
+    for tag, numerics, bf16 in (("exact", "exact", False), ("fast", second, False), ("fast-bf16", "fast", True)):
         if bf16 and not a.bf16:
             continue
         m = copy.deepcopy(base)
@@ -69,8 +74,9 @@ def bench_model(name: str, a) -> dict:
         return time.perf_counter() - t0
 
     times = {tag: [] for tag in variants}
+    tags = list(variants)
     for r in range(a.warmup + a.rounds):
-        for tag in variants:
+        for tag in (tags if r % 2 == 0 else tags[::-1]):  # the order reversed every other round (see the docstring)
             t = step(tag)
             if r >= a.warmup:
                 times[tag].append(t)
@@ -86,6 +92,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--control", action="store_true",
+                    help="time the exact model against a second exact copy in the fast slot (the measurement's noise)")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false",
                     help="time exact and fast fp32 only (on CPUs without native bf16, autocast emulates it slowly)")
     a = ap.parse_args()
@@ -95,7 +103,8 @@ def main() -> None:
     print(f"command: python benchmarks/{os.path.basename(__file__)} " + " ".join(sys.argv[1:]))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{a.threads} threads; batch {a.batch}, T={a.T}; medians of {a.rounds} alternating rounds after "
-          f"{a.warmup} warm-up rounds; 1-min load average at start {os.getloadavg()[0]:.1f}")
+          f"{a.warmup} warm-up rounds, the order reversed every other round; 1-min load average at start "
+          f"{os.getloadavg()[0]:.1f}" + ("; CONTROL: the fast column is a second exact copy" if a.control else ""))
     print()
     print("| model | exact fp32 s/step | fast fp32 s/step | fast bf16 s/step | fast vs exact | bf16 fast vs exact fp32 |")
     print("|---|---|---|---|---|---|")

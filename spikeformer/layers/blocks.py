@@ -91,8 +91,14 @@ def _small_map(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 MIN_FAST_BLOCK_ELEMENTS = 2 ** 17
 
 
-def _small_block(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    return _fp32_conv_frames(conv, x) and _out_pixels(conv, x) * conv.out_channels < MIN_FAST_BLOCK_ELEMENTS
+def small_nchw_block(conv: nn.Conv2d, x: torch.Tensor, max_elements: Optional[int] = None) -> bool:
+    """Whether ``conv`` over fp32 frames ``x`` gives fewer than ``max_elements`` (default
+    :data:`MIN_FAST_BLOCK_ELEMENTS`) output elements per call and ``x`` is NCHW (the input, or an exact block's output): there a Conv-BN-neuron block runs the exact operations on the
+    fast path too. A block fed channels-last frames by a fast block keeps the fast path, where switching layouts back
+    and forth costs more."""
+    limit = MIN_FAST_BLOCK_ELEMENTS if max_elements is None else max_elements
+    return (_fp32_conv_frames(conv, x) and _out_pixels(conv, x) * conv.out_channels < limit
+            and not (x.shape[2] > 1 and _is_channels_last_frames(x)))
 
 
 def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = False) -> torch.Tensor:
@@ -147,9 +153,7 @@ def conv_bn_neuron(conv: nn.Conv2d, bn: nn.Module, neuron: nn.Module, x: torch.T
                    fast: Optional[bool] = None) -> torch.Tensor:
     """``neuron(bn(conv(x)))`` on frames ``[T, B, C, H, W]``; see the module docstring for the two paths."""
     fast = _fast(x, conv, bn, neuron) if fast is None else fast
-    if fast and _small_block(conv, x) and not (x.shape[2] > 1 and _is_channels_last_frames(x)):
-        # a small block on NCHW frames (the input, or an exact block's output) stays NCHW; one fed channels-last
-        # frames by a fast block keeps the fast path, where switching layouts back and forth costs more
+    if fast and small_nchw_block(conv, x):
         fast = False
     z = conv_frames(conv, x, fast, spikes_in)
     return bn_neuron(bn, neuron, z, fuse=fast)

@@ -70,6 +70,12 @@ def _static_ok(bn: nn.Module, neuron: nn.Module) -> bool:
             and bn.affine and type(bn) in (TokenBN, nn.BatchNorm2d))
 
 
+def fusable(bn: nn.Module, neuron: nn.Module) -> bool:
+    """Whether the compiled BatchNorm+neuron kernel can run this pair for some input (:func:`can_fuse` adds the
+    input's conditions): LIF/IF with a fixed decay, a sigmoid or atan surrogate, an affine BatchNorm, no hooks."""
+    return _static_ok(bn, neuron)
+
+
 def can_fuse(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> bool:
     """Whether the compiled BatchNorm+neuron kernel can run ``neuron(bn(x))`` (never when either module has hooks:
     they are called as usual)."""

@@ -43,7 +43,8 @@ from torch import nn
 
 from ..errors import SpikeformerError
 from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
-from ..layers.blocks import conv_bn_neuron
+from ..layers.blocks import conv_bn_neuron, small_nchw_block
+from ..layers.fused_bn import fusable
 from ..layers.sparse import spike_linear
 from ..layers.init import trunc_normal_
 from ..neurons import neuron_factory
@@ -82,6 +83,20 @@ def drop_path(x: torch.Tensor, p: float, training: bool, mask_shape: Sequence[in
     return x.div(keep) * mask
 
 
+# A tokenizer block whose BatchNorm + neuron the compiled kernel cannot fuse (PLIF, PLIAF: a learnable decay) gains
+# only channels-last convolutions on the fast path; on NCHW frames with fewer output elements per call than this it
+# runs the exact operations. At batch 4, T=2, 32x32 (131k-262k elements in the first blocks) the fast path was 0.96x
+# (ImageNet configuration) and 0.97-0.99x (DVS128) of exact, and 1.01x with this rule (python
+# benchmarks/bench_numerics.py); the title model's blocks (batch 32, T=8: 2^19 elements and more) keep the fast path.
+MIN_FAST_UNFUSED_ELEMENTS = 2 ** 19
+# Space-time blocks over fewer tokens per frame than this take the official layout on the fast path too: one block
+# (D=512, 4 tokens, batch 4, T=2) measured 0.97x fast against official, 1.01-1.05x at 16-64 tokens.
+FAST_MIN_BLOCK_TOKENS = 16
+# The MLP's second Linear runs over the listed nonzero spikes from this many rows (tokens x frames) per call: at 128
+# rows (batch 4, T=2, 16 tokens) listing them cost more than the small dense GEMM (0.98x against 1.00x per step)
+FAST_MIN_FC2_ROWS = 512
+
+
 class ConvBNNeuron(NumericsAware, nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> neuron on ``[T, B, C, H, W]`` (the official ``conv`` helper), run by the
     shared block :func:`~spikeformer.layers.blocks.conv_bn_neuron` (``spikes_in``: the input is spikes or spike
@@ -97,7 +112,10 @@ class ConvBNNeuron(NumericsAware, nn.Module):
         self.spikes_in = spikes_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_bn_neuron(self.conv, self.bn, self.neuron, x, self.spikes_in, wants_fast(self, x))
+        fast = wants_fast(self, x)
+        if fast and not fusable(self.bn, self.neuron) and small_nchw_block(self.conv, x, MIN_FAST_UNFUSED_ELEMENTS):
+            fast = False  # a PLIF/PLIAF block on small NCHW frames: see MIN_FAST_UNFUSED_ELEMENTS
+        return conv_bn_neuron(self.conv, self.bn, self.neuron, x, self.spikes_in, fast)
 
 
 class SEWBlock(nn.Module):
@@ -199,7 +217,8 @@ class Mlp(NumericsAware, nn.Module):
         T, B = x.shape[:2]
         h = self.neuron(self.fc1(x.flatten(0, 1)).unflatten(0, (T, B))).flatten(0, 1)
         observed = self.fc2._forward_hooks or self.fc2._forward_pre_hooks  # hooks must see their call
-        y = spike_linear(self.fc2, h) if wants_fast(self, h) and not observed else None
+        listed = wants_fast(self, h) and not observed and h.numel() // h.shape[-1] >= FAST_MIN_FC2_ROWS
+        y = spike_linear(self.fc2, h) if listed else None
         return (self.fc2(h) if y is None else y).unflatten(0, (T, B))
 
 
@@ -233,7 +252,7 @@ class Block(NumericsAware, nn.Module):
         return self._drop(y, (1, B, N, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not wants_fast(self, x):
+        if not wants_fast(self, x) or x.shape[2] < FAST_MIN_BLOCK_TOKENS:
             return self.official(x)
         T, B, N, D = x.shape
         x = x + self.temporal_fc(self.temporal(x))

@@ -463,7 +463,9 @@ def test_fast_path_takes_its_kernels(monkeypatch):
         monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: tried.update([_n]) or _r(*a, **k))
     tokens = []
     m.patch_embed.register_forward_hook(lambda mod, i, o: tokens.append(o))
-    ops, depth = _ops(m, _frames()), len(m.blocks)
+    # batch 8, T=8: the first block gives 2^19 output elements per call, enough for the fast path of a PLIF block
+    # (li.MIN_FAST_UNFUSED_ELEMENTS); batch 2 is below it (see the end)
+    ops, depth = _ops(m, _frames(B=8)), len(m.blocks)
     # the spatial attention (64 tokens) on the fused kernel; the temporal one (8 steps) as two batched matmuls
     assert sum(v for k, v in ops.items() if "scaled_dot_product" in k) == depth
     assert ops["bmm"] == 2 * depth + 1
@@ -471,6 +473,14 @@ def test_fast_path_takes_its_kernels(monkeypatch):
     assert tried["spike_conv3x3"] >= 1  # 3x3 convolutions of spike sums in the tokenizer
     frames = tokens[0]
     assert frames[0].is_contiguous(memory_format=torch.channels_last)  # channels-last frames through the tokenizer
+    # batch 2: the PLIF blocks (no fused kernel) on small NCHW frames run the exact operations, NCHW throughout
+    tried.clear()
+    tokens.clear()
+    _ops(m, _frames(B=2))
+    assert li.MIN_FAST_UNFUSED_ELEMENTS == 2 ** 19 and tried["spike_conv3x3"] == 0
+    # ... and fc2 (8 frames x 2 x 64 tokens = 1024 rows, at least li.FAST_MIN_FC2_ROWS) still lists its spikes
+    assert tried["spike_linear"] == depth
+    assert tokens[0][0].is_contiguous() and not tokens[0][0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_fast_training_step_agrees_with_exact():
@@ -494,3 +504,21 @@ def test_fast_training_step_agrees_with_exact():
     for name in ("head.weight", "blocks.1.mlp.fc2.weight", "blocks.0.attn.qkv.weight", "pos_embed"):
         a, b = grads["fast"][name], grads["exact"][name]
         assert (a - b).abs().max().item() <= 1e-3 * max(1.0, b.abs().max().item()), name
+
+
+def test_blocks_over_few_tokens_take_the_official_layout(monkeypatch):
+    import spikeformer.models.spikeformer_li as li
+
+    calls = collections.Counter()
+    real = li.Block.official
+    monkeypatch.setattr(li.Block, "official", lambda self, x: calls.update([x.shape[2]]) or real(self, x))
+    x = _frames(B=2)
+    for widths, strides, tokens in (((2, 32, 64, 64), (2, 2, 2), 16), ((2, 32, 64, 64, 64), (2, 2, 2, 2), 4)):
+        m = spikeformer.create_model("spikeformer_dvs_digits", tokenizer_widths=widths, tokenizer_strides=strides)
+        calls.clear()
+        with torch.no_grad():
+            m.eval()(x)
+        # fast numerics: the official layout below li.FAST_MIN_BLOCK_TOKENS tokens per frame, the fast one from it
+        assert m.grid[0] * m.grid[1] == tokens
+        assert calls == (collections.Counter({4: len(m.blocks)}) if tokens < li.FAST_MIN_BLOCK_TOKENS
+                         else collections.Counter())
