@@ -93,9 +93,9 @@ MIN_FAST_BLOCK_ELEMENTS = 2 ** 17
 
 def small_nchw_block(conv: nn.Conv2d, x: torch.Tensor, max_elements: Optional[int] = None) -> bool:
     """Whether ``conv`` over fp32 frames ``x`` gives fewer than ``max_elements`` (default
-    :data:`MIN_FAST_BLOCK_ELEMENTS`) output elements per call and ``x`` is NCHW (the input, or an exact block's output): there a Conv-BN-neuron block runs the exact operations on the
-    fast path too. A block fed channels-last frames by a fast block keeps the fast path, where switching layouts back
-    and forth costs more."""
+    :data:`MIN_FAST_BLOCK_ELEMENTS`) output elements per call and ``x`` is NCHW (the input, or an exact block's
+    output): there a Conv-BN-neuron block runs the exact operations on the fast path too. A block fed channels-last
+    frames by a fast block keeps the fast path, where switching layouts back and forth costs more."""
     limit = MIN_FAST_BLOCK_ELEMENTS if max_elements is None else max_elements
     return (_fp32_conv_frames(conv, x) and _out_pixels(conv, x) * conv.out_channels < limit
             and not (x.shape[2] > 1 and _is_channels_last_frames(x)))

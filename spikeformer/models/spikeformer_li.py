@@ -85,9 +85,9 @@ def drop_path(x: torch.Tensor, p: float, training: bool, mask_shape: Sequence[in
 
 # A tokenizer block whose BatchNorm + neuron the compiled kernel cannot fuse (PLIF, PLIAF: a learnable decay) gains
 # only channels-last convolutions on the fast path; on NCHW frames with fewer output elements per call than this it
-# runs the exact operations. At batch 4, T=2, 32x32 (131k-262k elements in the first blocks) the fast path was 0.96x
-# (ImageNet configuration) and 0.97-0.99x (DVS128) of exact, and 1.01x with this rule (python
-# benchmarks/bench_numerics.py); the title model's blocks (batch 32, T=8: 2^19 elements and more) keep the fast path.
+# runs the exact operations. At batch 4, T=2, 32x32 (131k-262k elements in the first blocks) the ImageNet
+# configuration's training step was 0.977x of exact on the fast path and 1.008x with this and the block rule below (one
+# process, the order alternating); the title model's blocks (batch 32, T=8: 2^19 elements and more) keep the fast path.
 MIN_FAST_UNFUSED_ELEMENTS = 2 ** 19
 # Space-time blocks over fewer tokens per frame than this take the official layout on the fast path too: one block
 # (D=512, 4 tokens, batch 4, T=2) measured 0.97x fast against official, 1.01-1.05x at 16-64 tokens.

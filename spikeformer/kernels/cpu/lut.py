@@ -106,13 +106,12 @@ class NativeLutLinear(torch.autograd.Function):
     dense, ``dL/dW`` by lookups (plus the rest's products), ``dL/db = sum g``. Saves the codes, not ``x``."""
 
     @staticmethod
-    def forward(ctx, x2d, weight, bias, packed, rest, wt=None):
+    def forward(ctx, x2d, weight, bias, packed, rest, wt):
         # wt: weights.layout(weight, torch.float32, "linear") [K, N], made by the caller (kept in inference)
         R, K = x2d.shape
         codes, codes_t = packed
         w = weight.detach()
         out = torch.empty(R, w.shape[0], dtype=torch.float32)
-        wt = weights.make(weight, torch.float32, "linear") if wt is None else wt
         _products(R, K, codes, wt, None if bias is None else bias.detach().contiguous(), out, rest)
         ctx.codes_t, ctx.rest, ctx.shape, ctx.has_bias = codes_t, rest, x2d.shape, bias is not None
         ctx.save_for_backward(w)
@@ -138,14 +137,14 @@ class NativeLutConv3x3(torch.autograd.Function):
     convolution, ``dL/dW`` by lookups. Saves the codes, not ``x``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, packed, wt=None):
+    def forward(ctx, x, weight, bias, packed, wt):
         # wt: weights.layout(weight, torch.float32, "conv3x3") [3, 3, Cin, Cout], made by the caller
         M, Cin, H, W = x.shape
         codes, codes_t = packed
         w = weight.detach()
         Cout = w.shape[0]
         out = torch.empty((M, Cout, H, W), dtype=torch.float32, memory_format=torch.channels_last)
-        wt = (weights.make(weight, torch.float32, "conv3x3") if wt is None else wt).view(9 * Cin, Cout)
+        wt = wt.view(9 * Cin, Cout)
         _products(M * H * W, 9 * Cin, codes, wt, None if bias is None else bias.detach().contiguous(), out)
         ctx.codes_t, ctx.shape, ctx.has_bias = codes_t, x.shape, bias is not None
         ctx.save_for_backward(w)

@@ -70,11 +70,10 @@ class NativeSparseLinear(torch.autograd.Function):
     ``dL/db = sum g``, both fp32. Saves the nonzeros, not ``x``."""
 
     @staticmethod
-    def forward(ctx, x2d, weight, bias, rows, dtype, wt=None):
+    def forward(ctx, x2d, weight, bias, rows, dtype, wt):
         # wt: weights.layout(weight, dtype, "linear"), [K, Nout] in dtype, made by the caller (kept in inference)
         R, Nout = x2d.shape[0], weight.shape[0]
         w, b = _compute_weights(weight, bias, dtype)
-        wt = weights.make(weight, dtype, "linear") if wt is None else wt
         out = torch.empty(R, Nout, dtype=dtype)
         build.library().sf_sparse_linear(R, Nout, *(ptr(t) for t in rows), ptr(wt), None if b is None else ptr(b),
                                    ptr(out), int(dtype == torch.bfloat16), threads())
@@ -120,12 +119,11 @@ class NativeSparseConv3x3(torch.autograd.Function):
     in fp32. Saves the nonzeros, not ``x``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, rows, dtype, wt=None):
+    def forward(ctx, x, weight, bias, rows, dtype, wt):
         # wt: weights.layout(weight, dtype, "conv3x3"), [3, 3, Cin, Cout] in dtype, made by the caller
         M, Cin, H, W = x.shape
         Cout = weight.shape[0]
         w, b = _compute_weights(weight, bias, dtype)
-        wt = weights.make(weight, dtype, "conv3x3") if wt is None else wt
         out = torch.empty((M, Cout, H, W), dtype=dtype, memory_format=torch.channels_last)
         build.library().sf_sparse_conv3x3(M, H, W, Cin, Cout, *(ptr(t) for t in rows), ptr(wt),
                                     None if b is None else ptr(b), ptr(out), int(dtype == torch.bfloat16),

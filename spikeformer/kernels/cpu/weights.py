@@ -55,12 +55,12 @@ def layout(weight: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
     w = weight.detach()
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         _cache.pop(id(weight), None)
-        return _make(w.to(dtype), kind)
+        return make(weight, dtype, kind)
     key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, dtype, kind)
     entry = _cache.get(id(weight))
     if entry is not None and entry[0]() is weight and entry[1] == key:
         return entry[2]
-    out = _make(w.to(dtype), kind)
+    out = make(weight, dtype, kind)
     wid = id(weight)
     ref = weakref.ref(weight, lambda _r, wid=wid: _cache.pop(wid, None) if _cache.get(wid, (None,))[0] is _r else None)
     _cache[wid] = (ref, key, out)
