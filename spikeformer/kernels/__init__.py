@@ -13,7 +13,7 @@ Operations (the names below) and their signatures, the same for every backend:
   than ``max_density`` and the caller's dense product is faster).
   For denser 0/1 spikes in fp32 the layers call the compiled table-lookup products of ``kernels/cpu/lut.py``
   (same results up to the order of fp32 sums; ``spikeformer.layers.sparse`` chooses between the two by density).
-  The dense data gradient of a 3x3 convolution in fp32 is formed by Winograd F(4x4, 3x3) where it pays
+  3x3 convolutions in fp32 (their forward, data and weight gradients) run by Winograd F(4x4, 3x3) where it pays
   (``kernels/cpu/winograd.py``: 4x fewer multiply-adds, results within fp32 rounding of the direct convolution).
 * ``max_pool(x) -> y``: 3x3, stride 2, padding 1 max-pool of frames ``[N, C, H, W]``.
 * ``linear(x, weight, bias) -> y``: a token-wise Linear.

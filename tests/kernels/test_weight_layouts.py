@@ -27,7 +27,7 @@ def test_layout_is_kept_in_inference_until_the_weight_changes(kind, shape, want,
         assert torch.equal(weights.layout(w, torch.float32, kind), want(w.detach()))
     # with gradients on (training), nothing is kept and the stale entry goes
     c = weights.layout(w, torch.float32, kind)
-    assert torch.equal(c, want(w.detach())) and id(w) not in weights._cache
+    assert torch.equal(c, want(w.detach())) and (id(w), kind) not in weights._cache
     assert weights.layout(w, torch.float32, kind) is not c
 
 
@@ -35,11 +35,21 @@ def test_entry_goes_with_its_weight():
     w = torch.randn(32, 16)
     with torch.no_grad():
         weights.layout(w, torch.float32, "linear")
-    key = id(w)
+    key = (id(w), "linear")
     assert key in weights._cache
     del w
     gc.collect()
     assert key not in weights._cache
+
+
+def test_each_kind_of_a_weight_is_kept():
+    # a convolution whose input density moves across the listing / Winograd boundary reads both layouts in turn
+    w = torch.randn(64, 48, 3, 3)
+    with torch.no_grad():
+        a = weights.layout(w, torch.float32, "conv3x3")
+        u = weights.layout(w, torch.float32, "winograd")
+        assert u.shape == (36, 48, 64)
+        assert weights.layout(w, torch.float32, "conv3x3") is a and weights.layout(w, torch.float32, "winograd") is u
 
 
 def test_unknown_layout_is_refused():

@@ -1,6 +1,7 @@
-"""The Winograd data gradient of 3x3 convolutions (``kernels/cpu/winograd.py``) against a float64 direct
-convolution: every shape rule (maps not a multiple of 4, channels not a multiple of the 16-channel block, several
-chunks of tiles and a short last one), the autograd function for dense inputs, and the cases that keep oneDNN."""
+"""Winograd 3x3 convolutions (``kernels/cpu/winograd.py``), the data gradient and the forward, against a float64
+direct convolution: every shape rule (maps not a multiple of 4, channels not a multiple of the 16-channel block,
+several chunks of tiles and a short last one, a bias), the autograd function for dense inputs, the lookup
+convolution's Winograd forward, and the cases that keep oneDNN."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from torch import nn
 
 from spikeformer.kernels import cpu
 from spikeformer.kernels.cpu import sparse as cpu_sparse
-from spikeformer.kernels.cpu import winograd
+from spikeformer.kernels.cpu import lut as cpu_lut
+from spikeformer.kernels.cpu import weights, winograd
 from spikeformer.layers import blocks
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="compiled CPU kernels unavailable")
@@ -111,7 +113,10 @@ def test_where_it_does_not_pay_the_direct_convolution_stays(N, Cin, Cout, H, W, 
     assert winograd.conv3x3_input_grad(g.bfloat16(), torch.Size((N, Cin, H, W)), w.bfloat16()) is None
 
 
-def test_dense_input_convolution_gradients_match_torch():
+@pytest.mark.parametrize("forward", ["winograd", "onednn"])
+def test_dense_input_convolution_gradients_match_torch(monkeypatch, forward):
+    if forward == "onednn":
+        monkeypatch.setattr(winograd, "FWD_MIN_CHANNELS", 10 ** 6)
     torch.manual_seed(0)
     conv = nn.Conv2d(48, 64, 3, padding=1)
     x0 = torch.randn(16, 48, 16, 16).contiguous(memory_format=torch.channels_last)
@@ -125,15 +130,69 @@ def test_dense_input_convolution_gradients_match_torch():
         (y * gy).sum().backward()
         grads[impl] = (y.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone())
     (y0, gx0, gw0, gb0), (y1, gx1, gw1, gb1) = grads["torch"], grads["winograd"]
-    assert torch.equal(y0, y1)  # the forward is the same convolution
-    assert torch.equal(gw0, gw1) and torch.equal(gb0, gb1)  # so are the parameter gradients
+    if forward == "onednn":
+        assert torch.equal(y0, y1)  # the forward is the same convolution
+        assert torch.equal(gw0, gw1) and torch.equal(gb0, gb1)  # and so are the parameter gradients (oneDNN's)
+    else:
+        assert not torch.equal(y0, y1) and not torch.equal(gw0, gw1)  # Winograd's own rounding: it did run
+        ref = torch.nn.functional.conv2d(x0.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        assert (y1.double() - ref).abs().max() <= REL_TOL * ref.abs().max()
+        ref_w = torch.nn.grad.conv2d_weight(x0.double(), conv.weight.shape, gy.double(), padding=1)
+        assert (gw1.double() - ref_w).abs().max() <= REL_TOL * ref_w.abs().max()
+        assert torch.allclose(gb1, gb0, rtol=1e-5, atol=1e-5 * gb0.abs().max().item())
     assert (gx1 - gx0).abs().max() <= REL_TOL * gx0.abs().max()
 
 
-def test_dense_input_convolution_declines_without_a_gradient_or_in_other_cases():
+@pytest.mark.parametrize("N,Cin,Cout,H,W,bias", [
+    (8, 48, 64, 16, 16, True),
+    (3, 53, 49, 13, 10, True),  # neither maps nor channels a multiple of 4 / 16
+    (4, 64, 48, 9, 31, False),
+])
+def test_forward_equals_the_direct_convolution(N, Cin, Cout, H, W, bias):
+    x = torch.randn(N, Cin, H, W, generator=_gen(Cin)).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(Cout, Cin, 3, 3, generator=_gen(Cout)) / (3 * Cin ** 0.5)
+    b = torch.randn(Cout, generator=_gen(1)) if bias else None
+    u = weights.make(w, torch.float32, "winograd")
+    assert u.shape == (36, Cin, Cout)
+    got = winograd.conv3x3_forward(x, u, b)
+    assert got.shape == (N, Cout, H, W) and got.is_contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    assert (got.double() - ref).abs().max().item() <= REL_TOL * ref.abs().max().item()
+
+
+def test_forward_chunks_cover_every_tile_once(monkeypatch):
+    x = torch.randn(5, 48, 12, 20, generator=_gen(2)).contiguous(memory_format=torch.channels_last)  # 75 tiles
+    u = weights.make(torch.randn(48, 48, 3, 3, generator=_gen(3)), torch.float32, "winograd")
+    whole = winograd.conv3x3_forward(x, u, None)
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 36 * 4 * 48 * 16)
+    monkeypatch.setattr(winograd, "MIN_TILES", 16)  # chunks of 16 tiles: four and a last one of 11
+    assert torch.equal(whole, winograd.conv3x3_forward(x, u, None))
+
+
+def test_forward_pays_from_the_measured_shapes():
+    assert winograd.forward_pays(128, 16, 16, 192, 384)  # Spikformer's stem
+    assert winograd.forward_pays(16, 8, 8, 48, 96)  # 64 tiles, 48 channels: the smallest that pays
+    assert not winograd.forward_pays(16, 8, 8, 32, 96)  # 32 input channels
+    assert not winograd.forward_pays(15, 8, 8, 48, 96)  # 60 tiles
+    assert not winograd.forward_pays(128, 4, 4, 256, 256)  # 4x4 maps
+
+
+def test_dense_input_convolution_in_inference_and_where_it_declines(monkeypatch):
     conv = nn.Conv2d(48, 64, 3, padding=1)
     x = torch.randn(16, 48, 16, 16).contiguous(memory_format=torch.channels_last)
-    assert winograd.conv3x3(conv, x) is None  # the input needs no gradient (e.g. the image)
+    with torch.no_grad():
+        y = winograd.conv3x3(conv, x)  # no gradient: the forward alone, by Winograd
+        ref = conv(x)
+    assert y is not None and not y.requires_grad
+    assert (y - ref).abs().max() <= REL_TOL * ref.abs().max()
+    # the transformed filters are kept while the weight is unchanged
+    with torch.no_grad():
+        u0 = weights.layout(conv.weight, torch.float32, "winograd")
+        assert weights.layout(conv.weight, torch.float32, "winograd") is u0
+        conv.weight.mul_(2)
+        assert weights.layout(conv.weight, torch.float32, "winograd") is not u0
+    monkeypatch.setattr(winograd, "FWD_MIN_CHANNELS", 10 ** 6)  # the forward no longer pays:
+    assert winograd.conv3x3(conv, x) is None  # no gradient for the input (e.g. the image) -> the plain convolution
     xg = x.clone().requires_grad_()
     with torch.no_grad():
         assert winograd.conv3x3(conv, xg) is None
@@ -142,7 +201,57 @@ def test_dense_input_convolution_declines_without_a_gradient_or_in_other_cases()
     assert winograd.conv3x3(conv, xg.contiguous()) is None  # NCHW
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert winograd.conv3x3(conv, xg) is None
-    assert winograd.conv3x3(conv, xg) is not None
+    assert winograd.conv3x3(conv, xg) is not None  # the data gradient still pays
+
+
+@pytest.mark.parametrize("cin,cout,wgrad_by", [(48, 64, "lookups"), (96, 96, "winograd")])
+@pytest.mark.parametrize("train", [True, False])
+def test_lookup_convolution_takes_the_winograd_forward(monkeypatch, train, cin, cout, wgrad_by):
+    calls = []
+    real_fwd, real_pack, real_wg = winograd.conv3x3_forward, cpu_lut.pack_conv3x3, winograd.conv3x3_weight_grad
+    monkeypatch.setattr(winograd, "conv3x3_forward", lambda *a: calls.append("wino") or real_fwd(*a))
+    monkeypatch.setattr(cpu_lut, "pack_conv3x3", lambda *a, **k: calls.append(("pack", a[1:], k)) or real_pack(*a, **k))
+    monkeypatch.setattr(winograd, "conv3x3_weight_grad", lambda *a: calls.append("wino wgrad") or real_wg(*a))
+    torch.manual_seed(1)
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False).requires_grad_(train)
+    x = (torch.rand(16, cin, 16, 16) < 0.3).float().contiguous(memory_format=torch.channels_last)
+    y = cpu_lut.lut_conv3x3(x, conv.weight, None, torch.float32)
+    ref = torch.nn.functional.conv2d(x.double(), conv.weight.double(), padding=1)
+    assert (y.double() - ref).abs().max() <= REL_TOL * ref.abs().max()
+    if not train:  # no weight gradient: no codes at all
+        assert calls == ["wino"]
+        return
+    if wgrad_by == "lookups":
+        assert calls == [("pack", (True,), {"forward": False}), "wino"]  # only the weight gradient's codes
+    else:
+        assert calls == ["wino"]  # Winograd's weight gradient needs no codes
+    gy = torch.randn(y.shape, generator=_gen(4))
+    (y * gy).sum().backward()
+    assert calls[-1] == ("wino wgrad" if wgrad_by == "winograd" else "wino")
+    want = torch.nn.grad.conv2d_weight(x.double(), conv.weight.shape, gy.double(), padding=1)
+    assert (conv.weight.grad.double() - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+@pytest.mark.parametrize("N,Cin,Cout,H,W", [(8, 48, 64, 16, 16), (3, 53, 49, 13, 10), (2, 40, 33, 9, 31)])
+def test_weight_gradient_equals_the_direct_convolution(N, Cin, Cout, H, W):
+    x = torch.randn(N, Cin, H, W, generator=_gen(Cin)).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(N, Cout, H, W, generator=_gen(Cout)).contiguous(memory_format=torch.channels_last)
+    got = winograd.conv3x3_weight_grad(x, g)
+    assert got.shape == (Cout, Cin, 3, 3) and got.is_contiguous()
+    ref = torch.nn.grad.conv2d_weight(x.double(), (Cout, Cin, 3, 3), g.double(), padding=1)
+    assert (got.double() - ref).abs().max().item() <= REL_TOL * ref.abs().max().item()
+
+
+def test_weight_gradient_chunks_sum_every_tile_once(monkeypatch):
+    x = torch.randn(5, 48, 12, 20, generator=_gen(5)).contiguous(memory_format=torch.channels_last)  # 75 tiles
+    g = torch.randn(5, 32, 12, 20, generator=_gen(6)).contiguous(memory_format=torch.channels_last)
+    whole = winograd.conv3x3_weight_grad(x, g)
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 36 * 4 * 48 * 16)
+    monkeypatch.setattr(winograd, "MIN_TILES", 16)  # chunks of 16 tiles: four and a last one of 11
+    chunked = winograd.conv3x3_weight_grad(x, g)
+    assert (chunked - whole).abs().max() <= 1e-5 * whole.abs().max()  # the same terms, summed in another order
+    ref = torch.nn.grad.conv2d_weight(x.double(), (32, 48, 3, 3), g.double(), padding=1)
+    assert (chunked.double() - ref).abs().max() <= REL_TOL * ref.abs().max()
 
 
 def test_dense_input_convolution_declines_while_torch_compile_traces(monkeypatch):
@@ -168,9 +277,26 @@ def test_fast_conv_frames_route_dense_inputs_through_it(monkeypatch):
     y = blocks.conv_frames(conv, x, fast=True)
     assert calls == [(torch.Size((16, 48, 16, 16)), True)] and y.shape == (2, 8, 64, 16, 16)
     want = conv(x.detach().flatten(0, 1)).unflatten(0, (2, 8))
-    assert torch.allclose(y, want, rtol=0, atol=1e-5)
+    assert (y - want).abs().max() <= REL_TOL * want.abs().max()
     y.sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
     calls.clear()
     blocks.conv_frames(conv, x, fast=False)  # exact: the official operation only
     assert calls == []
+
+
+def test_disabled_keeps_the_direct_convolutions():
+    w = torch.randn(64, 48, 3, 3)
+    assert winograd.enabled() and winograd.forward_pays(16, 16, 16, 48, 64) and winograd.applies(16, 16, 16, w,
+                                                                                                  torch.float32)
+    conv = nn.Conv2d(48, 64, 3, padding=1)
+    x = torch.randn(16, 48, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with winograd.disabled():
+        assert not winograd.enabled()
+        assert not winograd.forward_pays(16, 16, 16, 48, 64) and not winograd.applies(16, 16, 16, w, torch.float32)
+        assert winograd.conv3x3(conv, x) is None
+        xs = (torch.rand(16, 48, 16, 16) < 0.3).float().contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():  # the lookups, which only reorder the sums
+            y = cpu_lut.lut_conv3x3(xs, conv.weight, None, torch.float32)
+            assert (y - torch.nn.functional.conv2d(xs, conv.weight, padding=1)).abs().max() <= 1e-5
+    assert winograd.enabled() and winograd.conv3x3(conv, x) is not None

@@ -335,8 +335,8 @@ int64_t pack_counts(int64_t R, int64_t K, const float* x, int64_t cap, uint8_t* 
 
 // the codes of a 3x3 convolution's input (stride 1, padding 1) given as channels-last frames x [M, H, W, C], C a
 // multiple of 4: the im2col of the codes, codes [P, 9 * C / 4] (P = M * H * W output pixels; tap t = 3 * dy + dx of
-// the weight [3, 3, C, Cout], a tap outside the frame reads zeros) and codesT [ceil(P / 4), 9 * C] (4 consecutive
-// pixels; nullptr: not wanted). bits is scratch of P * C bytes. Returns 1 when some value is neither 0 nor 1.
+// the weight [3, 3, C, Cout], a tap outside the frame reads zeros; nullptr: not wanted) and codesT
+// [ceil(P / 4), 9 * C] (4 consecutive pixels; nullptr: not wanted). bits is scratch of P * C bytes. Returns 1 when some value is neither 0 nor 1.
 template <typename X>
 int pack_conv(int64_t M, int64_t H, int64_t W, int64_t C, const X* x, uint8_t* bits, uint8_t* codes,
               uint8_t* codesT, int nthreads) {
@@ -361,7 +361,7 @@ int pack_conv(int64_t M, int64_t H, int64_t W, int64_t C, const X* x, uint8_t* b
       return (h < 0 || h >= H || w < 0 || w >= W) ? -1 : p + (t / 3 - 1) * W + (t % 3 - 1);
     };
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < P; ++p) {
+    for (int64_t p = 0; p < (codes ? P : 0); ++p) {
       uint8_t* cp = codes + p * KG;
       for (int t = 0; t < 9; ++t) {
         const int64_t n = nbr(p, t);

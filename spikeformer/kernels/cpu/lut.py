@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from . import build, weights
+from . import build, weights, winograd
 from .build import is_bf16, ptr, threads
 from .sparse import conv3x3_input_grad
 
@@ -65,14 +65,15 @@ def pack_counts(x2d: torch.Tensor, transposed: bool = True, max_density: Optiona
     return (codes, codes_t), (None if n == 0 else (rs, re, col, val))
 
 
-def pack_conv3x3(x: torch.Tensor, transposed: bool = True) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+def pack_conv3x3(x: torch.Tensor, transposed: bool = True,
+                 forward: bool = True) -> Optional[tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]:
     """The codes of a 3x3 convolution's input ``x`` ``[M, C, H, W]`` (channels-last, ``C`` a multiple of 4) over
-    its 9 taps: ``codes [M*H*W, 9*C/4]`` and ``codesT [ceil(M*H*W/4), 9*C]`` (``None`` unless ``transposed``), or
-    ``None`` unless every value is 0 or 1."""
+    its 9 taps: ``codes [M*H*W, 9*C/4]`` (``None`` unless ``forward``) and ``codesT [ceil(M*H*W/4), 9*C]``
+    (``None`` unless ``transposed``), or ``None`` unless every value is 0 or 1."""
     M, C, H, W = x.shape
     P = M * H * W
     bits = torch.empty(P, C, dtype=torch.uint8)
-    codes = torch.empty(P, 9 * C // 4, dtype=torch.uint8)
+    codes = torch.empty(P, 9 * C // 4, dtype=torch.uint8) if forward else None
     codes_t = torch.empty((P + 3) // 4, 9 * C, dtype=torch.uint8) if transposed else None
     bad = build.library().sf_lut_pack_conv3x3(M, H, W, C, ptr(x), is_bf16(x), ptr(bits), ptr(codes), ptr(codes_t),
                                               threads())
@@ -133,19 +134,25 @@ class NativeLutLinear(torch.autograd.Function):
 
 class NativeLutConv3x3(torch.autograd.Function):
     """A 3x3 convolution, stride 1, padding 1, no groups, in fp32, of channels-last 0/1 frames ``x [M, Cin, H, W]``
-    given as their codes (:func:`pack_conv3x3`); output channels-last. Backward: ``dL/dx`` by oneDNN's data-gradient
-    convolution, ``dL/dW`` by lookups. Saves the codes, not ``x``."""
+    given as their codes (:func:`pack_conv3x3`); output channels-last. Forward by lookups, or by Winograd when its
+    transformed filters ``u`` are given (``winograd.forward_pays``; the forward codes are then not needed).
+    Backward: ``dL/dx`` by Winograd or oneDNN's data-gradient convolution, ``dL/dW`` by lookups. Saves the codes,
+    not ``x``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, packed, wt):
-        # wt: weights.layout(weight, torch.float32, "conv3x3") [3, 3, Cin, Cout], made by the caller
+    def forward(ctx, x, weight, bias, packed, wt, u):
+        # wt: weights.layout(weight, torch.float32, "conv3x3") [3, 3, Cin, Cout], made by the caller (or u:
+        # weights.layout(weight, torch.float32, "winograd"))
         M, Cin, H, W = x.shape
         codes, codes_t = packed
         w = weight.detach()
         Cout = w.shape[0]
-        out = torch.empty((M, Cout, H, W), dtype=torch.float32, memory_format=torch.channels_last)
-        wt = wt.view(9 * Cin, Cout)
-        _products(M * H * W, 9 * Cin, codes, wt, None if bias is None else bias.detach().contiguous(), out)
+        b = None if bias is None else bias.detach().contiguous()
+        if u is not None:
+            out = winograd.conv3x3_forward(x, u, b)
+        else:
+            out = torch.empty((M, Cout, H, W), dtype=torch.float32, memory_format=torch.channels_last)
+            _products(M * H * W, 9 * Cin, codes, wt.view(9 * Cin, Cout), b, out)
         ctx.codes_t, ctx.shape, ctx.has_bias = codes_t, x.shape, bias is not None
         ctx.save_for_backward(w)
         return out
@@ -164,7 +171,7 @@ class NativeLutConv3x3(torch.autograd.Function):
             gw = dwt.view(3, 3, Cin, Cout).permute(3, 2, 0, 1).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum((0, 2, 3))
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 def supports_linear(x2d: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -217,10 +224,23 @@ def _codes_of(x2d: torch.Tensor, transposed: bool):
 def lut_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 dtype: torch.dtype) -> Optional[torch.Tensor]:
     """The 3x3 convolution (stride 1, padding 1) of 0/1 channels-last frames by table lookup, or ``None`` where it
-    does not apply (:func:`supports_conv3x3`, or some input neither 0 nor 1)."""
+    does not apply (:func:`supports_conv3x3`, or some input neither 0 nor 1). Where Winograd's forward pays
+    (``winograd.forward_pays``) the forward is Winograd's, and the lookups form only the weight gradient; where
+    there is no weight gradient to form, or Winograd's pays too (``winograd.spike_weight_grad_pays``), the whole
+    convolution is Winograd's (``winograd.Conv3x3Winograd``), for any input values."""
     if torch.compiler.is_compiling() or not supports_conv3x3(x, weight, dtype):
         return None
-    packed = pack_conv3x3(x, _wants_weight_grad(weight))
+    M, Cin, H, W = x.shape
+    wgrad = _wants_weight_grad(weight)
+    u = None
+    if winograd.forward_pays(M, H, W, Cin, weight.shape[0]) and (bias is None or bias.dtype == torch.float32):
+        u = weights.layout(weight, torch.float32, "winograd")
+        if not wgrad or winograd.spike_weight_grad_pays(H, W, Cin, weight.shape[0]):
+            if torch.is_grad_enabled() and (wgrad or x.requires_grad or (bias is not None and bias.requires_grad)):
+                return winograd.Conv3x3Winograd.apply(x, weight, bias, u)
+            return winograd.conv3x3_forward(x, u, bias)
+    packed = pack_conv3x3(x, wgrad, forward=u is None)
     if packed is None:
         return None
-    return NativeLutConv3x3.apply(x, weight, bias, packed, weights.layout(weight, torch.float32, "conv3x3"))
+    wt = weights.layout(weight, torch.float32, "conv3x3") if u is None else None
+    return NativeLutConv3x3.apply(x, weight, bias, packed, wt, u)

@@ -23,7 +23,7 @@ from .build import ptr, threads
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 build.declare(sf_permute_cba=(None, [_i64, _i64, _i64, _vp, _vp, _ci, _ci]))
 
-_cache: dict[int, tuple] = {}  # id(weight) -> (weakref, key, layout)
+_cache: dict[tuple, tuple] = {}  # (id(weight), kind) -> (weakref, key, layout)
 
 
 def make(weight: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
@@ -32,12 +32,15 @@ def make(weight: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
 
 
 def _make(w: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "winograd":  # [Cout, Cin, 3, 3] -> the transformed filters [36, Cin, Cout] (fp32)
+        from .winograd import forward_filters
+        return forward_filters(_make(w.float(), "conv3x3"))
     if kind == "linear":  # [N, K] -> [K, N]
         A, B, C = w.shape[0], 1, w.shape[1]
     elif kind == "conv3x3":  # [Cout, Cin, 3, 3] -> [3, 3, Cin, Cout]
         A, B, C = w.shape[0], w.shape[1], w.shape[2] * w.shape[3]
     else:
-        raise ValueError(f"unknown weight layout {kind!r}: 'linear' or 'conv3x3'")
+        raise ValueError(f"unknown weight layout {kind!r}: 'linear', 'conv3x3' or 'winograd'")
     shape = (C, A) if kind == "linear" else (*w.shape[2:], B, A)
     if w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu" and build.available():
         src = w.contiguous()  # kept referenced across the call
@@ -49,19 +52,21 @@ def _make(w: torch.Tensor, kind: str) -> torch.Tensor:
 
 def layout(weight: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
     """``weight`` (detached, in ``dtype``) in the layout ``kind`` (``"linear"``: ``W^T``; ``"conv3x3"``:
-    ``[3, 3, Cin, Cout]``), contiguous; the same tensor again on later calls in inference while ``weight`` is
-    unchanged. Call it where the caller's gradient mode holds (not inside an autograd Function's forward, which
-    always runs without gradients) and pass the result in."""
+    ``[3, 3, Cin, Cout]``; ``"winograd"``: a 3x3 convolution's transformed filters ``[36, Cin, Cout]``, fp32),
+    contiguous; the same tensor again on later calls in inference while ``weight`` is unchanged (one entry per
+    weight and kind: a convolution whose input density moves across the listing / Winograd boundary keeps both).
+    Call it where the caller's gradient mode holds (not inside an autograd Function's forward, which always runs
+    without gradients) and pass the result in."""
     w = weight.detach()
+    slot = (id(weight), kind)
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        _cache.pop(id(weight), None)
+        _cache.pop(slot, None)
         return make(weight, dtype, kind)
-    key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, dtype, kind)
-    entry = _cache.get(id(weight))
+    key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, dtype)
+    entry = _cache.get(slot)
     if entry is not None and entry[0]() is weight and entry[1] == key:
         return entry[2]
     out = make(weight, dtype, kind)
-    wid = id(weight)
-    ref = weakref.ref(weight, lambda _r, wid=wid: _cache.pop(wid, None) if _cache.get(wid, (None,))[0] is _r else None)
-    _cache[wid] = (ref, key, out)
+    ref = weakref.ref(weight, lambda _r, slot=slot: _cache.pop(slot, None) if _cache.get(slot, (None,))[0] is _r else None)
+    _cache[slot] = (ref, key, out)
     return out

@@ -1,14 +1,16 @@
-// The data gradient of a 3x3 convolution (stride 1, padding 1) by Winograd's minimal filtering F(4x4, 3x3)
-// (Lavin & Gray 2016), fp32, channels-last frames. It is what cuDNN's Winograd algorithms do for a backward-data
-// convolution: each 6x6 tile of the output gradient g and each 3x3 filter are transformed, the 36 transformed
-// positions become 36 independent GEMMs (done by the BLAS, `torch.bmm`, between the two kernels below), and each
-// 6x6 product is transformed back into a 4x4 tile of dL/dx. 36 multiply-adds per channel pair give 16 outputs
-// instead of 144: 4x fewer. The sums are exact in exact arithmetic; in fp32 they round differently from a direct
-// convolution (about 1e-6 of the gradient's magnitude; tests/kernels/test_winograd.py).
+// 3x3 convolutions (stride 1, padding 1) by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016), fp32,
+// channels-last frames, as cuDNN's Winograd algorithms do them: each 6x6 input tile d and each 3x3 filter w are
+// transformed, the 36 transformed positions become 36 independent GEMMs (done by the BLAS, `torch.bmm`, between the
+// kernels below), and each 6x6 product is transformed back into a 4x4 output tile. 36 multiply-adds per channel pair
+// give 16 outputs instead of 144: 4x fewer. The sums are exact in exact arithmetic; in fp32 they round differently
+// from a direct convolution (about 1e-5 of the output's magnitude; tests/kernels/test_winograd.py).
 //
-// dL/dx is the same-padded correlation of g with the flipped, transposed filter, so the tile at (ty, tx) reads g
-// rows 4ty-1 .. 4ty+4 and columns 4tx-1 .. 4tx+4 (zero outside the frame) and writes dL/dx rows 4ty .. 4ty+3 and
-// columns 4tx .. 4tx+3 that lie inside it.
+// Forward: y = A^T [(G w G^T) . (B^T d B)] A per tile. The data gradient is the same-padded correlation of the output
+// gradient g with the flipped, transposed filter: the same kernels. The weight gradient is the transpose:
+// dL/dw = G^T [(A g A^T) . (B^T d B)] G summed over the tiles (sf_wino_grad_tiles transforms g).
+//
+// The tile at (ty, tx) reads input rows 4ty-1 .. 4ty+4 and columns 4tx-1 .. 4tx+4 (zero outside the frame) and
+// writes output rows 4ty .. 4ty+3 and columns 4tx .. 4tx+3 that lie inside it.
 //
 // Tiles are numbered p = (n * TH + ty) * TW + tx (TH = ceil(H/4), TW = ceil(W/4)); a call handles tiles
 // p0 .. p0+P-1, so that the caller can work through a large batch in chunks that stay in cache.
@@ -66,11 +68,28 @@ inline void at6(const float (*m)[CB], float (*o)[CB]) {
   }
 }
 
+// A m for four vectors m[0..3] (A = (A^T)^T, 6x4): out[k] = sum_r AT[r][k] m[r]. The weight gradient's transform of
+// a 4x4 tile of the output gradient: dL/dW = G^T [(A g A^T) . (B^T d B)] G summed over the tiles, the transpose of
+// the forward A^T [(G w G^T) . (B^T d B)] A.
+inline void a46(const float (*m)[CB], float (*o)[CB]) {
+#pragma omp simd
+  for (int64_t c = 0; c < CB; ++c) {
+    const float m0 = m[0][c], m1 = m[1][c], m2 = m[2][c], m3 = m[3][c];
+    const float p02 = m0 + m2, p13 = m1 + m3, q02 = m0 + 4.0f * m2, q13 = 2.0f * m1 + 8.0f * m3;
+    o[0][c] = m0;
+    o[1][c] = p02 + p13;
+    o[2][c] = p02 - p13;
+    o[3][c] = q02 + q13;
+    o[4][c] = q02 - q13;
+    o[5][c] = m3;
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-// g [N, H, W, C] fp32 (channels-last) -> v [36, P, C]: v[a*6+b][p - p0] = (B^T d B)[a][b] of tile p.
+// d [N, H, W, C] fp32 (channels-last) -> v [36, P, C]: v[a*6+b][p - p0] = (B^T d B)[a][b] of tile p.
 void sf_wino_input(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* g, float* v,
                    int nthreads) {
   const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4;
@@ -114,10 +133,10 @@ void sf_wino_input(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64
   }
 }
 
-// m [36, P, C] -> dx [N, H, W, C] fp32 (channels-last): the 4x4 tile A^T m A of tile p, rows and columns inside
-// the frame only.
-void sf_wino_output(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* m, float* dx,
-                    int nthreads) {
+// m [36, P, C] -> dx [N, H, W, C] fp32 (channels-last): the 4x4 tile A^T m A of tile p (plus bias[c] unless
+// bias is null), rows and columns inside the frame only.
+void sf_wino_output(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* m,
+                    const float* bias, float* dx, int nthreads) {
   const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4;
   const int64_t cblocks = (C + CB - 1) / CB;
   (void)N;
@@ -143,11 +162,58 @@ void sf_wino_output(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int6
         if (y >= H) break;
         float out[4][CB];
         at6(t[r], out);
+        if (bias) {
+          for (int64_t s = 0; s < 4; ++s)
+            for (int64_t c = 0; c < nc; ++c) out[s][c] += bias[c0 + c];
+        }
         for (int64_t s = 0; s < 4; ++s) {
           const int64_t x = 4 * tx + s;
           if (x >= W) break;
           store_block(dx + ((n * H + y) * W + x) * C + c0, out[s], nc);
         }
+      }
+    }
+  }
+}
+
+// g [N, H, W, C] fp32 (channels-last) -> t [36, P, C]: t[a*6+b][p - p0] = (A g A^T)[a][b] of the 4x4 tile p of g
+// (rows 4ty .. 4ty+3, columns 4tx .. 4tx+3; zero outside the frame), for the weight gradient.
+void sf_wino_grad_tiles(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* g,
+                        float* t6, int nthreads) {
+  const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4;
+  const int64_t cblocks = (C + CB - 1) / CB;
+  (void)N;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads) if (nthreads > 1)
+  for (int64_t q = 0; q < P; ++q) {
+    for (int64_t cb = 0; cb < cblocks; ++cb) {
+      const int64_t p = p0 + q;
+      const int64_t n = p / (TH * TW), ty = (p / TW) % TH, tx = p % TW;
+      const int64_t c0 = cb * CB, nc = C - c0 < CB ? C - c0 : CB;
+      alignas(64) float d[4][4][CB];
+      alignas(64) float t[6][4][CB];  // t[a][s] = (A g)[a][s]
+      for (int64_t r = 0; r < 4; ++r) {
+        const int64_t y = 4 * ty + r;
+        for (int64_t s = 0; s < 4; ++s) {
+          const int64_t x = 4 * tx + s;
+          if (y >= H || x >= W) {
+            for (int64_t c = 0; c < CB; ++c) d[r][s][c] = 0.0f;
+          } else {
+            load_block(d[r][s], g + ((n * H + y) * W + x) * C + c0, nc);
+          }
+        }
+      }
+      for (int64_t s = 0; s < 4; ++s) {
+        float col[4][CB], out[6][CB];
+        for (int64_t r = 0; r < 4; ++r)
+          for (int64_t c = 0; c < CB; ++c) col[r][c] = d[r][s][c];
+        a46(col, out);
+        for (int64_t a = 0; a < 6; ++a)
+          for (int64_t c = 0; c < CB; ++c) t[a][s][c] = out[a][c];
+      }
+      for (int64_t a = 0; a < 6; ++a) {
+        float out[6][CB];
+        a46(t[a], out);
+        for (int64_t b = 0; b < 6; ++b) store_block(t6 + ((a * 6 + b) * P + q) * C + c0, out[b], nc);
       }
     }
   }

@@ -1,25 +1,38 @@
-"""Binding of the Winograd data gradient of a 3x3 convolution (``winograd.cpp``): ``dL/dx`` for stride 1, padding 1,
-fp32, channels-last, as F(4x4, 3x3) tiles and 36 GEMMs by the BLAS. 4x fewer multiply-adds than the direct
-convolution (oneDNN's), which is what dominates the data gradients of the spiking stems: the gradient through a
-surrogate is dense, so listing nonzeros and table lookups do not apply to it. Results differ from the direct
-convolution by fp32 rounding (about 1e-6 of the gradient's scale); cuDNN picks the same algorithm for backward-data
-convolutions on GPUs.
-"""
+"""Binding of Winograd 3x3 convolutions (``winograd.cpp``), stride 1, padding 1, fp32, channels-last, as F(4x4, 3x3)
+tiles and 36 GEMMs by the BLAS: 4x fewer multiply-adds than the direct convolution (oneDNN's).
 
+* The data gradient ``dL/dx`` (:func:`conv3x3_input_grad`): what dominates the data gradients of the spiking stems.
+  The gradient through a surrogate is dense, so listing nonzeros and table lookups do not apply to it.
+* The forward (:func:`conv3x3_forward`): 1.3-1.8x the table lookups of spikes and 1.5-3x oneDNN at the stems' shapes,
+  for any input values.
+* The weight gradient (:func:`conv3x3_weight_grad`): ``G^T [(A g A^T) . (B^T d B)] G`` summed over the tiles, the
+  transpose of the forward. 2.7-4x oneDNN's; for spikes about the lookups' speed, better from 96 channels on maps of
+  16x16 and more.
+
+Results differ from the direct convolution by fp32 rounding (about 1e-5 of the output's scale, against 1e-6 for
+the direct one). cuDNN picks the same algorithms for these shapes on GPUs. Only the fast path uses them. A
+membrane within that rounding of the threshold can fire on one side and not on the other, so a fast model's
+spikes, and through them its logits, can differ more from the exact path's than the listed and lookup products
+(which only reorder fp32 sums) make them differ. ``SPIKEFORMER_WINOGRAD=0`` in the environment, or
+:func:`disabled`, keeps the direct convolutions.
+"""
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from typing import Optional
+import os
+from typing import Iterator, Optional
 
 import torch
 
-from . import build
+from . import build, weights
 from .build import ptr, threads
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 build.declare(
     sf_wino_input=(None, [_i64] * 6 + [_vp, _vp, _ci]),
-    sf_wino_output=(None, [_i64] * 6 + [_vp, _vp, _ci]),
+    sf_wino_output=(None, [_i64] * 6 + [_vp, _vp, _vp, _ci]),
+    sf_wino_grad_tiles=(None, [_i64] * 6 + [_vp, _vp, _ci]),
 )
 
 # The filter transform G of F(4x4, 3x3) (Lavin & Gray, 2016); B^T and A^T are written out in winograd.cpp.
@@ -40,6 +53,26 @@ MIN_CHANNELS = 48
 MIN_SIDE = 8
 
 
+_enabled = os.environ.get("SPIKEFORMER_WINOGRAD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def enabled() -> bool:
+    """Whether the fast path may use Winograd (``SPIKEFORMER_WINOGRAD`` is not ``0``; see :func:`disabled`)."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block the fast path runs no Winograd convolution (forward, data or weight gradient): only the
+    direct ones, whose results differ from the exact path's by the order of fp32 sums alone."""
+    global _enabled
+    saved, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = saved
+
+
 def filter_transform(w: torch.Tensor) -> torch.Tensor:
     """``U [36, Cout, Cin]`` for a forward weight ``w [Cout, Cin, 3, 3]``: the transformed filters of the data
     gradient (``w`` flipped in space, input and output channels swapped), ``U[6a+b] = sum_kl G[a,k] G[b,l] w[kl]``
@@ -49,13 +82,58 @@ def filter_transform(w: torch.Tensor) -> torch.Tensor:
     return (_GG @ taps).view(36, cout, cin)
 
 
+def forward_filters(wt: torch.Tensor) -> torch.Tensor:
+    """``U [36, Cin, Cout]`` of the forward convolution, from its weight in the ``[3, 3, Cin, Cout]`` layout
+    (``weights.layout(w, torch.float32, "conv3x3")``): ``U[6a+b] = sum_kl G[a,k] G[b,l] w[kl]``, one product."""
+    cin, cout = wt.shape[2:]
+    return (_GG @ wt.reshape(9, cin * cout)).view(36, cin, cout)
+
+
+def conv3x3_forward(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``conv2d(x, w, bias, padding=1)`` of channels-last fp32 frames ``x [N, Cin, H, W]`` by Winograd, for the
+    transformed filters ``u = forward_filters(...)`` of ``w``; channels-last output. The caller checks
+    :func:`forward_pays`."""
+    N, _, H, W = x.shape
+    out = torch.empty((N, u.shape[2], H, W), dtype=torch.float32, memory_format=torch.channels_last)
+    return _tiles(x.contiguous(memory_format=torch.channels_last), u, bias, out)
+
+
 def applies(N: int, H: int, W: int, w: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether the Winograd data gradient serves ``N`` frames of ``H x W`` pixels with weight ``w`` (3x3) in
-    ``dtype``: fp32, enough tiles, channels and pixels (see :data:`MIN_TILES`), the kernels built."""
+    ``dtype``: fp32, enough tiles, channels and pixels (see :data:`MIN_TILES`), the kernels built, :func:`enabled`."""
     if dtype != torch.float32 or w.dtype != torch.float32 or w.dim() != 4 or tuple(w.shape[2:]) != (3, 3):
         return False
-    return (N * ((H + 3) // 4) * ((W + 3) // 4) >= MIN_TILES and min(w.shape[0], w.shape[1]) >= MIN_CHANNELS
-            and min(H, W) >= MIN_SIDE and build.library() is not None)
+    return (_enabled and N * ((H + 3) // 4) * ((W + 3) // 4) >= MIN_TILES
+            and min(w.shape[0], w.shape[1]) >= MIN_CHANNELS and min(H, W) >= MIN_SIDE and build.library() is not None)
+
+
+# Where the forward convolution takes Winograd on the fast path (python benchmarks/bench_winograd.py --forward): at
+# least FWD_MIN_CHANNELS input and output channels, FWD_MIN_TILES tiles and FWD_MIN_SIDE pixels on a side. Against
+# the table lookups of spikes (kernels/cpu/lut.py) it measured 1.3-1.8x from 48 channels on 8x8 to 32x32 maps of 16
+# and 128 frames, and 1.5-3x against oneDNN's direct convolution; on 4x4 maps it fell to 0.86x at 512 channels.
+FWD_MIN_CHANNELS = 48
+FWD_MIN_TILES = 64
+FWD_MIN_SIDE = 8
+
+
+def forward_pays(N: int, H: int, W: int, cin: int, cout: int) -> bool:
+    """Whether the forward convolution of ``N`` frames ``H x W``, ``cin -> cout`` channels takes Winograd (fp32,
+    the kernels built, :func:`enabled`; see :data:`FWD_MIN_CHANNELS`)."""
+    return (_enabled and min(cin, cout) >= FWD_MIN_CHANNELS and min(H, W) >= FWD_MIN_SIDE
+            and N * ((H + 3) // 4) * ((W + 3) // 4) >= FWD_MIN_TILES and build.library() is not None)
+
+
+# Where Winograd's weight gradient replaces the lookups' for spikes (python benchmarks/bench_winograd.py --weight):
+# 1.1-1.2x from 96 channels on maps of 16x16 and more, 0.73-1.0x on 4x4 to 8x8 maps or at 48 channels. (Against
+# oneDNN's weight gradient, for dense inputs, it is 2.7-4x wherever the forward pays.)
+SPIKE_WGRAD_MIN_CHANNELS = 96
+SPIKE_WGRAD_MIN_SIDE = 16
+
+
+def spike_weight_grad_pays(H: int, W: int, cin: int, cout: int) -> bool:
+    """Whether a convolution of spikes whose forward takes Winograd also forms its weight gradient so, rather than
+    by table lookups (see :data:`SPIKE_WGRAD_MIN_CHANNELS`)."""
+    return min(cin, cout) >= SPIKE_WGRAD_MIN_CHANNELS and min(H, W) >= SPIKE_WGRAD_MIN_SIDE
 
 
 def conv3x3_input_grad(g: torch.Tensor, shape: torch.Size, w: torch.Tensor) -> Optional[torch.Tensor]:
@@ -65,52 +143,98 @@ def conv3x3_input_grad(g: torch.Tensor, shape: torch.Size, w: torch.Tensor) -> O
     N, Cout, H, W = g.shape
     if not applies(N, H, W, w, g.dtype):
         return None
-    lib = build.library()
-    Cin = w.shape[1]
-    g = g.contiguous(memory_format=torch.channels_last)
-    u = filter_transform(w)
-    P = N * ((H + 3) // 4) * ((W + 3) // 4)
-    chunk = max(MIN_TILES, min(P, CHUNK_BYTES // (36 * 4 * max(Cout, Cin))))
-    v = torch.empty(36, chunk, Cout)
-    m = torch.empty(36, chunk, Cin)
     dx = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+    return _tiles(g.contiguous(memory_format=torch.channels_last), filter_transform(w), None, dx)
+
+
+def _tiles(src: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """``out [N, Cd, H, W]`` (channels-last) = the same-padded 3x3 correlation of ``src [N, Cs, H, W]``
+    (channels-last) with the transformed filters ``u [36, Cs, Cd]``, plus ``bias [Cd]`` unless ``None``: input
+    transforms, 36 GEMMs and output transforms over chunks of tiles that stay in cache."""
+    lib = build.library()
+    N, Cs, H, W = src.shape
+    Cd = out.shape[1]
+    P = N * ((H + 3) // 4) * ((W + 3) // 4)
+    chunk = max(MIN_TILES, min(P, CHUNK_BYTES // (36 * 4 * max(Cs, Cd))))
+    v = torch.empty(36, chunk, Cs)
+    m = torch.empty(36, chunk, Cd)
+    nt = threads()
+    b = None if bias is None else bias.detach().float().contiguous()
+    for p0 in range(0, P, chunk):
+        n = min(chunk, P - p0)
+        vv, mm = (v, m) if n == chunk else (torch.empty(36, n, Cs), torch.empty(36, n, Cd))
+        lib.sf_wino_input(N, H, W, Cs, p0, n, ptr(src), ptr(vv), nt)
+        torch.bmm(vv, u, out=mm)
+        lib.sf_wino_output(N, H, W, Cd, p0, n, ptr(mm), None if b is None else ptr(b), ptr(out), nt)
+    return out
+
+
+def conv3x3_weight_grad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``dL/dW [Cout, Cin, 3, 3]`` of the 3x3 convolution (stride 1, padding 1) of channels-last fp32 frames
+    ``x [N, Cin, H, W]``, for the output gradient ``g [N, Cout, H, W]`` (channels-last): per tile the 6x6 input
+    transform ``B^T d B`` (the forward's) and the gradient's ``A g A^T``, 36 GEMMs summed over the tiles, and
+    ``G^T M G`` back to 3x3 taps. 4x fewer multiply-adds than the direct weight gradient."""
+    lib = build.library()
+    N, Cin, H, W = x.shape
+    Cout = g.shape[1]
+    P = N * ((H + 3) // 4) * ((W + 3) // 4)
+    chunk = max(MIN_TILES, min(P, CHUNK_BYTES // (36 * 4 * max(Cin, Cout))))
+    v = torch.empty(36, chunk, Cin)
+    t = torch.empty(36, chunk, Cout)
+    acc = torch.empty(36, Cin, Cout)
     nt = threads()
     for p0 in range(0, P, chunk):
         n = min(chunk, P - p0)
-        vv, mm = (v, m) if n == chunk else (torch.empty(36, n, Cout), torch.empty(36, n, Cin))
-        lib.sf_wino_input(N, H, W, Cout, p0, n, ptr(g), ptr(vv), nt)
-        torch.bmm(vv, u, out=mm)
-        lib.sf_wino_output(N, H, W, Cin, p0, n, ptr(mm), ptr(dx), nt)
-    return dx
+        vv, tt = (v, t) if n == chunk else (torch.empty(36, n, Cin), torch.empty(36, n, Cout))
+        lib.sf_wino_input(N, H, W, Cin, p0, n, ptr(x), ptr(vv), nt)
+        lib.sf_wino_grad_tiles(N, H, W, Cout, p0, n, ptr(g), ptr(tt), nt)
+        if p0 == 0:
+            torch.bmm(vv.transpose(1, 2), tt, out=acc)
+        else:
+            acc.baddbmm_(vv.transpose(1, 2), tt)
+    taps = _GG.t() @ acc.view(36, Cin * Cout)  # [9, Cin * Cout]
+    return taps.view(3, 3, Cin, Cout).permute(3, 2, 0, 1).contiguous()
 
 
-def _dense_grads(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias: bool, mask_x: bool):
-    return torch.ops.aten.convolution_backward(g, x, w, [w.shape[0]] if bias else None, [1, 1], [1, 1], [1, 1],
-                                               False, [0, 0], 1, [mask_x, True, bias])
+def _dense_grads(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, mask_x: bool, mask_w: bool, mask_b: bool):
+    """oneDNN's ``(dL/dx, dL/dW, dL/db)`` of the plain convolution, each only if asked for."""
+    return torch.ops.aten.convolution_backward(g, x, w, [w.shape[0]] if mask_b else None, [1, 1], [1, 1], [1, 1],
+                                               False, [0, 0], 1, [mask_x, mask_w, mask_b])
 
 
-class Conv3x3WinogradGrad(torch.autograd.Function):
-    """``conv2d(x, weight, bias, padding=1)`` (3x3, stride 1, fp32, channels-last ``x``) whose backward forms
-    ``dL/dx`` by Winograd (:func:`conv3x3_input_grad`) and the weight and bias gradients with oneDNN, as the plain
-    convolution does. For a dense input (a real-valued feature map) on the fast path: the forward is unchanged."""
+class Conv3x3Winograd(torch.autograd.Function):
+    """``conv2d(x, weight, bias, padding=1)`` (3x3, stride 1, fp32, channels-last ``x``) on the fast path: the
+    forward by Winograd when the transformed filters ``u`` are given (:func:`forward_pays`), else oneDNN's.
+    Backward: ``dL/dx`` by Winograd where :func:`applies`, ``dL/dW`` by Winograd where :func:`forward_pays`
+    (2.7-4x oneDNN's weight gradient at the measured shapes), the rest by oneDNN as the plain convolution."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, u):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        if u is not None:
+            return conv3x3_forward(x, u, bias)
         return torch.nn.functional.conv2d(x, weight, bias, padding=1)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
+        N, Cin, H, W = x.shape
         g = g.contiguous(memory_format=torch.channels_last)
         gx = conv3x3_input_grad(g, x.shape, w) if ctx.needs_input_grad[0] else None
         need_w, need_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        mask_x = gx is None and ctx.needs_input_grad[0]
         gw = gb = None
-        if need_w or need_b or (gx is None and ctx.needs_input_grad[0]):
-            dx, gw, gb = _dense_grads(g, x, w, ctx.has_bias, gx is None and ctx.needs_input_grad[0])
-            gx = dx if gx is None else gx
-        return gx, gw, (gb if need_b else None)
+        if need_w and forward_pays(N, H, W, Cin, w.shape[0]):
+            gw = conv3x3_weight_grad(x.contiguous(memory_format=torch.channels_last), g)
+            gb = g.sum((0, 2, 3)) if need_b else None
+            need_w = need_b = False
+        if need_w or need_b or mask_x:
+            dx, gw_dense, gb_dense = _dense_grads(g, x, w, mask_x, need_w, need_b)
+            gx = dx if mask_x else gx
+            gw = gw_dense if need_w else gw
+            gb = gb_dense if need_b else gb
+        return gx, gw, gb, None
 
 
 def same_padded_3x3(conv: torch.nn.Module) -> bool:
@@ -122,17 +246,24 @@ def same_padded_3x3(conv: torch.nn.Module) -> bool:
 
 
 def conv3x3(conv: torch.nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """``conv(x)`` with the Winograd data gradient, for channels-last fp32 frames ``x [N, C, H, W]`` that need a
-    gradient; ``None`` when that does not apply (another convolution, no gradient to form, too small a shape)."""
+    """``conv(x)`` for channels-last fp32 frames ``x [N, C, H, W]`` on the fast path, by Winograd where it pays: the
+    forward (:func:`forward_pays`) and, when ``x`` needs a gradient, the data gradient (:func:`applies`); ``None``
+    when neither does (another convolution, too small a shape, autocast, ``torch.compile`` tracing)."""
     w = conv.weight
     if torch.compiler.is_compiling():  # a compiled graph keeps the plain convolution (no break on the C kernels)
         return None
     if not (same_padded_3x3(conv) and x.dim() == 4 and x.device.type == "cpu"
             and x.dtype == torch.float32 and w.dtype == torch.float32 and w.device.type == "cpu"
-            and x.requires_grad and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and x.is_contiguous(memory_format=torch.channels_last)):
+            and not torch.is_autocast_enabled("cpu") and x.is_contiguous(memory_format=torch.channels_last)
+            and (conv.bias is None or conv.bias.dtype == torch.float32)):
         return None
     N, _, H, W = x.shape
-    if not applies(N, H, W, w, x.dtype):
+    fwd = forward_pays(N, H, W, w.shape[1], w.shape[0])
+    grads = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
+                                         or (conv.bias is not None and conv.bias.requires_grad))
+    if not fwd and not (grads and x.requires_grad and applies(N, H, W, w, x.dtype)):
         return None
-    return Conv3x3WinogradGrad.apply(x, w, conv.bias)
+    u = weights.layout(w, torch.float32, "winograd") if fwd else None
+    if not grads:
+        return conv3x3_forward(x, u, conv.bias)
+    return Conv3x3Winograd.apply(x, w, conv.bias, u)
