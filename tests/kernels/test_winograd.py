@@ -174,7 +174,8 @@ def test_forward_pays_from_the_measured_shapes():
     assert winograd.forward_pays(16, 8, 8, 48, 96)  # 64 tiles, 48 channels: the smallest that pays
     assert not winograd.forward_pays(16, 8, 8, 32, 96)  # 32 input channels
     assert not winograd.forward_pays(15, 8, 8, 48, 96)  # 60 tiles
-    assert not winograd.forward_pays(128, 4, 4, 256, 256)  # 4x4 maps
+    assert winograd.forward_pays(128, 4, 4, 192, 384)  # 4x4 maps of 128 frames: 128 tiles
+    assert not winograd.forward_pays(128, 2, 2, 384, 384)  # 2x2 maps: one 6x6 tile for 4 pixels
 
 
 def test_dense_input_convolution_in_inference_and_where_it_declines(monkeypatch):

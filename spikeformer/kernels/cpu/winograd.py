@@ -107,13 +107,14 @@ def applies(N: int, H: int, W: int, w: torch.Tensor, dtype: torch.dtype) -> bool
             and min(w.shape[0], w.shape[1]) >= MIN_CHANNELS and min(H, W) >= MIN_SIDE and build.library() is not None)
 
 
-# Where the forward convolution takes Winograd on the fast path (python benchmarks/bench_winograd.py --forward): at
-# least FWD_MIN_CHANNELS input and output channels, FWD_MIN_TILES tiles and FWD_MIN_SIDE pixels on a side. Against
-# the table lookups of spikes (kernels/cpu/lut.py) it measured 1.3-1.8x from 48 channels on 8x8 to 32x32 maps of 16
-# and 128 frames, and 1.5-3x against oneDNN's direct convolution; on 4x4 maps it fell to 0.86x at 512 channels.
+# Where the forward convolution takes Winograd on the fast path (python benchmarks/bench_winograd.py --part forward):
+# at least FWD_MIN_CHANNELS input and output channels, FWD_MIN_TILES tiles and FWD_MIN_SIDE pixels on a side. Against
+# the table lookups of spikes (kernels/cpu/lut.py) it measured 1.0-1.9x from 48 channels on 4x4 to 32x32 maps of 16
+# and 128 frames, and 1.9-5x against oneDNN's direct convolution; at 32 channels 0.85x, and on 4x4 maps of 16 frames
+# (16 tiles) 0.86x at 512 channels.
 FWD_MIN_CHANNELS = 48
 FWD_MIN_TILES = 64
-FWD_MIN_SIDE = 8
+FWD_MIN_SIDE = 4
 
 
 def forward_pays(N: int, H: int, W: int, cin: int, cout: int) -> bool:
