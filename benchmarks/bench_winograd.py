@@ -48,7 +48,8 @@ SHAPES = [
     ("small 64->64 16x16", 8, 64, 64, 16),
     ("small 32->32 16x16 (under MIN_CHANNELS)", 8, 32, 32, 16),
     ("small 128->128 8x8 (32 tiles, under MIN_TILES)", 8, 128, 128, 8),
-    ("small 256->256 4x4 (under MIN_SIDE)", 8, 256, 256, 4),
+    ("small 256->256 4x4 (8 tiles, under MIN_TILES)", 8, 256, 256, 4),
+    ("QKFormer 10-384 384->384 2x2 (under MIN_SIDE)", 128, 384, 384, 2),
 ]
 
 

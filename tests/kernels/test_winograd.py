@@ -105,7 +105,8 @@ def test_the_sparse_and_lookup_convolutions_use_it_in_fp32(monkeypatch):
     (8, 3, 32, 32, 32, "3 input channels"),
     (8, 64, 32, 32, 32, "32 output channels"),
     (8, 128, 128, 8, 8, "32 tiles"),
-    (64, 64, 64, 4, 4, "4x4 maps"),
+    (64, 64, 64, 4, 4, "4x4 maps of 64 frames: 64 tiles"),
+    (128, 64, 64, 2, 2, "2x2 maps"),
 ])
 def test_where_it_does_not_pay_the_direct_convolution_stays(N, Cin, Cout, H, W, why):
     g, w = _case(N, Cin, Cout, H, W, 5)

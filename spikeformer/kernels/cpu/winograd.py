@@ -44,13 +44,14 @@ _G = torch.tensor([[1 / 4, 0, 0],
                    [0, 0, 1]], dtype=torch.float64)
 _GG = torch.kron(_G, _G).float()  # [36, 9]
 CHUNK_BYTES = 4 << 20  # transformed gradient per chunk of tiles: the transform's output is read back from cache
-# Where the direct convolution stays (python benchmarks/bench_winograd.py): fewer than MIN_TILES 4x4 tiles per call
-# (the 36 GEMMs too small: 0.9x at 32 tiles), fewer than MIN_CHANNELS input or output channels (0.6x at 16, 0.7-0.9x
-# at 32, 1.5x at 64 on 8 frames of 16x16), maps under MIN_SIDE pixels (a 4x4 map pads its one 6x6 tile: 0.4x). At
-# the stems of Spikformer and SDT (batch 32, T=4) it is 1.4-2.1x.
+# Where the data gradient keeps the direct convolution (python benchmarks/bench_winograd.py --part data): fewer than
+# MIN_TILES 4x4 tiles per call (the 36 GEMMs too small: 0.9x at 32 tiles; 8 frames of a 4x4 map, 8 tiles: 0.4-0.6x),
+# fewer than MIN_CHANNELS input or output channels (0.6x at 16, 0.7-0.9x at 32, 1.5x at 64 on 8 frames of 16x16),
+# maps under MIN_SIDE pixels (a 2x2 map pads its 6x6 tile nine-fold). At the stems of Spikformer, SDT and QKFormer
+# (batch 32, T=4) it is 1.4-2.5x, 1.6x on QKFormer's 4x4 maps of 128 frames.
 MIN_TILES = 128
 MIN_CHANNELS = 48
-MIN_SIDE = 8
+MIN_SIDE = 4
 
 
 _enabled = os.environ.get("SPIKEFORMER_WINOGRAD", "1").strip().lower() not in ("0", "false", "no", "off")
