@@ -10,8 +10,8 @@ each against a float64 convolution, relative to the gradient's largest value. ``
 ``spikeformer train``.
 
 The "used" columns say what the fast path takes at that shape: ``winograd.applies`` (data gradient),
-``winograd.forward_pays`` (forward; dense inputs' weight gradient), ``winograd.spike_weight_grad_pays`` (the weight
-gradient of spikes).
+``winograd.forward_pays`` (forward of dense inputs / of spikes; dense inputs' weight gradient),
+``winograd.spike_weight_grad_pays`` (the weight gradient of spikes).
 
     python benchmarks/bench_winograd.py [--reps 5] [--part data|forward|weight|all]
 """
@@ -97,7 +97,7 @@ def data_gradient(reps: int) -> None:
 
 def forward(reps: int) -> None:
     print("| forward | frames | direct ms | lookups ms (spikes) | Winograd ms | vs direct | vs lookups | "
-          "Winograd error | used |")
+          "Winograd error | used (dense / spikes) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, N, cin, cout, side in SHAPES:
         gen = torch.Generator().manual_seed(0)
@@ -112,9 +112,10 @@ def forward(reps: int) -> None:
             tw = _median_ms(lambda: winograd.conv3x3_forward(x, u, None), reps)
             ew = _rel(winograd.conv3x3_forward(x, u, None), torch.nn.functional.conv2d(x.double(), w.double(),
                                                                                      padding=1))
-        used = winograd.forward_pays(N, side, side, cin, cout)
+        dense = winograd.forward_pays(N, side, side, cin, cout)
+        spikes = winograd.forward_pays(N, side, side, cin, cout, spikes=True)
         print(f"| {name} | {N} | {td:.2f} | {tl:.2f} | {tw:.2f} | {td / tw:.2f}x | {tl / tw:.2f}x | {ew:.1e} | "
-              f"{'yes' if used else 'no'} |")
+              f"{'yes' if dense else 'no'} / {'yes' if spikes else 'no'} |")
     print()
 
 
@@ -136,7 +137,8 @@ def weight_gradient(reps: int) -> None:
         ref = torch.nn.grad.conv2d_weight(x.double(), (cout, cin, 3, 3), g.double(), padding=1)
         ew = _rel(winograd.conv3x3_weight_grad(x, g), ref)
         dense = winograd.forward_pays(N, side, side, cin, cout)
-        spikes = dense and winograd.spike_weight_grad_pays(side, side, cin, cout)
+        spikes = winograd.forward_pays(N, side, side, cin, cout, spikes=True) and winograd.spike_weight_grad_pays(
+            side, side, cin, cout)
         print(f"| {name} | {N} | {td:.2f} | {tl:.2f} | {tw:.2f} | {td / tw:.2f}x | {tl / tw:.2f}x | {ew:.1e} | "
               f"{'yes' if dense else 'no'} / {'yes' if spikes else 'no'} |")
     print()

@@ -24,8 +24,8 @@ table-lookup products instead (``kernels/cpu/lut.py``): four spikes form a 4-bit
 precomputed sums of four weight rows, at a cost that does not depend on the firing rate (forward plus weight gradient
 about 2x the dense pair on an AVX2 CPU). Spike counts are split into their 0/1 indicator and the listed counts above
 1; real-valued inputs fall through to the listing and then the dense product. A 3x3 convolution of such spikes whose
-shape lets Winograd pay (``kernels/cpu/winograd.py``: enough channels, tiles and pixels) runs its forward by Winograd
-instead, 1.3-1.8x the lookups, and from 96 channels on 16x16 maps its weight gradient too.
+shape lets Winograd pay (``kernels/cpu/winograd.py``: from 96 channels, enough tiles and pixels) runs its forward by
+Winograd instead, 1.1-1.9x the lookups, and on maps of 16x16 and more its weight gradient too.
 """
 
 from __future__ import annotations

@@ -173,6 +173,8 @@ def test_forward_chunks_cover_every_tile_once(monkeypatch):
 def test_forward_pays_from_the_measured_shapes():
     assert winograd.forward_pays(128, 16, 16, 192, 384)  # Spikformer's stem
     assert winograd.forward_pays(16, 8, 8, 48, 96)  # 64 tiles, 48 channels: the smallest that pays
+    assert not winograd.forward_pays(16, 8, 8, 48, 96, spikes=True)  # against the lookups: from 96 channels
+    assert winograd.forward_pays(16, 8, 8, 96, 96, spikes=True)
     assert not winograd.forward_pays(16, 8, 8, 32, 96)  # 32 input channels
     assert not winograd.forward_pays(15, 8, 8, 48, 96)  # 60 tiles
     assert winograd.forward_pays(128, 4, 4, 192, 384)  # 4x4 maps of 128 frames: 128 tiles
@@ -206,30 +208,34 @@ def test_dense_input_convolution_in_inference_and_where_it_declines(monkeypatch)
     assert winograd.conv3x3(conv, xg) is not None  # the data gradient still pays
 
 
-@pytest.mark.parametrize("cin,cout,wgrad_by", [(48, 64, "lookups"), (96, 96, "winograd")])
+@pytest.mark.parametrize("cin,side,route", [(48, 16, "lookups only"), (96, 8, "lookups' weight gradient"),
+                                             (96, 16, "winograd only")])
 @pytest.mark.parametrize("train", [True, False])
-def test_lookup_convolution_takes_the_winograd_forward(monkeypatch, train, cin, cout, wgrad_by):
+def test_lookup_convolution_takes_winograd_where_it_pays(monkeypatch, train, cin, side, route):
     calls = []
     real_fwd, real_pack, real_wg = winograd.conv3x3_forward, cpu_lut.pack_conv3x3, winograd.conv3x3_weight_grad
     monkeypatch.setattr(winograd, "conv3x3_forward", lambda *a: calls.append("wino") or real_fwd(*a))
     monkeypatch.setattr(cpu_lut, "pack_conv3x3", lambda *a, **k: calls.append(("pack", a[1:], k)) or real_pack(*a, **k))
     monkeypatch.setattr(winograd, "conv3x3_weight_grad", lambda *a: calls.append("wino wgrad") or real_wg(*a))
     torch.manual_seed(1)
-    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False).requires_grad_(train)
-    x = (torch.rand(16, cin, 16, 16) < 0.3).float().contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(cin, 96, 3, padding=1, bias=False).requires_grad_(train)
+    x = (torch.rand(16, cin, side, side) < 0.3).float().contiguous(memory_format=torch.channels_last)
     y = cpu_lut.lut_conv3x3(x, conv.weight, None, torch.float32)
     ref = torch.nn.functional.conv2d(x.double(), conv.weight.double(), padding=1)
     assert (y.double() - ref).abs().max() <= REL_TOL * ref.abs().max()
-    if not train:  # no weight gradient: no codes at all
+    if route == "lookups only":  # 48 channels: the lookups' forward (spikes at 48 and 64 channels do not pay)
+        assert calls == [("pack", (train,), {"forward": True})]
+    elif not train:  # no weight gradient: no codes at all
         assert calls == ["wino"]
-        return
-    if wgrad_by == "lookups":
+    elif route == "lookups' weight gradient":
         assert calls == [("pack", (True,), {"forward": False}), "wino"]  # only the weight gradient's codes
     else:
         assert calls == ["wino"]  # Winograd's weight gradient needs no codes
+    if not train:
+        return
     gy = torch.randn(y.shape, generator=_gen(4))
     (y * gy).sum().backward()
-    assert calls[-1] == ("wino wgrad" if wgrad_by == "winograd" else "wino")
+    assert ("wino wgrad" in calls) == (route == "winograd only")
     want = torch.nn.grad.conv2d_weight(x.double(), conv.weight.shape, gy.double(), padding=1)
     assert (conv.weight.grad.double() - want).abs().max() <= 1e-5 * want.abs().max()
 

@@ -162,8 +162,8 @@ def test_exact_and_fast_operations():
     with torch.no_grad(), OpLog() as e_ops:
         ye = exact(x)
     assert e_ops.conv_inputs == ["nchw"] * 6 and e_ops.count["native_batch_norm"] == 6
-    # the direct convolutions reorder fp32 sums only; Winograd's own rounding (its forward takes this net's 64- and
-    # 128-channel layers) flips spikes whose membrane lies within it of the threshold
+    # the direct convolutions reorder fp32 sums only; Winograd's own rounding (its forward takes this net's layers of
+    # 128 and 256 channels) flips spikes whose membrane lies within it of the threshold
     with winograd.disabled(), torch.no_grad(), OpLog() as f_ops:
         yf = fast(x)
     assert set(f_ops.conv_inputs) <= {"channels_last"} and f_ops.count["native_batch_norm"] == 0
@@ -179,7 +179,7 @@ def test_exact_and_fast_operations():
     # it does run, where it pays; at these random initial weights the few spikes it flips move the (small) logits by
     # up to a third of their scale: an SNN's outputs are discontinuous in its membranes (kernel tests:
     # tests/kernels/test_winograd.py, each convolution against float64)
-    assert calls and min(calls) >= winograd.FWD_MIN_CHANNELS
+    assert calls and min(calls) >= winograd.SPIKE_FWD_MIN_CHANNELS
     assert yw.shape == ye.shape and torch.isfinite(yw).all()
     # the running statistics the fused kernel leaves are BatchNorm's
     for (k, a), b in zip(exact.state_dict().items(), fast.state_dict().values()):

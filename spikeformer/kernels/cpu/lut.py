@@ -233,7 +233,8 @@ def lut_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     M, Cin, H, W = x.shape
     wgrad = _wants_weight_grad(weight)
     u = None
-    if winograd.forward_pays(M, H, W, Cin, weight.shape[0]) and (bias is None or bias.dtype == torch.float32):
+    fp32_bias = bias is None or bias.dtype == torch.float32
+    if fp32_bias and winograd.forward_pays(M, H, W, Cin, weight.shape[0], spikes=True):
         u = weights.layout(weight, torch.float32, "winograd")
         if not wgrad or winograd.spike_weight_grad_pays(H, W, Cin, weight.shape[0]):
             if torch.is_grad_enabled() and (wgrad or x.requires_grad or (bias is not None and bias.requires_grad)):

@@ -3,8 +3,8 @@ tiles and 36 GEMMs by the BLAS: 4x fewer multiply-adds than the direct convoluti
 
 * The data gradient ``dL/dx`` (:func:`conv3x3_input_grad`): what dominates the data gradients of the spiking stems.
   The gradient through a surrogate is dense, so listing nonzeros and table lookups do not apply to it.
-* The forward (:func:`conv3x3_forward`): 1.3-1.8x the table lookups of spikes and 1.5-3x oneDNN at the stems' shapes,
-  for any input values.
+* The forward (:func:`conv3x3_forward`), for any input values: 1.3-2.8x oneDNN from 48 channels, and 1.1-1.9x the
+  table lookups of spikes from 96 channels, at the stems' shapes.
 * The weight gradient (:func:`conv3x3_weight_grad`): ``G^T [(A g A^T) . (B^T d B)] G`` summed over the tiles, the
   transpose of the forward. 2.7-4x oneDNN's; for spikes about the lookups' speed, better from 96 channels on maps of
   16x16 and more.
@@ -110,19 +110,23 @@ def applies(N: int, H: int, W: int, w: torch.Tensor, dtype: torch.dtype) -> bool
 
 # Where the forward convolution takes Winograd on the fast path (python benchmarks/bench_winograd.py --part forward):
 # at least FWD_MIN_CHANNELS input and output channels, FWD_MIN_TILES tiles and FWD_MIN_SIDE pixels on a side. Against
-# the table lookups of spikes (kernels/cpu/lut.py) it measured 1.0-1.9x from 48 channels on 4x4 to 32x32 maps of 16
-# and 128 frames, and 1.9-5x against oneDNN's direct convolution; at 32 channels 0.85x, and on 4x4 maps of 16 frames
-# (16 tiles) 0.86x at 512 channels.
+# oneDNN's direct convolution (dense inputs) it measured 1.3-2.8x from 48 channels; at 32 channels 1.0x, and on 4x4
+# maps of 16 frames (16 tiles) 0.86x at 512 channels. Against the table lookups of spikes (kernels/cpu/lut.py) it
+# pays from SPIKE_FWD_MIN_CHANNELS: 1.1-1.9x from 96 channels on 4x4 to 32x32 maps, while at 48 and 64 channels two
+# runs gave 0.75-1.48x for the same shapes.
 FWD_MIN_CHANNELS = 48
+SPIKE_FWD_MIN_CHANNELS = 96
 FWD_MIN_TILES = 64
 FWD_MIN_SIDE = 4
 
 
-def forward_pays(N: int, H: int, W: int, cin: int, cout: int) -> bool:
+def forward_pays(N: int, H: int, W: int, cin: int, cout: int, spikes: bool = False) -> bool:
     """Whether the forward convolution of ``N`` frames ``H x W``, ``cin -> cout`` channels takes Winograd (fp32,
-    the kernels built, :func:`enabled`; see :data:`FWD_MIN_CHANNELS`)."""
-    return (_enabled and min(cin, cout) >= FWD_MIN_CHANNELS and min(H, W) >= FWD_MIN_SIDE
-            and N * ((H + 3) // 4) * ((W + 3) // 4) >= FWD_MIN_TILES and build.library() is not None)
+    the kernels built, :func:`enabled`; see :data:`FWD_MIN_CHANNELS`); ``spikes``: of 0/1 spikes, against the table
+    lookups (:data:`SPIKE_FWD_MIN_CHANNELS`)."""
+    return (_enabled and min(cin, cout) >= (SPIKE_FWD_MIN_CHANNELS if spikes else FWD_MIN_CHANNELS)
+            and min(H, W) >= FWD_MIN_SIDE and N * ((H + 3) // 4) * ((W + 3) // 4) >= FWD_MIN_TILES
+            and build.library() is not None)
 
 
 # Where Winograd's weight gradient replaces the lookups' for spikes (python benchmarks/bench_winograd.py --weight):
