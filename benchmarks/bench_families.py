@@ -141,7 +141,7 @@ def speed(family: str, a, train: bool) -> dict:
     steps = [(label, make_step(m, bf16, is_sj, x, y, train)) for label, m, bf16, is_sj in chosen]
     times = {label: [] for label, _ in steps}
     for r in range(a.warmup + a.rounds):
-        for label, step in steps:
+        for label, step in (steps[::-1] if a.alternate and r % 2 else steps):
             t0 = time.perf_counter()
             step()
             if r >= a.warmup:
@@ -197,6 +197,8 @@ def _same_precision_sj(label: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", nargs="+", default=["spikformer", "sdt"], choices=sorted(FAMILIES))
+    ap.add_argument("--alternate", action="store_true",
+                    help="reverse the variants' order every other round (default: SJ, exact, fast in every round)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--T", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
@@ -222,7 +224,9 @@ def main() -> None:
     print(f"command: python benchmarks/{os.path.basename(__file__)} " + " ".join(sys.argv[1:]))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{a.threads} threads; batch {a.batch}, T={a.T}; medians of {a.rounds} alternating rounds after {a.warmup} "
-          f"warm-up rounds, all variants in one process; 1-min load average at start {os.getloadavg()[0]:.1f}")
+          f"warm-up rounds, all variants in one process"
+          f"{', the order reversed every other round' if a.alternate else ''}; "
+          f"1-min load average at start {os.getloadavg()[0]:.1f}")
     for family in a.families:
         name = FAMILIES[family][0]
         tr, inf, mem = speed(family, a, True), speed(family, a, False), memory(family, a)
