@@ -85,52 +85,70 @@ inline void a46(const float (*m)[CB], float (*o)[CB]) {
   }
 }
 
-}  // namespace
-
-extern "C" {
-
-// d [N, H, W, C] fp32 (channels-last) -> v [36, P, C]: v[a*6+b][p - p0] = (B^T d B)[a][b] of tile p.
-void sf_wino_input(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* g, float* v,
-                   int nthreads) {
+// The IN x IN tiles of src [N, H, W, C] (channels-last; tile p reads rows 4ty+OFF .. 4ty+OFF+IN-1 and the same
+// columns, zero outside the frame) transformed on both sides by F, which maps IN vectors to 6:
+// dst[a*6+b][p - p0] = (M s M^T)[a][b] for the 6 x IN matrix M of F. B^T (IN 6, OFF -1) for the inputs of the forward
+// and the data gradient, A (IN 4, OFF 0) for the output gradient of the weight gradient.
+template <int IN, int OFF, void (*F)(const float (*)[CB], float (*)[CB])>
+void tiles_to_6x6(int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* src, float* dst,
+                  int nthreads) {
   const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4;
   const int64_t cblocks = (C + CB - 1) / CB;
-  (void)N;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads) if (nthreads > 1)
   for (int64_t q = 0; q < P; ++q) {
     for (int64_t cb = 0; cb < cblocks; ++cb) {
       const int64_t p = p0 + q;
       const int64_t n = p / (TH * TW), ty = (p / TW) % TH, tx = p % TW;
       const int64_t c0 = cb * CB, nc = C - c0 < CB ? C - c0 : CB;
-      alignas(64) float d[6][6][CB];
-      alignas(64) float t[6][6][CB];  // t[a][j] = (B^T d)[a][j]
-      for (int64_t i = 0; i < 6; ++i) {
-        const int64_t y = 4 * ty - 1 + i;
-        for (int64_t j = 0; j < 6; ++j) {
-          const int64_t x = 4 * tx - 1 + j;
+      alignas(64) float d[IN][IN][CB];
+      alignas(64) float t[6][IN][CB];  // t[a][j] = (M d)[a][j]
+      for (int64_t i = 0; i < IN; ++i) {
+        const int64_t y = 4 * ty + OFF + i;
+        for (int64_t j = 0; j < IN; ++j) {
+          const int64_t x = 4 * tx + OFF + j;
           if (y < 0 || y >= H || x < 0 || x >= W) {
             for (int64_t c = 0; c < CB; ++c) d[i][j][c] = 0.0f;
           } else {
-            load_block(d[i][j], g + ((n * H + y) * W + x) * C + c0, nc);
+            load_block(d[i][j], src + ((n * H + y) * W + x) * C + c0, nc);
           }
         }
       }
-      // columns: for each j, transform d[0..5][j] over i
-      for (int64_t j = 0; j < 6; ++j) {
-        float col[6][CB], out[6][CB];
-        for (int64_t i = 0; i < 6; ++i)
+      // columns: for each j, transform d[0..IN)[j] over i
+      for (int64_t j = 0; j < IN; ++j) {
+        float col[IN][CB], out[6][CB];
+        for (int64_t i = 0; i < IN; ++i)
           for (int64_t c = 0; c < CB; ++c) col[i][c] = d[i][j][c];
-        bt6(col, out);
+        F(col, out);
         for (int64_t a = 0; a < 6; ++a)
           for (int64_t c = 0; c < CB; ++c) t[a][j][c] = out[a][c];
       }
-      // rows: for each a, transform t[a][0..5] over j
+      // rows: for each a, transform t[a][0..IN) over j
       for (int64_t a = 0; a < 6; ++a) {
         float out[6][CB];
-        bt6(t[a], out);
-        for (int64_t b = 0; b < 6; ++b) store_block(v + ((a * 6 + b) * P + q) * C + c0, out[b], nc);
+        F(t[a], out);
+        for (int64_t b = 0; b < 6; ++b) store_block(dst + ((a * 6 + b) * P + q) * C + c0, out[b], nc);
       }
     }
   }
+}
+
+}  // namespace
+
+extern "C" {
+
+// d [N, H, W, C] fp32 (channels-last) -> v [36, P, C]: v[a*6+b][p - p0] = (B^T d B)[a][b] of the 6x6 tile p of d.
+void sf_wino_input(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* d, float* v,
+                   int nthreads) {
+  (void)N;
+  tiles_to_6x6<6, -1, bt6>(H, W, C, p0, P, d, v, nthreads);
+}
+
+// g [N, H, W, C] fp32 (channels-last) -> t [36, P, C]: t[a*6+b][p - p0] = (A g A^T)[a][b] of the 4x4 tile p of g
+// (rows 4ty .. 4ty+3, columns 4tx .. 4tx+3), for the weight gradient.
+void sf_wino_grad_tiles(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* g,
+                        float* t6, int nthreads) {
+  (void)N;
+  tiles_to_6x6<4, 0, a46>(H, W, C, p0, P, g, t6, nthreads);
 }
 
 // m [36, P, C] -> dx [N, H, W, C] fp32 (channels-last): the 4x4 tile A^T m A of tile p (plus bias[c] unless
@@ -171,49 +189,6 @@ void sf_wino_output(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int6
           if (x >= W) break;
           store_block(dx + ((n * H + y) * W + x) * C + c0, out[s], nc);
         }
-      }
-    }
-  }
-}
-
-// g [N, H, W, C] fp32 (channels-last) -> t [36, P, C]: t[a*6+b][p - p0] = (A g A^T)[a][b] of the 4x4 tile p of g
-// (rows 4ty .. 4ty+3, columns 4tx .. 4tx+3; zero outside the frame), for the weight gradient.
-void sf_wino_grad_tiles(int64_t N, int64_t H, int64_t W, int64_t C, int64_t p0, int64_t P, const float* g,
-                        float* t6, int nthreads) {
-  const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4;
-  const int64_t cblocks = (C + CB - 1) / CB;
-  (void)N;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads) if (nthreads > 1)
-  for (int64_t q = 0; q < P; ++q) {
-    for (int64_t cb = 0; cb < cblocks; ++cb) {
-      const int64_t p = p0 + q;
-      const int64_t n = p / (TH * TW), ty = (p / TW) % TH, tx = p % TW;
-      const int64_t c0 = cb * CB, nc = C - c0 < CB ? C - c0 : CB;
-      alignas(64) float d[4][4][CB];
-      alignas(64) float t[6][4][CB];  // t[a][s] = (A g)[a][s]
-      for (int64_t r = 0; r < 4; ++r) {
-        const int64_t y = 4 * ty + r;
-        for (int64_t s = 0; s < 4; ++s) {
-          const int64_t x = 4 * tx + s;
-          if (y >= H || x >= W) {
-            for (int64_t c = 0; c < CB; ++c) d[r][s][c] = 0.0f;
-          } else {
-            load_block(d[r][s], g + ((n * H + y) * W + x) * C + c0, nc);
-          }
-        }
-      }
-      for (int64_t s = 0; s < 4; ++s) {
-        float col[4][CB], out[6][CB];
-        for (int64_t r = 0; r < 4; ++r)
-          for (int64_t c = 0; c < CB; ++c) col[r][c] = d[r][s][c];
-        a46(col, out);
-        for (int64_t a = 0; a < 6; ++a)
-          for (int64_t c = 0; c < CB; ++c) t[a][s][c] = out[a][c];
-      }
-      for (int64_t a = 0; a < 6; ++a) {
-        float out[6][CB];
-        a46(t[a], out);
-        for (int64_t b = 0; b < 6; ++b) store_block(t6 + ((a * 6 + b) * P + q) * C + c0, out[b], nc);
       }
     }
   }

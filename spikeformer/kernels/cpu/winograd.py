@@ -153,6 +153,11 @@ def conv3x3_input_grad(g: torch.Tensor, shape: torch.Size, w: torch.Tensor) -> O
     return _tiles(g.contiguous(memory_format=torch.channels_last), filter_transform(w), None, dx)
 
 
+def _chunk(P: int, channels: int) -> int:
+    """Tiles per chunk: the transformed tiles of the widest side (``channels``) fill :data:`CHUNK_BYTES`."""
+    return max(MIN_TILES, min(P, CHUNK_BYTES // (36 * 4 * channels)))
+
+
 def _tiles(src: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
     """``out [N, Cd, H, W]`` (channels-last) = the same-padded 3x3 correlation of ``src [N, Cs, H, W]``
     (channels-last) with the transformed filters ``u [36, Cs, Cd]``, plus ``bias [Cd]`` unless ``None``: input
@@ -161,7 +166,7 @@ def _tiles(src: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], out
     N, Cs, H, W = src.shape
     Cd = out.shape[1]
     P = N * ((H + 3) // 4) * ((W + 3) // 4)
-    chunk = max(MIN_TILES, min(P, CHUNK_BYTES // (36 * 4 * max(Cs, Cd))))
+    chunk = _chunk(P, max(Cs, Cd))
     v = torch.empty(36, chunk, Cs)
     m = torch.empty(36, chunk, Cd)
     nt = threads()
@@ -184,7 +189,7 @@ def conv3x3_weight_grad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     N, Cin, H, W = x.shape
     Cout = g.shape[1]
     P = N * ((H + 3) // 4) * ((W + 3) // 4)
-    chunk = max(MIN_TILES, min(P, CHUNK_BYTES // (36 * 4 * max(Cin, Cout))))
+    chunk = _chunk(P, max(Cin, Cout))
     v = torch.empty(36, chunk, Cin)
     t = torch.empty(36, chunk, Cout)
     acc = torch.empty(36, Cin, Cout)
