@@ -237,9 +237,7 @@ def lut_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if fp32_bias and winograd.forward_pays(M, H, W, Cin, weight.shape[0], spikes=True):
         u = weights.layout(weight, torch.float32, "winograd")
         if not wgrad or winograd.spike_weight_grad_pays(H, W, Cin, weight.shape[0]):
-            if torch.is_grad_enabled() and (wgrad or x.requires_grad or (bias is not None and bias.requires_grad)):
-                return winograd.Conv3x3Winograd.apply(x, weight, bias, u)
-            return winograd.conv3x3_forward(x, u, bias)
+            return winograd.convolve(x, weight, bias, u)
     packed = pack_conv3x3(x, wgrad, forward=u is None)
     if packed is None:
         return None

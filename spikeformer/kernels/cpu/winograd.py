@@ -270,11 +270,17 @@ def conv3x3(conv: torch.nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
         return None
     N, _, H, W = x.shape
     fwd = forward_pays(N, H, W, w.shape[1], w.shape[0])
-    grads = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
-                                         or (conv.bias is not None and conv.bias.requires_grad))
-    if not fwd and not (grads and x.requires_grad and applies(N, H, W, w, x.dtype)):
+    if not fwd and not (torch.is_grad_enabled() and x.requires_grad and applies(N, H, W, w, x.dtype)):
         return None
     u = weights.layout(w, torch.float32, "winograd") if fwd else None
-    if not grads:
-        return conv3x3_forward(x, u, conv.bias)
-    return Conv3x3Winograd.apply(x, w, conv.bias, u)
+    return convolve(x, w, conv.bias, u)
+
+
+def convolve(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+             u: Optional[torch.Tensor]) -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding=1)`` on the fast path: :class:`Conv3x3Winograd` where a gradient is to be
+    formed, else the forward alone (by Winograd with the transformed filters ``u``; ``u`` is required then)."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return Conv3x3Winograd.apply(x, weight, bias, u)
+    return conv3x3_forward(x, u, bias)
