@@ -34,13 +34,15 @@ from .norm import TokenBN
 from .numerics import NumericsAware, wants_fast
 from ..kernels.cpu import winograd
 from .sparse import spike_conv3x3, spike_linear
-from .time import seq_apply
+from .time import seq_apply, shared_step, time_invariant
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """Frames ``[T, B, C, H, W]`` with each frame channels-last (a copy only if they are not already)."""
     if x.dim() != 5:
         return x
+    if time_invariant(x):  # a static batch repeated over T stays one batch, expanded (see conv_frames)
+        return channels_last(shared_step(x).unsqueeze(0)).expand(x.shape)
     return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
 
 
@@ -106,6 +108,9 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
     (small maps: NCHW, see :data:`MIN_CHANNELS_LAST_PIXELS`)."""
     if not fast:
         return seq_apply(conv, x)
+    if time_invariant(x) and not _hooked(conv):
+        # a static image repeated over T: one convolution of the batch, expanded over time (a hook sees every frame)
+        return conv_frames(conv, shared_step(x).unsqueeze(0), fast, spikes_in).expand(x.shape[0], -1, -1, -1, -1)
     if _small_map(conv, x):
         return seq_apply(conv, x.contiguous())
     x = channels_last(x)
@@ -146,7 +151,8 @@ def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, spikes_in: bool = F
             fast: Optional[bool] = None) -> torch.Tensor:
     """``bn(conv(x))`` on frames ``[T, B, C, H, W]`` (BatchNorm over the merged T*B batch)."""
     fast = _fast(x, conv, bn) if fast is None else fast
-    return seq_apply(bn, conv_frames(conv, x, fast, spikes_in))
+    z = conv_frames(conv, x, fast, spikes_in)
+    return fused_bn.bn_frames(bn, z) if fast else seq_apply(bn, z)
 
 
 def conv_bn_neuron(conv: nn.Conv2d, bn: nn.Module, neuron: nn.Module, x: torch.Tensor, spikes_in: bool = False,

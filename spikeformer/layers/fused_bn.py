@@ -37,7 +37,7 @@ from ..neurons.surrogate import ATan, Sigmoid
 from .linear import OneDNNLinear, TokenLinear
 from .norm import TokenBN
 from .sparse import spike_linear
-from .time import seq_apply
+from .time import seq_apply, shared_step, time_invariant
 
 
 def _channel_innermost(bn: nn.Module, x: torch.Tensor) -> bool:
@@ -117,19 +117,55 @@ def bn_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, fuse: Optional[
         if _batch_stats(bn):
             _update_running_stats(bn, mean, var, x.numel() // bn.num_features)
         return s
+    if _want_fuse(bn, x, fuse) and _shared_over_time(bn, x) and not _hooked(neuron):
+        return neuron(_bn_shared_over_time(bn, x))
     if not (_want_fuse(bn, x, fuse) and can_fuse(bn, neuron, x)):
         return _unfused(bn, neuron, x)
     return _fused(bn, neuron, x)
 
 
-def _update_running_stats(bn: nn.Module, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-    """BatchNorm's running-statistics update from a fused kernel's batch mean and biased variance over ``n``
-    values per channel (``momentum=None``: the cumulative average, as ``nn.BatchNorm``)."""
+def _shared_over_time(bn: nn.Module, x: torch.Tensor) -> bool:
+    return (type(bn) is nn.BatchNorm2d and x.dim() == 5 and time_invariant(x) and not _hooked(bn)
+            and x.shape[1] * x.shape[3] * x.shape[4] > 1)
+
+
+def _bn_shared_over_time(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``BatchNorm2d`` over frames ``[T, B, C, H, W]`` that repeat one batch over T (:func:`time_invariant`): run on
+    ``x[0]`` and expanded. T copies have the mean and biased variance of one, so the output is the merged-batch
+    BatchNorm's; the running variance takes the unbiased correction of the T*B merged frames, as ``nn.BatchNorm2d``
+    on them would."""
+    x0 = shared_step(x)
+    if not _batch_stats(bn):
+        y = bn(x0)
+    else:
+        y, mean, invstd = torch.native_batch_norm(x0, bn.weight, bn.bias, None, None, True, 0.0, bn.eps)
+        if bn.training and bn.track_running_stats:
+            var = invstd.detach().double().pow(-2) - bn.eps  # the biased batch variance
+            _update_running_stats(bn, mean.detach(), var, x.numel() // bn.num_features)
+    return y.unsqueeze(0).expand(x.shape)
+
+
+def bn_frames(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``bn`` over frames ``[T, B, C, H, W]`` (the merged T*B batch) on the fast path: once per batch where the
+    frames repeat one batch over time."""
+    return _bn_shared_over_time(bn, x) if _shared_over_time(bn, x) else seq_apply(bn, x)
+
+
+def _update_running_stats(bn: nn.Module, mean: torch.Tensor, var: torch.Tensor, n: int,
+                          shift: Optional[torch.Tensor] = None) -> None:
+    """BatchNorm's running-statistics update from a fused kernel's batch mean (plus ``shift`` where given) and
+    biased variance over ``n`` values per channel (``momentum=None``: the cumulative average, as
+    ``nn.BatchNorm``). One compiled call where it applies, else tensor operations (the same arithmetic)."""
     if not (bn.training and bn.track_running_stats):
         return
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)
         f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
+        if (mean.device.type == "cpu" and not torch.compiler.is_compiling() and _native.library() is not None
+                and _native.running_update(bn.running_mean, bn.running_var, mean, var, shift, f, n / (n - 1))):
+            return
+        if shift is not None:
+            mean = mean + shift
         bn.running_mean.mul_(1.0 - f).add_(mean.to(bn.running_mean.dtype), alpha=f)
         bn.running_var.mul_(1.0 - f).add_((var * (n / (n - 1))).to(bn.running_var.dtype), alpha=f)
 
@@ -142,9 +178,9 @@ def _fused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, bias_left_out: Opt
                                       (bn.running_var.double() + bn.eps).rsqrt())
         return _native.bn_inference(x, C, a, b, spec, sur)
     s, mean, var = _native.NativeBNNeuron.apply(x, bn.weight, bn.bias, bias_left_out, C, bn.eps, spec, sur)
-    if bias_left_out is not None:  # the statistics of the input with the bias, as the unfused layers see it
-        mean = mean.detach() + bias_left_out.detach().to(x.dtype).double()
-    _update_running_stats(bn, mean.detach(), var.detach(), x.numel() // C)
+    # the statistics of the input with the bias left out, as the unfused layers see it
+    shift = None if bias_left_out is None else bias_left_out.detach().to(x.dtype).double()
+    _update_running_stats(bn, mean.detach(), var.detach(), x.numel() // C, shift)
     return s
 
 

@@ -16,6 +16,36 @@ def seq_apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.unflatten(0, (T, B))
 
 
+def time_invariant(x: torch.Tensor) -> bool:
+    """Whether ``x`` ``[T, B, ...]`` repeats one tensor over its T > 1 steps as a view (stride 0 over time), as
+    :func:`expand_time` gives for a static batch: what is computed per frame without state is then the same at
+    every step."""
+    return x.dim() >= 2 and x.shape[0] > 1 and x.stride(0) == 0
+
+
+def frame_map(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn`` (a map of a batch of frames ``[N, ...]`` in which no frame depends on another: a convolution, a
+    max-pool; not BatchNorm in training) over frames ``[T, B, ...]``. On a :func:`time_invariant` input it runs once
+    on ``x[0]`` and the result is expanded over T (a view): T times less work and memory."""
+    if time_invariant(x):
+        return fn(shared_step(x)).unsqueeze(0).expand(x.shape[0], *([-1] * (x.dim() - 1)))
+    return seq_apply(fn, x)
+
+
+def shared_step(x: torch.Tensor) -> torch.Tensor:
+    """The tensor ``[B, ...]`` that a :func:`time_invariant` ``x`` repeats over T. Where ``x`` is its view base
+    expanded, that base itself: autograd then hands the gradient straight to it, where indexing ``x[0]`` would
+    make a zero-filled ``[T, B, ...]`` gradient for the expansion to sum up again (the same sums: adding zeros is
+    exact). Under ``torch.compile``, which traces views by their own rules, ``x[0]``."""
+    if torch.compiler.is_compiling():
+        return x[0]
+    b = x._base
+    if (b is not None and b.shape == x.shape[1:] and b.stride() == x.stride()[1:] and b.dtype == x.dtype
+            and b.storage_offset() == x.storage_offset()):
+        return b
+    return x[0]
+
+
 def expand_time(x: torch.Tensor, T: int, channels: int | None = None) -> torch.Tensor:
     """Direct encoding: a static batch ``[B, C, H, W]`` is repeated over T (a view, no copy); a ``[T, B, C, H, W]``
     sequence (event frames) is passed through unchanged."""

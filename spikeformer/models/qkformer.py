@@ -55,6 +55,7 @@ produced the published 98.6% is not stated. ``qkformer_dvs128_2_256`` builds the
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Sequence
 
 import torch
@@ -65,6 +66,7 @@ from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply
 from ..layers.attention import token_spike_attention
 from ..layers.blocks import channels_last, conv_bn, conv_bn_neuron, linear_bn_neuron
 from ..layers.init import trunc_normal_
+from ..layers.time import frame_map
 from ..layers.pool import max_pool
 from ..neurons import neuron_factory
 from ._base import SpikingClassifier
@@ -129,7 +131,9 @@ class SPEDS(NumericsAware, nn.Module):
             with torch.autocast(x.device.type, enabled=False) if fp32 else contextlib.nullcontext():
                 x = x.float() if fp32 else x
                 if i in self.pool_after:  # conv -> BN -> max-pool -> LIF
-                    x = lif(seq_apply(lambda t: max_pool(self.pool, t), conv_bn(conv, bn, x, spikes_in, fast)))
+                    z = conv_bn(conv, bn, x, spikes_in, fast)
+                    pool = functools.partial(max_pool, self.pool)
+                    x = lif(frame_map(pool, z) if fast else seq_apply(pool, z))
                 else:
                     x = conv_bn_neuron(conv, bn, lif, x, spikes_in, fast)
             if i == self.shortcut_from:

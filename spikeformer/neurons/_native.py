@@ -20,7 +20,7 @@ forward_attributes(__name__, {
                     "_cache_dir", "_compiler", "_cpu_signature", "_try_flags", "_build"],
     _neuron: ["Params", "supports", "_params", "_dense", "_like", "_v0", "_forward", "forward_no_grad",
               "NativeMultiStep"],
-    _bn_neuron: ["bn_inference", "bn_scale_shift", "channel_stats", "NativeBNNeuron"],
+    _bn_neuron: ["bn_inference", "bn_scale_shift", "channel_stats", "NativeBNNeuron", "running_update"],
     _attention: ["ATTENTION_HEAD_DIMS", "NativeSpikeAttention"],
     _sparse: ["sparse_rows", "_compute_weights", "NativeSparseLinear", "NativeSparseConv3x3"],
     _pool: ["NativeMaxPool"],

@@ -197,7 +197,12 @@ def test_exact_path_never_fuses(fused_calls):
     assert calls == []
     spikeformer.layers.use_fast_kernels(m)
     m(torch.randn(8, 3, 32, 32)).sum().backward()  # 16 frames: the 8x8 maps are channels-last (blocks.py)
-    assert len(calls) == 5 + 6  # the SPS stem's five BN -> LIF, and six in the block
+    # the SPS stem's BN -> LIF after its first convolution runs unfused: the image repeats over T, so that
+    # BatchNorm runs once per batch (fused_bn._bn_shared_over_time); the stem's four others and the block's six fuse
+    assert len(calls) == 4 + 6
+    calls.clear()
+    m(torch.randn(2, 8, 3, 32, 32)).sum().backward()  # frames that differ over T: all eleven fuse
+    assert len(calls) == 5 + 6
 
 
 def test_spikformer_fast_step_matches_unfused(monkeypatch):
@@ -256,7 +261,9 @@ def test_spikingformer_qkv_fuse_on_the_fast_path(fused_calls):
     m = Spikingformer("cifar", num_classes=10, embed_dim=64, depth=1, num_heads=4, T=2)
     ref, exact_calls, out = exact_then_fast(m, torch.randn(2, 3, 32, 32), fused_calls)
     assert exact_calls == []  # exact fp32 path
-    assert len(fused_calls) == 4 + 3 + 1  # the tokenizer's four BN -> LIF, q, k, v, and the MLP's hidden BN -> LIF
+    # the tokenizer's three BN -> LIF after its first (the image repeats over T: that BatchNorm runs once per batch,
+    # unfused), q, k, v, and the MLP's hidden BN -> LIF
+    assert len(fused_calls) == 3 + 3 + 1
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
 
 
@@ -358,3 +365,56 @@ def test_small_conv_blocks_take_the_exact_operations_on_the_fast_path(monkeypatc
         assert bool(calls) == fuses
         if not fuses:
             assert torch.equal(yf, ye)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_call_kernels_equal_the_composed_calls(dtype):
+    """sf_bn_train_forward / sf_bn_train_backward (statistics, scale and shift, spikes; BPTT, BatchNorm's sums, the
+    input gradient, in one call each) give the bits of the separate calls and float64 tensor arithmetic they
+    replace (channel_stats, bn_scale_shift, sf_bn_forward; bn_backward)."""
+    import ctypes
+
+    from spikeformer.kernels.cpu import bn_neuron as K
+    from spikeformer.kernels.cpu.build import is_bf16, ptr
+
+    lif = LIF(tau=2.0, detach_reset=True)
+    spec, sur = lif.spec(), lif.surrogate
+    g = torch.Generator().manual_seed(0)
+    C = 96
+    x = (torch.randn(4, 8, 10, C, generator=g) * 3 + 1).to(dtype)
+    w, b = torch.randn(C, generator=g), torch.randn(C, generator=g)
+    eps = 1e-5
+    mean64, var64 = K.channel_stats(x, C)
+    invstd64 = (var64 + eps).rsqrt()
+    a, sh = K.bn_scale_shift(w, b, mean64, invstd64)
+    s_ref = torch.empty_like(x)
+    p = K._params(x, None, spec, sur)
+    K.build.library().sf_bn_forward(ctypes.byref(p), C, ptr(a), ptr(sh), ptr(x), is_bf16(x), ptr(s_ref))
+    xg, wg, bg = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
+    s, mean, var = K.BNNeuronFunction.apply(xg, wg, bg, None, C, eps, spec, sur)
+    assert torch.equal(s, s_ref) and 0 < s.float().mean() < 1
+    assert torch.equal(mean, mean64) and torch.equal(var, var64)
+    gs = torch.randn(x.shape, generator=g).to(dtype)
+    gx, gw, gb = torch.autograd.grad(s, [xg, wg, bg], gs)
+    gx_ref, gw_ref, gb_ref = K.bn_backward(gs, x, w, a, sh, mean64, invstd64, K._params(x, None, spec, sur))
+    assert torch.equal(gx, gx_ref) and torch.equal(gw, gw_ref) and torch.equal(gb, gb_ref)
+
+
+@pytest.mark.parametrize("C", [16, 100])
+def test_running_update_in_one_call_equals_tensor_operations(C):
+    from spikeformer.kernels.cpu.bn_neuron import running_update
+
+    g = torch.Generator().manual_seed(C)
+    rm, rv = torch.randn(C, generator=g), torch.rand(C, generator=g) + 0.5
+    mean = torch.randn(C, generator=g, dtype=torch.float64)
+    var = torch.rand(C, generator=g, dtype=torch.float64)
+    shift = torch.randn(C, generator=g, dtype=torch.float64)
+    n = 1234
+    for f in (0.1, 1 / 3):
+        for sh in (None, shift):
+            a, b = rm.clone(), rv.clone()
+            assert running_update(a, b, mean, var, sh, f, n / (n - 1))
+            m = mean if sh is None else mean + sh
+            assert torch.equal(a, rm.clone().mul_(1.0 - f).add_(m.to(torch.float32), alpha=f))
+            assert torch.equal(b, rv.clone().mul_(1.0 - f).add_((var * (n / (n - 1))).to(torch.float32), alpha=f))
+    assert not running_update(rm.double(), rv.double(), mean, var, None, 0.1, 1.0)  # float64 statistics: not taken

@@ -196,9 +196,89 @@ void bn_input_grad(int64_t R, int64_t C, const X* x, X* g, const float* A, const
   }
 }
 
+// BatchNorm as a per-channel affine map, in double, rounded to float: a = w * invstd, b = bias - mean * w * invstd
+// (the operations and their order of bn_neuron.py's bn_scale_shift).
+inline void scale_shift(int64_t C, const float* w, const float* bias, const double* mean, const double* invstd,
+                        float* a, float* b) {
+  for (int64_t c = 0; c < C; ++c) {
+    const double wc = static_cast<double>(w[c]);
+    a[c] = static_cast<float>(wc * invstd[c]);
+    b[c] = static_cast<float>(static_cast<double>(bias[c]) - mean[c] * wc * invstd[c]);
+  }
+}
+
+template <typename X>
+void train_forward(const SfParams& p, int64_t C, const X* x, const float* w, const float* bias, double eps,
+                   double* chan, float* ab, X* s) {
+  double *mean = chan, *var = chan + C, *invstd = chan + 2 * C;
+  channel_stats<X>(p.T * p.N / C, C, x, mean, var, p.nthreads);
+  for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+  scale_shift(C, w, bias, mean, invstd, ab, ab + C);
+  bn_fwd_all<X>(p, C, ab, ab + C, x, s);
+}
+
+template <typename X>
+void train_backward(const SfParams& p, int64_t C, const float* ab, const double* chan, const float* w, const X* x,
+                    const X* gs, X* gx, float* gwb) {
+  const double *mean64 = chan, *invstd = chan + 2 * C;
+  std::vector<float> mean(C), A(C), B(C), D(C);
+  std::vector<double> sum_g(C), sum_gx(C);
+  for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(mean64[c]);
+  bn_bwd_dispatch<X>(p, C, ab, ab + C, mean.data(), x, gs, gx, sum_g.data(), sum_gx.data());
+  const double R = static_cast<double>(p.T * p.N / C);
+  for (int64_t c = 0; c < C; ++c) {
+    // dL/dx = w invstd (g - mean(g) - xhat mean(g xhat)) = g A + x B + D (bn_neuron.py's order of operations)
+    const double gw = sum_gx[c] * invstd[c];
+    const double a = static_cast<double>(w[c]) * invstd[c];
+    const double b = -a * invstd[c] * gw / R;
+    A[c] = static_cast<float>(a);
+    B[c] = static_cast<float>(b);
+    D[c] = static_cast<float>(-a * sum_g[c] / R - b * mean64[c]);
+    gwb[c] = static_cast<float>(gw);
+    gwb[C + c] = static_cast<float>(sum_g[c]);
+  }
+  bn_input_grad<X>(p.T * p.N / C, C, x, gx, A.data(), B.data(), D.data(), p.nthreads);
+}
+
 }  // namespace
 
 extern "C" {
+
+// Training-mode forward in one call: the per-channel statistics of x, BatchNorm's scale and shift, the spikes s.
+// chan: [3, C] double out (mean, biased variance, invstd = 1 / sqrt(var + eps)); ab: [2, C] float out (a, b);
+// w, bias: [C] float.
+void sf_bn_train_forward(const SfParams* p, int64_t C, const void* x, int x_bf16, const float* w, const float* bias,
+                         double eps, double* chan, float* ab, void* s) {
+  if (x_bf16)
+    train_forward<bf16>(*p, C, static_cast<const bf16*>(x), w, bias, eps, chan, ab, static_cast<bf16*>(s));
+  else
+    train_forward<float>(*p, C, static_cast<const float*>(x), w, bias, eps, chan, ab, static_cast<float*>(s));
+}
+
+// BatchNorm's running-statistics update (nn.BatchNorm's arithmetic as PyTorch's vectorised kernels do it):
+// r = r * (1 - f) + f * m, the product by (1 - f) rounded to float, then one fused multiply-add; m is the batch mean
+// (plus shift[c] where not null) and the batch variance times unbias (n / (n - 1)), rounded to float.
+void sf_bn_running_update(int64_t C, float* rmean, float* rvar, const double* mean, const double* var,
+                          const double* shift, double f, double unbias) {
+  const float ff = static_cast<float>(f), keep = static_cast<float>(1.0 - f);
+  for (int64_t c = 0; c < C; ++c) {
+    const double m = shift ? mean[c] + shift[c] : mean[c];
+    rmean[c] = std::fma(ff, static_cast<float>(m), rmean[c] * keep);
+    rvar[c] = std::fma(ff, static_cast<float>(var[c] * unbias), rvar[c] * keep);
+  }
+}
+
+// Its backward in one call: dL/dx into gx (x's dtype) from the spikes' gradient gs, and dL/dweight, dL/dbias into
+// gwb ([2, C] float); ab, chan as sf_bn_train_forward wrote them.
+void sf_bn_train_backward(const SfParams* p, int64_t C, const float* ab, const double* chan, const float* w,
+                          const void* x, int x_bf16, const void* gs, void* gx, float* gwb) {
+  if (x_bf16)
+    train_backward<bf16>(*p, C, ab, chan, w, static_cast<const bf16*>(x), static_cast<const bf16*>(gs),
+                         static_cast<bf16*>(gx), gwb);
+  else
+    train_backward<float>(*p, C, ab, chan, w, static_cast<const float*>(x), static_cast<const float*>(gs),
+                          static_cast<float*>(gx), gwb);
+}
 
 // BatchNorm + neuron (see above); x, s, gs, gy: [T, N] with N = (...) * C, the channel innermost, all of
 // x's dtype. mean, var: [C] double (biased variance).

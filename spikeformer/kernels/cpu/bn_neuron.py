@@ -28,7 +28,27 @@ build.declare(
     sf_bn_forward=(None, [ctypes.POINTER(Params), _i64, _vp, _vp, _vp, _ci, _vp]),
     sf_bn_backward=(None, [ctypes.POINTER(Params), _i64, _vp, _vp, _vp, _vp, _ci, _vp, _vp, _vp, _vp]),
     sf_bn_input_grad=(None, [_i64, _i64, _vp, _ci, _vp, _vp, _vp, _vp, _ci]),
+    sf_bn_train_forward=(None, [ctypes.POINTER(Params), _i64, _vp, _ci, _vp, _vp, ctypes.c_double, _vp, _vp, _vp]),
+    sf_bn_train_backward=(None, [ctypes.POINTER(Params), _i64, _vp, _vp, _vp, _vp, _ci, _vp, _vp, _vp]),
+    sf_bn_running_update=(None, [_i64, _vp, _vp, _vp, _vp, _vp, ctypes.c_double, ctypes.c_double]),
 )
+
+
+def running_update(running_mean: torch.Tensor, running_var: torch.Tensor, mean64: torch.Tensor, var64: torch.Tensor,
+                   shift64: Optional[torch.Tensor], f: float, unbias: float) -> bool:
+    """BatchNorm's running-statistics update in one call: ``r = r * (1 - f) + f * m`` for the batch mean
+    (``+ shift64`` where given) and the biased variance ``* unbias``, rounded as PyTorch's ``mul_``/``add_`` do
+    (float32 running statistics). Returns False, doing nothing, where it does not apply (other dtypes or layouts,
+    no compiled library); the caller then updates with tensor operations."""
+    tensors = (running_mean, running_var)
+    if not (all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in tensors)
+            and mean64.dtype == var64.dtype == torch.float64 and mean64.is_contiguous() and var64.is_contiguous()
+            and (shift64 is None or (shift64.dtype == torch.float64 and shift64.is_contiguous()))
+            and build.available()):
+        return False
+    build.library().sf_bn_running_update(running_mean.numel(), ptr(running_mean), ptr(running_var), ptr(mean64),
+                                         ptr(var64), ptr(shift64), float(f), float(unbias))
+    return True
 
 
 def _params_of(x: torch.Tensor, p: NeuronParams) -> Params:
@@ -73,27 +93,43 @@ class BNNeuronFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, bias_left_out, C, eps, spec, surrogate):
         # bias_left_out: a bias the producer of x did not add (layers/fused_bn.py: linear_bn_neuron). The batch
         # mean absorbs it, so the output does not depend on it and its gradient is exactly zero.
-        mean64, var64 = channel_stats(x, C)
-        invstd64 = (var64 + eps).rsqrt()
-        a, b = bn_scale_shift(weight, bias, mean64, invstd64)
+        # One call computes the statistics, the scale and shift (bn_scale_shift's arithmetic) and the spikes: at a
+        # few hundred per training step the per-call cost of separate small tensor operations added up
+        # (QKFormer's last stage: 4 tokens).
+        w, b = _f32(weight), _f32(bias)
+        chan = torch.empty((3, C), dtype=torch.float64)  # mean, biased variance, invstd
+        ab = torch.empty((2, C), dtype=torch.float32)  # BatchNorm as x * a + b
         p = _params(x, None, spec, surrogate)
         s = torch.empty_like(x)
-        build.library().sf_bn_forward(ctypes.byref(p), C, ptr(a), ptr(b), ptr(x), is_bf16(x), ptr(s))
-        ctx.save_for_backward(x, weight, a, b, mean64, invstd64)
-        ctx.params, ctx.C = p, C
+        build.library().sf_bn_train_forward(ctypes.byref(p), C, ptr(x), is_bf16(x), ptr(w), ptr(b), float(eps),
+                                            ptr(chan), ptr(ab), ptr(s))
+        ctx.save_for_backward(x, w, ab, chan)
+        ctx.params, ctx.C, ctx.wdtype = p, C, weight.dtype
+        mean64, var64 = chan[0].clone(), chan[1].clone()
         ctx.mark_non_differentiable(mean64, var64)
         return s, mean64, var64
 
     @staticmethod
     def backward(ctx, grad_spikes, _gm, _gv):
-        x, weight, a, b, mean64, invstd64 = ctx.saved_tensors
+        x, w, ab, chan = ctx.saved_tensors
         p = ctx.params
         p.nthreads = threads()
-        gx, gw, gb = bn_backward(grad_spikes, x, weight, a, b, mean64, invstd64, p)
-        gw = gw if ctx.needs_input_grad[1] else None
-        gb = gb if ctx.needs_input_grad[2] else None
-        g_left = torch.zeros_like(weight) if ctx.needs_input_grad[3] else None
+        C = ctx.C
+        gs = torch.zeros_like(x) if grad_spikes is None else _like(grad_spikes, x, x.dtype)
+        gx = torch.empty_like(x)
+        gwb = torch.empty((2, C), dtype=torch.float32)
+        build.library().sf_bn_train_backward(ctypes.byref(p), C, ptr(ab), ptr(chan), ptr(w), ptr(x), is_bf16(x),
+                                             ptr(gs), ptr(gx), ptr(gwb))
+        gw = gwb[0].to(ctx.wdtype) if ctx.needs_input_grad[1] else None
+        gb = gwb[1].to(ctx.wdtype) if ctx.needs_input_grad[2] else None
+        g_left = torch.zeros(C, dtype=ctx.wdtype) if ctx.needs_input_grad[3] else None
         return gx, gw, gb, g_left, None, None, None, None
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """A parameter's values as a contiguous float32 tensor (itself when it is one), detached."""
+    t = t.detach()
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
 class NativeBNNeuron:

@@ -106,9 +106,12 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     flat memory, so outputs made with ``torch.empty_like`` (same strides) line up element for element."""
     if x.is_contiguous():
         return x
-    if (x.dim() == 5 and x.stride(0) == x[0].numel()
-            and x[0].is_contiguous(memory_format=torch.channels_last)):
-        return x
+    if x.dim() == 5 and x[0].is_contiguous(memory_format=torch.channels_last):
+        if x.stride(0) == x[0].numel():
+            return x
+        # channels-last frames repeated over time (an expanded static batch): copied as channels-last frames
+        out = torch.empty((x.shape[0] * x.shape[1], *x.shape[2:]), dtype=x.dtype, memory_format=torch.channels_last)
+        return out.unflatten(0, x.shape[:2]).copy_(x)
     return x.contiguous()
 
 
