@@ -9,9 +9,11 @@ ours exact fp32 (``numerics="exact"``, the official operations), ours fast fp32 
 bf16 autocast -- and their steps alternate for ``--rounds`` rounds (training: forward, backward, AdamW step; inference:
 ``torch.no_grad()`` forward in eval mode, after each model's BatchNorm running statistics are set from the batch, see
 ``calibrate``), so load from elsewhere hits every variant alike; medians are reported with the ratio to
-SpikingJelly at the same precision. Memory: every training variant runs ``--mem-steps`` steps in its own subprocess
-and reports its peak RSS (VmHWM); ratios are to SpikingJelly at the same precision. Run with nothing else on the
-machine. ``spikeformer train`` keeps freed memory for reuse on CPU (``reuse_memory``); the setting is process-wide,
+SpikingJelly at the same precision, with the median minor page faults of the timed steps (a step that grows the
+heap touches fresh pages, about 10-16 us each on the benchmark VM: the first few steps of a variant pay most of them,
+so ``--warmup`` decides how much of that start-up cost the medians include). Memory: every training variant runs
+``--mem-steps`` steps in its own subprocess and reports its peak RSS (VmHWM); ratios are to SpikingJelly at the same
+precision. Run with nothing else on the machine. ``spikeformer train`` keeps freed memory for reuse on CPU (``reuse_memory``); the setting is process-wide,
 so SpikingJelly gets it too.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -140,13 +143,17 @@ def speed(family: str, a, train: bool) -> dict:
             calibrate(model, is_sj, x)
     steps = [(label, make_step(m, bf16, is_sj, x, y, train)) for label, m, bf16, is_sj in chosen]
     times = {label: [] for label, _ in steps}
+    faults = {label: [] for label, _ in steps}
     for r in range(a.warmup + a.rounds):
         for label, step in (steps[::-1] if a.alternate and r % 2 else steps):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             step()
             if r >= a.warmup:
                 times[label].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+                faults[label].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return ({k: statistics.median(v) for k, v in times.items()},
+            {k: statistics.median(v) for k, v in faults.items()})
 
 
 def _peak_rss_mb() -> float:
@@ -229,17 +236,18 @@ def main() -> None:
           f"1-min load average at start {os.getloadavg()[0]:.1f}")
     for family in a.families:
         name = FAMILIES[family][0]
-        tr, inf, mem = speed(family, a, True), speed(family, a, False), memory(family, a)
+        (tr, tr_faults), (inf, inf_faults) = speed(family, a, True), speed(family, a, False)
+        mem = memory(family, a)
         print()
         print(f"### {family}: ours `{name}` against SpikingJelly 2.0's model of the same configuration")
         print()
         print("| variant | train s/step | vs SJ same precision | infer s/batch | vs SJ same precision | peak RSS MB "
-              "| RSS vs SJ same precision |")
-        print("|---|---|---|---|---|---|---|")
+              "| RSS vs SJ same precision | page faults per train / infer step |")
+        print("|---|---|---|---|---|---|---|---|")
         for v in tr:
             sj = _same_precision_sj(v)
             print(f"| {v} | {tr[v]:.3f} | {tr[sj] / tr[v]:.2f}x | {inf[v]:.3f} | {inf[sj] / inf[v]:.2f}x | "
-                  f"{mem[v]:.0f} | {mem[v] / mem[sj]:.2f} |", flush=True)
+                  f"{mem[v]:.0f} | {mem[v] / mem[sj]:.2f} | {tr_faults[v]:.0f} / {inf_faults[v]:.0f} |", flush=True)
     print()
     print(f"1-min load average at end {os.getloadavg()[0]:.1f}")
 

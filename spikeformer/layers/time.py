@@ -32,6 +32,17 @@ def frame_map(fn, x: torch.Tensor) -> torch.Tensor:
     return seq_apply(fn, x)
 
 
+def materialize(x: torch.Tensor) -> torch.Tensor:
+    """A :func:`time_invariant` ``x`` written out as ``[T, B, ...]`` frames, each laid out as ``x[0]`` is
+    (channels-last frames stay channels-last); any other ``x`` as it is."""
+    if not time_invariant(x):
+        return x
+    fmt = (torch.channels_last if x.dim() == 5 and x[0].is_contiguous(memory_format=torch.channels_last)
+           else torch.contiguous_format)
+    out = torch.empty((x.shape[0] * x.shape[1], *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=fmt)
+    return out.unflatten(0, x.shape[:2]).copy_(x)
+
+
 def shared_step(x: torch.Tensor) -> torch.Tensor:
     """The tensor ``[B, ...]`` that a :func:`time_invariant` ``x`` repeats over T. Where ``x`` is its view base
     expanded, that base itself: autograd then hands the gradient straight to it, where indexing ``x[0]`` would

@@ -197,12 +197,7 @@ def test_exact_path_never_fuses(fused_calls):
     assert calls == []
     spikeformer.layers.use_fast_kernels(m)
     m(torch.randn(8, 3, 32, 32)).sum().backward()  # 16 frames: the 8x8 maps are channels-last (blocks.py)
-    # the SPS stem's BN -> LIF after its first convolution runs unfused: the image repeats over T, so that
-    # BatchNorm runs once per batch (fused_bn._bn_shared_over_time); the stem's four others and the block's six fuse
-    assert len(calls) == 4 + 6
-    calls.clear()
-    m(torch.randn(2, 8, 3, 32, 32)).sum().backward()  # frames that differ over T: all eleven fuse
-    assert len(calls) == 5 + 6
+    assert len(calls) == 5 + 6  # the SPS stem's five BN -> LIF, and six in the block
 
 
 def test_spikformer_fast_step_matches_unfused(monkeypatch):
@@ -261,9 +256,7 @@ def test_spikingformer_qkv_fuse_on_the_fast_path(fused_calls):
     m = Spikingformer("cifar", num_classes=10, embed_dim=64, depth=1, num_heads=4, T=2)
     ref, exact_calls, out = exact_then_fast(m, torch.randn(2, 3, 32, 32), fused_calls)
     assert exact_calls == []  # exact fp32 path
-    # the tokenizer's three BN -> LIF after its first (the image repeats over T: that BatchNorm runs once per batch,
-    # unfused), q, k, v, and the MLP's hidden BN -> LIF
-    assert len(fused_calls) == 3 + 3 + 1
+    assert len(fused_calls) == 4 + 3 + 1  # the tokenizer's four BN -> LIF, q, k, v, and the MLP's hidden BN -> LIF
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
 
 

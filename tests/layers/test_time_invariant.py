@@ -110,6 +110,24 @@ def test_conv_blocks_on_a_static_image_match_the_materialized_frames(with_neuron
     torch.testing.assert_close(bn.running_var, bn2.running_var, rtol=1e-5, atol=1e-6)
 
 
+def test_fusable_bn_neuron_runs_fused_on_the_written_out_frames(monkeypatch):
+    """Conv -> BN -> LIF on a static image: the convolution once per batch, then the fused BatchNorm + neuron kernel
+    on the T*B frames written out (layers/fused_bn.py), as on frames that differ over time."""
+    from spikeformer.layers import fused_bn as BNN
+
+    conv, bn = _pair()
+    lif = neuron_factory("lif", tau=2.0, detach_reset=True)()
+    fused, convs = [], []
+    real = BNN._native.NativeBNNeuron.apply
+    monkeypatch.setattr(BNN._native.NativeBNNeuron, "apply", lambda x, *a: fused.append(x.shape) or real(x, *a))
+    real_conv = conv.forward
+    monkeypatch.setattr(conv, "forward", lambda t: convs.append(t.shape[0]) or real_conv(t))
+    # 40x40: above the size under which a block on NCHW frames runs the exact operations (blocks.small_nchw_block)
+    out = conv_bn_neuron(conv, bn, lif, expand_time(_image(H=40, W=40) * 2, T), fast=True)
+    assert convs == [B] and fused == [(T, B, 8, 40, 40)] and out.shape == (T, B, 8, 40, 40)
+    assert out.stride(0) == out[0].numel()
+
+
 def test_hooks_see_every_frame():
     """A forward hook (firing rates, the energy report) sees the T*B frames as before."""
     conv, bn = _pair()
