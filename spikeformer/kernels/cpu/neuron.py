@@ -109,9 +109,11 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 5 and x[0].is_contiguous(memory_format=torch.channels_last):
         if x.stride(0) == x[0].numel():
             return x
-        # channels-last frames repeated over time (an expanded static batch): copied as channels-last frames
-        out = torch.empty((x.shape[0] * x.shape[1], *x.shape[2:]), dtype=x.dtype, memory_format=torch.channels_last)
-        return out.unflatten(0, x.shape[:2]).copy_(x)
+        if x.stride(0) == 0 and x.shape[0] > 1:
+            # channels-last frames repeated over time (an expanded static batch): copied as channels-last frames
+            out = torch.empty((x.shape[0] * x.shape[1], *x.shape[2:]), dtype=x.dtype,
+                              memory_format=torch.channels_last)
+            return out.unflatten(0, x.shape[:2]).copy_(x)
     return x.contiguous()
 
 
