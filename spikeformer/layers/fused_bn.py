@@ -117,13 +117,14 @@ def bn_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, fuse: Optional[
         if _batch_stats(bn):
             _update_running_stats(bn, mean, var, x.numel() // bn.num_features)
         return s
-    if _want_fuse(bn, x, fuse) and _shared_over_time(bn, x) and not _hooked(neuron):
+    want = _want_fuse(bn, x, fuse)
+    if want and _shared_over_time(bn, x) and not _hooked(neuron):
         if not _static_ok(bn, neuron):
             return neuron(_bn_shared_over_time(bn, x))
         # the fused kernel beats a BatchNorm of the one batch and the neuron apart (Spikformer's stem measured
         # 0.93-1.02x that way): it runs on the frames written out (their statistics are the one batch's)
         x = materialize(x)
-    if not (_want_fuse(bn, x, fuse) and can_fuse(bn, neuron, x)):
+    if not (want and can_fuse(bn, neuron, x)):
         return _unfused(bn, neuron, x)
     return _fused(bn, neuron, x)
 
@@ -143,9 +144,8 @@ def _bn_shared_over_time(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
         y = bn(x0)
     else:
         y, mean, invstd = torch.native_batch_norm(x0, bn.weight, bn.bias, None, None, True, 0.0, bn.eps)
-        if bn.training and bn.track_running_stats:
-            var = invstd.detach().double().pow(-2) - bn.eps  # the biased batch variance
-            _update_running_stats(bn, mean.detach(), var, x.numel() // bn.num_features)
+        var = invstd.detach().double().pow(-2) - bn.eps  # the biased batch variance
+        _update_running_stats(bn, mean.detach(), var, x.numel() // bn.num_features)
     return y.unsqueeze(0).expand(x.shape)
 
 
@@ -165,8 +165,8 @@ def _update_running_stats(bn: nn.Module, mean: torch.Tensor, var: torch.Tensor, 
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)
         f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
-        if (mean.device.type == "cpu" and not torch.compiler.is_compiling() and _native.library() is not None
-                and _native.running_update(bn.running_mean, bn.running_var, mean, var, shift, f, n / (n - 1))):
+        if not torch.compiler.is_compiling() and _native.running_update(bn.running_mean, bn.running_var, mean, var,
+                                                                       shift, f, n / (n - 1)):
             return
         if shift is not None:
             mean = mean + shift

@@ -93,18 +93,10 @@ class BNNeuronFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, bias_left_out, C, eps, spec, surrogate):
         # bias_left_out: a bias the producer of x did not add (layers/fused_bn.py: linear_bn_neuron). The batch
         # mean absorbs it, so the output does not depend on it and its gradient is exactly zero.
-        # One call computes the statistics, the scale and shift (bn_scale_shift's arithmetic) and the spikes: at a
-        # few hundred per training step the per-call cost of separate small tensor operations added up
-        # (QKFormer's last stage: 4 tokens).
-        w, b = _f32(weight), _f32(bias)
-        chan = torch.empty((3, C), dtype=torch.float64)  # mean, biased variance, invstd
-        ab = torch.empty((2, C), dtype=torch.float32)  # BatchNorm as x * a + b
         p = _params(x, None, spec, surrogate)
-        s = torch.empty_like(x)
-        build.library().sf_bn_train_forward(ctypes.byref(p), C, ptr(x), is_bf16(x), ptr(w), ptr(b), float(eps),
-                                            ptr(chan), ptr(ab), ptr(s))
+        s, w, ab, chan = train_forward(x, weight, bias, eps, p)
         ctx.save_for_backward(x, w, ab, chan)
-        ctx.params, ctx.C, ctx.wdtype = p, C, weight.dtype
+        ctx.params, ctx.wdtype = p, weight.dtype
         mean64, var64 = chan[0].clone(), chan[1].clone()
         ctx.mark_non_differentiable(mean64, var64)
         return s, mean64, var64
@@ -114,16 +106,38 @@ class BNNeuronFunction(torch.autograd.Function):
         x, w, ab, chan = ctx.saved_tensors
         p = ctx.params
         p.nthreads = threads()
-        C = ctx.C
-        gs = torch.zeros_like(x) if grad_spikes is None else _like(grad_spikes, x, x.dtype)
-        gx = torch.empty_like(x)
-        gwb = torch.empty((2, C), dtype=torch.float32)
-        build.library().sf_bn_train_backward(ctypes.byref(p), C, ptr(ab), ptr(chan), ptr(w), ptr(x), is_bf16(x),
-                                             ptr(gs), ptr(gx), ptr(gwb))
-        gw = gwb[0].to(ctx.wdtype) if ctx.needs_input_grad[1] else None
-        gb = gwb[1].to(ctx.wdtype) if ctx.needs_input_grad[2] else None
-        g_left = torch.zeros(C, dtype=ctx.wdtype) if ctx.needs_input_grad[3] else None
+        gx, gw, gb = train_backward(grad_spikes, x, w, ab, chan, p, ctx.wdtype)
+        gw = gw if ctx.needs_input_grad[1] else None
+        gb = gb if ctx.needs_input_grad[2] else None
+        g_left = torch.zeros(w.shape[0], dtype=ctx.wdtype) if ctx.needs_input_grad[3] else None
         return gx, gw, gb, g_left, None, None, None, None
+
+
+def train_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, p: Params):
+    """The training-mode forward in one call (statistics, scale and shift with :func:`bn_scale_shift`'s arithmetic,
+    spikes): at a few hundred calls per training step the per-call cost of separate small tensor operations added
+    up (QKFormer's last stage: 4 tokens). Returns ``(spikes, float32 weight, ab [2, C] = (a, b), chan [3, C] float64
+    = (mean, biased variance, invstd))``, what :func:`train_backward` takes."""
+    C = weight.shape[0]
+    w, b = _f32(weight), _f32(bias)
+    chan = torch.empty((3, C), dtype=torch.float64)
+    ab = torch.empty((2, C), dtype=torch.float32)
+    s = torch.empty_like(x)
+    build.library().sf_bn_train_forward(ctypes.byref(p), C, ptr(x), is_bf16(x), ptr(w), ptr(b), float(eps),
+                                        ptr(chan), ptr(ab), ptr(s))
+    return s, w, ab, chan
+
+
+def train_backward(grad_spikes, x: torch.Tensor, w: torch.Tensor, ab: torch.Tensor, chan: torch.Tensor, p: Params,
+                   wdtype: torch.dtype):
+    """``(dL/dx, dL/dweight, dL/dbias)`` of :func:`train_forward` in one call, from what it returned."""
+    C = w.shape[0]
+    gs = torch.zeros_like(x) if grad_spikes is None else _like(grad_spikes, x, x.dtype)
+    gx = torch.empty_like(x)
+    gwb = torch.empty((2, C), dtype=torch.float32)
+    build.library().sf_bn_train_backward(ctypes.byref(p), C, ptr(ab), ptr(chan), ptr(w), ptr(x), is_bf16(x),
+                                         ptr(gs), ptr(gx), ptr(gwb))
+    return gx, gwb[0].to(wdtype), gwb[1].to(wdtype)
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -146,7 +160,8 @@ class NativeBNNeuron:
 
 
 def bn_backward(grad_spikes, x, weight, a, b, mean64, invstd64, p: Params):
-    """``(dL/dx, dL/dweight, dL/dbias)`` of the training-mode BatchNorm + neuron kernel, from its saved tensors."""
+    """``(dL/dx, dL/dweight, dL/dbias)`` of the training-mode BatchNorm + neuron kernel by separate calls and tensor
+    arithmetic: the reference :func:`train_backward` equals bit for bit (tests/layers/test_bn_neuron.py)."""
     C = weight.shape[0]
     gs = torch.zeros_like(x) if grad_spikes is None else _like(grad_spikes, x, x.dtype)
     gx = torch.empty_like(x)

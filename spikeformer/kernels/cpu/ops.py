@@ -141,13 +141,9 @@ def bn_neuron_op(x: Tensor, weight: Tensor, bias: Tensor, bias_left_out: Optiona
     float64. ``bias_left_out`` is a bias the producer of ``x`` did not add: the output does not depend on it."""
     from . import bn_neuron as bb
 
-    C = weight.shape[0]
     p = _neuron_params(hard, v_threshold, v_reset, detach_reset, decay_input, leaky, tau, surrogate, alpha)
-    mean64, var64 = bb.channel_stats(x, C)
-    a, b = bb.bn_scale_shift(weight, bias, mean64, (var64 + eps).rsqrt())
-    s = torch.empty_like(x)
-    build.library().sf_bn_forward(ctypes.byref(bb._params_of(x, p)), C, ptr(a), ptr(b), ptr(x), is_bf16(x), ptr(s))
-    return s, mean64, var64
+    s, _, _, chan = bb.train_forward(x, weight, bias, eps, bb._params_of(x, p))
+    return s, chan[0].clone(), chan[1].clone()
 
 
 @bn_neuron_op.register_fake
@@ -165,9 +161,11 @@ def bn_neuron_backward_op(grad_spikes: Tensor, x: Tensor, weight: Tensor, bias: 
     from . import bn_neuron as bb
 
     p = _neuron_params(hard, v_threshold, v_reset, detach_reset, decay_input, leaky, tau, surrogate, alpha)
-    invstd64 = (var64 + eps).rsqrt()
-    a, b = bb.bn_scale_shift(weight, bias, mean64, invstd64)  # the forward's, bit for bit
-    return bb.bn_backward(grad_spikes, x, weight, a, b, mean64, invstd64, bb._params_of(x, p))
+    invstd64 = (var64 + eps).rsqrt()  # the forward's, bit for bit (1 / sqrt in the kernel)
+    ab = torch.stack(bb.bn_scale_shift(weight, bias, mean64, invstd64))
+    chan = torch.stack((mean64, var64, invstd64))
+    gx, gw, gb = bb.train_backward(grad_spikes, x, bb._f32(weight), ab, chan, bb._params_of(x, p), weight.dtype)
+    return gx, gw.clone(), gb.clone()  # views of one buffer: a custom operator's outputs may not alias
 
 
 @bn_neuron_backward_op.register_fake
