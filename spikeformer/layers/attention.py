@@ -7,6 +7,7 @@ import math
 import torch
 
 from .. import kernels
+from ..kernels.cpu import bf16 as _bf16
 from ..neurons import _native
 
 # Integers of magnitude below these are exact in the dtype (8- and 11-bit significands).
@@ -50,7 +51,8 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     Under autocast (or for bf16/fp16 inputs) the result has the fp32 one's values bit for bit: bf16 holds integers
     only up to 256 (fp16: 2048), and a GEMM's low-precision output would round larger sums. On CPU the products run
     in the low precision (several times faster than fp32 GEMMs there) and are checked: if any output reached the
-    limit they are recomputed in fp32 on the exactly upcast 0/1 spikes; on other devices they run in fp32 directly.
+    limit they are recomputed in fp32 on the exactly upcast 0/1 spikes; on other devices, and on CPUs without bf16
+    instructions (where bf16 products are emulated, far slower than fp32), they run in fp32 directly.
     Checked sums times a power-of-two scale (0.125, 0.25) are exact and stay in the low precision, as before the
     check; otherwise the sums are scaled in fp32 and the result stays fp32 under autocast (the attention neuron
     integrates in fp32 anyway) or is cast back to the inputs' dtype without it. The fp32 path without autocast is
@@ -60,7 +62,9 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     autocast = torch.is_autocast_enabled(dev)
     if not autocast and q.dtype not in _EXACT_BELOW:
         return _products(q, k, v, scale)
-    sums = _low_precision_products(q, k, v) if dev == "cpu" else None
+    low = q.dtype if not autocast else torch.get_autocast_dtype(dev)
+    # low-precision products on CPU, unless they are emulated bf16 there (kernels/cpu/bf16.py): fp32 directly then
+    sums = _low_precision_products(q, k, v) if dev == "cpu" and not (low == torch.bfloat16 and _bf16.emulated()) else None
     if sums is not None and math.frexp(scale)[0] == 0.5:
         return sums * scale  # exact integers times a power of two: exact, and the fp32 result's value
     if sums is None:

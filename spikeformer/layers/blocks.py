@@ -16,7 +16,8 @@ model or engine sets a flag on it.
   ``lif``), for new families.
 
 Every fast kernel falls back by itself to the exact operations where it does not apply (another device or dtype,
-hooks on a module, too many nonzero inputs, no compiler).
+hooks on a module, too many nonzero inputs, no compiler). Under bf16 autocast on a CPU without bf16 instructions a
+block's convolution runs its fp32 kernels on the bf16-rounded frames and weights (``kernels/cpu/bf16.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .fused_bn import _hooked, bn_neuron
 from .linear import TokenLinear
 from .norm import TokenBN
 from .numerics import NumericsAware, wants_fast
-from ..kernels.cpu import winograd
+from ..kernels.cpu import bf16, winograd
 from .sparse import spike_conv3x3, spike_linear
 from .time import seq_apply, shared_step, time_invariant
 
@@ -76,8 +77,8 @@ def _out_pixels(conv: nn.Conv2d, x: torch.Tensor) -> int:
 
 def _fp32_conv_frames(conv: nn.Module, x: torch.Tensor) -> bool:
     # under autocast the weight is cast (copied) at every call anyway, and the fast kernels carry bf16
-    return (x.dim() == 5 and isinstance(conv, nn.Conv2d) and x.dtype == torch.float32
-            and not torch.is_autocast_enabled(x.device.type))
+    # (fp32 products: also bf16 autocast where it is emulated, kernels/cpu/bf16.py)
+    return x.dim() == 5 and isinstance(conv, nn.Conv2d) and bf16.fp32_products(x)
 
 
 def _small_map(conv: nn.Conv2d, x: torch.Tensor) -> bool:
@@ -106,11 +107,16 @@ def small_nchw_block(conv: nn.Conv2d, x: torch.Tensor, max_elements: Optional[in
 def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = False) -> torch.Tensor:
     """``conv`` over frames ``[T, B, C, H, W]``; on the fast path channels-last, over nonzero spikes where that pays
     (small maps: NCHW, see :data:`MIN_CHANNELS_LAST_PIXELS`)."""
-    if not fast:
-        return seq_apply(conv, x)
-    if time_invariant(x) and not _hooked(conv):
+    if fast and time_invariant(x) and not _hooked(conv):
         # a static image repeated over T: one convolution of the batch, expanded over time (a hook sees every frame)
         return conv_frames(conv, shared_step(x).unsqueeze(0), fast, spikes_in).expand(x.shape[0], -1, -1, -1, -1)
+    if type(conv) is nn.Conv2d and not _hooked(conv) and bf16.active(x):
+        # bf16 products emulated on this CPU: this function's fp32 kernels on the bf16-rounded frames and weights
+        with torch.autocast(x.device.type, enabled=False):
+            y = conv_frames(bf16.rounded_module(conv), bf16.rounded(x), fast, spikes_in)
+        return y.to(torch.bfloat16)
+    if not fast:
+        return seq_apply(conv, x)
     if _small_map(conv, x):
         return seq_apply(conv, x.contiguous())
     x = channels_last(x)

@@ -26,16 +26,19 @@ about 2x the dense pair on an AVX2 CPU). Spike counts are split into their 0/1 i
 1; real-valued inputs fall through to the listing and then the dense product. A 3x3 convolution of such spikes whose
 shape lets Winograd pay (``kernels/cpu/winograd.py``: from 96 channels, enough tiles and pixels) runs its forward by
 Winograd instead, 1.1-1.9x the lookups, and on maps of 16x16 and more its weight gradient too.
+
+Under bf16 autocast on a CPU without bf16 instructions both run their fp32 kernels on the bf16-rounded input and
+weights, the result rounded to bf16 (``kernels/cpu/bf16.py``): what autocast computes, at fp32 speed.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 from torch import nn
 
+from ..kernels.cpu import bf16 as _bf16
 from ..kernels.cpu import lut as _lut
 from ..kernels.cpu import sparse as _native_sparse
 from ..kernels.cpu import weights as _weights
@@ -62,13 +65,7 @@ def max_density(dtype: torch.dtype, forward_only: bool = False, conv: bool = Fal
     ``forward_only``: no gradient will be formed (inference), ``conv``: a 3x3 convolution."""
     if dtype == torch.float32:
         return MAX_DENSITY_FP32_FORWARD if forward_only and not conv else MAX_DENSITY_FP32
-    return MAX_DENSITY if _native_bf16() else MAX_DENSITY_EMULATED_BF16
-
-
-@functools.lru_cache(maxsize=None)
-def _native_bf16() -> bool:
-    """Whether this CPU has bf16 GEMM instructions (AVX512-BF16 or AMX); elsewhere oneDNN emulates bf16."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return MAX_DENSITY if _bf16.native() else MAX_DENSITY_EMULATED_BF16
 
 
 def _sampled_density(x2d: torch.Tensor) -> float:
@@ -155,8 +152,15 @@ def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
     if not (x.device.type == "cpu" and weight.device.type == "cpu" and weight.dtype == torch.float32
             and x.dim() >= 2 and x.numel() > 0 and x.shape[-1] == weight.shape[1] and x.is_contiguous()):
         return None
-    x2d = x.view(-1, x.shape[-1])
     bias = linear.bias if with_bias else None
+    if _bf16.active(x):  # bf16 products emulated here: the fp32 kernels on the bf16 values
+        return _bf16.call(lambda xr, w, b: _spike_linear(xr, w, b, max_density), x, weight, bias)
+    return _spike_linear(x, weight, bias, max_density)
+
+
+def _spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  max_density: Optional[float]) -> Optional[torch.Tensor]:
+    x2d = x.view(-1, x.shape[-1])
     d = _lookup_density(x2d, weight, max_density)
     if d is not None and d >= LUT_MIN_DENSITY:
         out = _lut.lut_linear(x2d, weight, bias, torch.float32)
@@ -181,16 +185,23 @@ def spike_conv3x3(conv: nn.Conv2d, x: torch.Tensor,
             and weight.device.type == "cpu" and weight.dtype == torch.float32 and x.shape[1] == weight.shape[1]
             and x.is_contiguous(memory_format=torch.channels_last) and max(x.shape[2:]) < 2 ** 15):
         return None
+    if _bf16.active(x):  # bf16 products emulated here: the fp32 kernels on the bf16 values
+        return _bf16.call(lambda xr, w, b: _spike_conv3x3(xr, w, b, max_density), x, weight, conv.bias)
+    return _spike_conv3x3(x, weight, conv.bias, max_density)
+
+
+def _spike_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   max_density: Optional[float]) -> Optional[torch.Tensor]:
     M, C, H, W = x.shape
     pixels = x.permute(0, 2, 3, 1).view(M * H * W, C)
     d = _lookup_density(pixels, weight, max_density)
     if d is not None and d >= LUT_MIN_DENSITY:
-        out = _lut.lut_conv3x3(x, weight, conv.bias, torch.float32)
+        out = _lut.lut_conv3x3(x, weight, bias, torch.float32)
         if out is not None:
             return out
     found = _nonzeros(pixels, weight, max_density, conv=True, sampled=d)
     if found is None:
         return None
     rows, dtype = found
-    return _native.NativeSparseConv3x3.apply(x, weight, conv.bias, rows, dtype,
+    return _native.NativeSparseConv3x3.apply(x, weight, bias, rows, dtype,
                                              _weights.layout(weight, dtype, "conv3x3"))

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import SpikeformerError
+from ..kernels.cpu import bf16
 from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply, wants_fast
 from ..layers.blocks import conv_bn, conv_bn_neuron, linear_bn, linear_bn_neuron
 from ..layers.masnn import build_attention, official_attention_key
@@ -194,7 +195,7 @@ def _resnet_fast(module: nn.Module, x: torch.Tensor) -> bool:
     fp32 its 3x3 convolutions train faster on NCHW frames on CPU (a channels-last convolution reorders its weight
     and weight gradient at every call), its neuron (rectangular surrogate) has no compiled kernel to fuse with
     BatchNorm, and its firing (about 15 %) is too dense for products over the nonzero spikes to pay."""
-    return wants_fast(module, x) and (x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type))
+    return wants_fast(module, x) and not bf16.fp32_products(x)  # (emulated bf16: fp32 products, kernels/cpu/bf16.py)
 
 
 def _bn(channels: int, weight: float) -> nn.BatchNorm2d:

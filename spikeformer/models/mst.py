@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpikeformerError
+from ..kernels.cpu import bf16
 from ..layers import NumericsAware, expand_time
 from ..layers.init import trunc_normal_
 from ..layers.qcfs import QCFS, check_ratio, mask_spikes
@@ -153,7 +154,7 @@ class WindowAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         q = mask_spikes(self.q_if(q), self.masking_ratio)
         k = mask_spikes(self.k_if(k), self.masking_ratio)
-        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = bf16.matmul(q, k.transpose(-2, -1)) * self.scale
         attn = mask_spikes(self.attn_if(attn), self.masking_ratio)
         v = self.v_if(v)
         bias = self.relative_position_bias_table[self._index(w).view(-1)].view(N, N, -1)
@@ -163,7 +164,7 @@ class WindowAttention(nn.Module):
             attn = attn.view(B_ // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.num_heads, N, N)
         attn = self.attn_drop(self.softmax(attn))
-        x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
+        x = bf16.matmul(attn, v).transpose(1, 2).reshape(B_, N, C)
         x = self.proj_if(self.proj(self.attn_v_if(x)))
         return self.proj_drop(x)
 
@@ -310,7 +311,7 @@ class PatchEmbed(nn.Module):
         pad_b, pad_r = (-x.shape[-2]) % p, (-x.shape[-1]) % p
         if pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
-        x = self.proj(x)
+        x = bf16.forward(self.proj, x)
         H, W = x.shape[-2:]
         return self.proj_if(self.norm(x.flatten(2).transpose(1, 2))), H, W
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpikeformerError
+from ..kernels.cpu import bf16
 from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply, wants_fast
 from ..layers.attention import token_spike_attention
 from ..layers.blocks import bn_neuron, conv_bn, conv_bn_neuron, conv_frames, linear_bn, linear_bn_neuron
@@ -221,7 +222,7 @@ class SDSA(NumericsAware, nn.Module):
                 return t.flatten(3).transpose(-1, -2).reshape(T, B, N, h, C // h).permute(0, 1, 3, 2, 4).contiguous()
 
             q, k, v = heads(q), heads(k), heads(v)
-            y = (q @ (k.transpose(-2, -1) @ v)) * self.scale
+            y = bf16.matmul(q, bf16.matmul(k.transpose(-2, -1), v)) * self.scale
             y = y.transpose(3, 4).reshape(T, B, C, N).contiguous()
             a = self.attn_lif(y).reshape(T, B, C, H, W)
         return seq_apply(self.proj_conv[1], self.proj_conv[0].run(a, fast))

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpikeformerError
+from ..kernels.cpu import bf16
 from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
 from ..layers.blocks import conv_bn_neuron, small_nchw_block
 from ..layers.fused_bn import fusable
@@ -194,11 +195,16 @@ class Attention(NumericsAware, nn.Module):
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        if wants_fast(self, x) and (L >= FUSED_MIN_TOKENS or x.device.type != "cpu"):
-            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        if bf16.active(x):  # bf16 products emulated on this CPU: the fast path's operations in fp32 on bf16 values
+            x = bf16.call(lambda *qkv_: self._attend(*qkv_, fast=True), q, k, v)
         else:
-            x = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
+            x = self._attend(q, k, v, wants_fast(self, x))
         return self.proj(x.transpose(1, 2).reshape(B, L, C))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fast: bool) -> torch.Tensor:
+        if fast and (q.shape[-2] >= FUSED_MIN_TOKENS or q.device.type != "cpu"):
+            return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
 
 
 class Mlp(NumericsAware, nn.Module):
@@ -385,7 +391,7 @@ class Spikeformer(SpikingClassifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` or frames ``[T, B, C, H, W]`` -> sequence-pooled features ``[B, D]``."""
         x, w = self._pool_inputs(self.tokens(x))
-        return torch.matmul(w.transpose(-1, -2), x).squeeze(-2)
+        return bf16.matmul(w.transpose(-1, -2), x).squeeze(-2)
 
     def forward_features_per_step(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled features split by time step, ``[T, B, D]``: step t's share of the weighted sum, times T, so that

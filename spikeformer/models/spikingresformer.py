@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
+from ..kernels.cpu import bf16
 from ..layers.blocks import channels_last, conv_bn
 from ..neurons import ATan, neuron_factory
 from ._base import SpikingClassifier
@@ -91,7 +92,7 @@ def _sparse_pays(conv: nn.Conv2d, s: torch.Tensor) -> bool:
     convolutions have one here (the 3x3 ones are grouped or strided)."""
     if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
         return False
-    if s.dtype != torch.float32 or torch.is_autocast_enabled(s.device.type):
+    if not bf16.fp32_products(s):  # (emulated bf16 autocast has fp32 products: kernels/cpu/bf16.py)
         return True
     return int(torch.count_nonzero(s)) <= _FP32_SPARSE_DENSITY * s.numel()
 
@@ -208,13 +209,13 @@ class DSSA(NumericsAware, nn.Module):
             x = x.reshape(T, B, h, d, -1)  # [T, B, h, d, HW]
 
         scale1 = _inv_sqrt(self._firing_rate("firing_rate_x", x) * (self.dim // self.num_heads))
-        attn = self.activation_attn(torch.matmul(y1t, x) * scale1)  # [T, B, h, L, HW]
+        attn = self.activation_attn(bf16.matmul(y1t, x) * scale1)  # [T, B, h, L, HW]
         scale2 = _inv_sqrt(self._firing_rate("firing_rate_attn", attn) * self.lenth)
         if fast:  # (y2 attn)^T = attn^T y2^T: [T, B, h, HW, d], then channels-last frames
-            out = torch.matmul(attn.transpose(-1, -2), y2.transpose(-1, -2)) * scale2
+            out = bf16.matmul(attn.transpose(-1, -2), y2.transpose(-1, -2)) * scale2
             out = out.transpose(2, 3).reshape(T, B, H, W, C).permute(0, 1, 4, 2, 3)
         else:
-            out = (torch.matmul(y2, attn) * scale2).reshape(T, B, C, H, W)
+            out = (bf16.matmul(y2, attn) * scale2).reshape(T, B, C, H, W)
         out = self.activation_out(out)
         return _conv_bn_spikes(self.Wproj, self.norm_proj, out, fast) + shortcut
 

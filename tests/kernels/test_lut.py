@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeformer.kernels import cpu
-from spikeformer.kernels.cpu import lut
+from spikeformer.kernels.cpu import bf16, lut
 from spikeformer.layers import sparse as SL
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="compiled CPU kernels unavailable")
@@ -174,9 +174,15 @@ def test_layers_choose_lookups_for_dense_fp32_spikes_and_listing_for_sparse(monk
         torch.testing.assert_close(SL.spike_linear(lin, x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
     assert used == ["lut"]  # the sparse input was listed
     assert SL.spike_linear(lin, dense[:64]) is None and used == ["lut"]  # 64 rows: the caller's dense product
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), bf16.emulation(False):
         SL.spike_linear(lin, dense)
-    assert used == ["lut"]  # bf16 compute: no lookups
+    assert used == ["lut"]  # bf16 products (a CPU with bf16 instructions): no lookups
+    with torch.autocast("cpu", dtype=torch.bfloat16), bf16.emulation(True):
+        y16 = SL.spike_linear(lin, dense)
+    # bf16 products emulated: the fp32 lookups on the bf16-rounded weights, the result rounded to bf16
+    assert used == ["lut", "lut"] and y16.dtype == torch.bfloat16
+    ref = F.linear(dense, lin.weight.bfloat16().float(), lin.bias.bfloat16().float())
+    torch.testing.assert_close(y16.float(), ref.bfloat16().float(), rtol=2 ** -8, atol=1e-6)
 
 
 def test_inference_packs_no_transposed_codes_and_a_later_training_call_repacks():

@@ -12,7 +12,7 @@ from torch import nn
 from spikeformer.kernels import cpu
 from spikeformer.kernels.cpu import sparse as cpu_sparse
 from spikeformer.kernels.cpu import lut as cpu_lut
-from spikeformer.kernels.cpu import weights, winograd
+from spikeformer.kernels.cpu import bf16, weights, winograd
 from spikeformer.layers import blocks
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="compiled CPU kernels unavailable")
@@ -95,10 +95,17 @@ def test_the_sparse_and_lookup_convolutions_use_it_in_fp32(monkeypatch):
     assert calls == [g.shape]
     ref = _ref(shape, w, g)
     assert (got.double() - ref).abs().max().item() / ref.abs().max().item() < REL_TOL
-    # bf16 keeps oneDNN's data-gradient convolution
+    # bf16 products on a CPU with bf16 instructions: oneDNN's data-gradient convolution
     calls.clear()
-    got16 = cpu_sparse.conv3x3_input_grad(g.bfloat16(), shape, w.bfloat16())
+    with bf16.emulation(False):
+        got16 = cpu_sparse.conv3x3_input_grad(g.bfloat16(), shape, w.bfloat16())
     assert calls == [] and got16.dtype == torch.bfloat16
+    # bf16 products emulated: Winograd in fp32 on the bf16 values, rounded to bf16
+    with bf16.emulation(True):
+        got16 = cpu_sparse.conv3x3_input_grad(g.bfloat16(), shape, w.bfloat16())
+    assert calls == [g.shape] and got16.dtype == torch.bfloat16
+    ref16 = _ref(shape, w.bfloat16().double(), g.bfloat16().double())
+    assert (got16.double() - ref16).abs().max().item() / ref16.abs().max().item() < 2 ** -8
 
 
 @pytest.mark.parametrize("N,Cin,Cout,H,W,why", [

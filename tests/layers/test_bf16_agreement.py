@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from spikeformer.kernels.cpu import bf16
 from spikeformer.layers import spike_attention
 from spikeformer.layers.attention import _products, _split_heads
 from spikeformer.models.spikformer import Spikformer
@@ -40,10 +41,13 @@ def test_attention_under_autocast_is_exact_below_256(scale):
     q, k, v = (_spikes((4, 2, 3, 64, 32), 0.1, s + 50) for s in range(3))
     ref = spike_attention(q, k, v, scale)
     assert 0 < (ref / scale).max() < 256
-    with torch.autocast("cpu", dtype=BF16):
+    with torch.autocast("cpu", dtype=BF16), bf16.emulation(False):  # a CPU with bf16 products
         out = spike_attention(q.to(BF16), k.to(BF16), v.to(BF16), scale)
     assert out.dtype == (BF16 if scale == 0.125 else torch.float32)
     torch.testing.assert_close(out.float(), ref, atol=0, rtol=0)
+    with torch.autocast("cpu", dtype=BF16), bf16.emulation(True):  # emulated bf16 products: fp32 ones directly
+        out = spike_attention(q.to(BF16), k.to(BF16), v.to(BF16), scale)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
 
 
 def test_attention_without_autocast_keeps_the_input_dtype():

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikeformer.kernels.cpu import bf16
 from spikeformer.layers import fused_bn as BNN
 from spikeformer.layers import sparse as SL
 from spikeformer.neurons import _native
@@ -269,7 +270,9 @@ def _frames(shape, density, seed, dtype=torch.float32):
 @pytest.mark.parametrize("Cin,Cout,bias", [(8, 16, False), (5, 20, True), (24, 200, False), (3, 7, True)])
 def test_spike_conv_equals_conv2d(dtype, Cin, Cout, bias):
     """Forward, input, weight and bias gradients equal nn.Conv2d's (integer data: exact in any summation order),
-    borders (padding) included, for full 16-wide column vectors, vector counts above 12 and single columns."""
+    borders (padding) included, for full 16-wide column vectors, vector counts above 12 and single columns. bf16:
+    PyTorch's own bf16 products on both sides (the route of a CPU with bf16 instructions; see
+    test_spike_conv_emulated_bf16_rounds_fp32_sums for the emulated one)."""
     conv = _int_conv(Cin, Cout, 13, bias)
     x = _frames((3, Cin, 7, 5), 0.06, 14)
     g = torch.randint(-2, 3, (3, Cout, 7, 5)).float().contiguous(memory_format=torch.channels_last)
@@ -277,10 +280,10 @@ def test_spike_conv_equals_conv2d(dtype, Cin, Cout, bias):
     for sparse in (True, False):
         c = copy.deepcopy(conv)
         xi = x.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16), bf16.emulation(False):
             y = SL.spike_conv3x3(c, xi, max_density=1.0) if sparse else c(xi)
-        assert y is not None
-        (y.float() * g).sum().backward()
+            assert y is not None
+            (y.float() * g).sum().backward()
         res.append((y.detach(), xi.grad, c.weight.grad, None if c.bias is None else c.bias.grad))
     (y, gx, gw, gb), (y2, gx2, gw2, gb2) = res
     assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
@@ -288,6 +291,35 @@ def test_spike_conv_equals_conv2d(dtype, Cin, Cout, bias):
     assert torch.equal(gx, gx2)
     assert gw.dtype == torch.float32 and torch.equal(gw, gw2)
     assert (gb is None and gb2 is None) or torch.equal(gb, gb2)
+
+
+@pytest.mark.parametrize("density", [0.06, 0.3], ids=["listed", "lookups"])
+def test_spike_conv_emulated_bf16_rounds_fp32_sums(density, monkeypatch):
+    """Where bf16 products are emulated (a CPU without bf16 instructions), the convolution under bf16 autocast is
+    the fp32 one (exact integer sums here) rounded to bf16: output, input gradient, and the weight and bias
+    gradients rounded to bf16 and back, as autocast's casts round them; sums above 256 do round."""
+    conv = _int_conv(24, 192, 13, True)
+    x = _frames((16, 24, 8, 8), density, 14)
+    x = (x > 0).float().contiguous(memory_format=torch.channels_last)  # 0/1: the lookups' input (1024 rows)
+    g = torch.randint(-2, 3, (16, 192, 8, 8)).float().contiguous(memory_format=torch.channels_last)
+    c32, c16 = copy.deepcopy(conv), copy.deepcopy(conv)
+    x32, x16 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    routes = []
+    for name in ("lut_conv3x3",):
+        real = getattr(SL._lut, name)
+        monkeypatch.setattr(SL._lut, name, lambda *a, real=real: routes.append(a[0].dtype) or real(*a))
+    y32 = F.conv2d(x32, c32.weight, c32.bias, padding=1)
+    (y32 * g).sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16), bf16.emulation(True):
+        y16 = SL.spike_conv3x3(c16, x16)
+        assert y16 is not None
+        (y16.float() * g).sum().backward()
+    assert routes == ([torch.float32] if density > 0.12 else [])  # the fp32 lookups on the bf16 values
+    assert y16.dtype == torch.bfloat16 and torch.equal(y16, y32.detach().bfloat16())
+    assert x32.grad.abs().max() > 256  # some input gradients are rounded
+    assert torch.equal(x16.grad, x32.grad.bfloat16().float())
+    assert torch.equal(c16.weight.grad, c32.weight.grad.bfloat16().float())
+    assert torch.equal(c16.bias.grad, c32.bias.grad.bfloat16().float())
 
 
 def test_spike_conv_random_weights_within_rounding():

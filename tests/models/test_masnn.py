@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikeformer
 from spikeformer.errors import SpikeformerError
+from spikeformer.kernels.cpu import bf16
 from spikeformer.layers import set_numerics
 from spikeformer.models._base import SpikingClassifier
 from spikeformer.layers.masnn import CA, CSA, SA, TA, TCA, TCSA, TSA, build_attention
@@ -428,10 +429,21 @@ def test_resnet_exact_and_fast_numerics():
     # fp32: NCHW frames on the fast path too (channels-last convolutions train slower for these shapes on CPU)
     assert {c[0] for c in fast_ops.convs if c[1] > 1} <= {"nchw", "either"}
     torch.testing.assert_close(y_fast, y_exact, rtol=0, atol=1e-4)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), OpLog() as bf16_ops:
-        y_bf16 = model(x[:1])  # reduced precision: the blocks' channels-last fast path
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), bf16.emulation(False), OpLog() as bf16_ops:
+        y_bf16 = model(x[:1])  # bf16 products (a CPU with bf16 instructions): the blocks' channels-last fast path
     assert {c[0] for c in bf16_ops.convs if c[1] > 1} <= {"channels_last", "either"}
     assert "channels_last" in {c[0] for c in bf16_ops.convs} and torch.isfinite(y_bf16).all()
+    # bf16 products emulated: the fp32 fast path's convolutions (NCHW here) on the bf16 values, none in bf16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), bf16.emulation(True), OpLog() as emu_ops:
+        y_emu = model(x[:1])
+    with torch.no_grad(), OpLog() as fp32_ops:
+        model(x[:1])
+    def nchw(convs):  # the stem's input, a static image repeated over T, is a strided view in fp32 ("other")
+        return [("nchw" if c[0] == "other" else c[0], c[1]) for c in convs if c[1] > 1]
+
+    assert nchw(emu_ops.convs) == nchw(fp32_ops.convs) and len(emu_ops.convs) == len(fp32_ops.convs)
+    assert "channels_last" not in {c[0] for c in emu_ops.convs}
+    assert y_emu.dtype == torch.bfloat16 and torch.isfinite(y_emu).all()
 
 
 @pytest.mark.parametrize("which", ["gesture", "resnet"])

@@ -10,7 +10,7 @@ import ctypes
 import torch
 
 from ..torch import attention as torch_attention
-from . import build, ops
+from . import bf16, build, ops
 from .build import is_bf16, ptr, threads
 
 ATTENTION_HEAD_DIMS = (16, 32, 64)  # head dims the compiled attention kernel is built for
@@ -59,6 +59,7 @@ class SpikeAttentionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, grad_out):
         q, k, v = ctx.saved_tensors
         return attention_backward(grad_out, q, k, v, ctx.heads, ctx.scale) + (None, None)

@@ -18,7 +18,7 @@ import torch
 
 from ..params import NeuronParams, surrogate_kind
 from ..torch import bn_neuron as torch_bn_neuron
-from . import build, ops
+from . import bf16, build, ops
 from .build import is_bf16, ptr, threads
 from .neuron import SURROGATES, Params, _like, _params, params
 
@@ -102,6 +102,7 @@ class BNNeuronFunction(torch.autograd.Function):
         return s, mean64, var64
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, grad_spikes, _gm, _gv):
         x, w, ab, chan = ctx.saved_tensors
         p = ctx.params

@@ -11,8 +11,9 @@ no longer equal the uninterrupted one. So the choice is never made by the clock 
 is ``blas`` (the default: ``F.linear``, bit for bit), ``onednn``, or ``auto``, which measures once per process
 (:func:`_measure_onednn`, a few hundred ms at the first fp32 call: the two GEMMs on a ``[4096, 384] x [384, 1536]``
 product, alternating, best of three) and keeps the faster, at the price of that reproducibility. Results equal
-``F.linear`` within fp32 rounding: only the summation order differs. Anything other than fp32 CPU tensors outside
-autocast (bf16 autocast already goes to oneDNN, CUDA, builds without mkldnn) takes plain ``F.linear``.
+``F.linear`` within fp32 rounding: only the summation order differs. Under bf16 autocast on a CPU without bf16
+instructions the product runs in fp32 on the bf16 values (:mod:`.bf16`); anything else other than fp32 CPU tensors
+outside autocast (bf16 autocast on CPUs with bf16 GEMMs, CUDA, builds without mkldnn) takes plain ``F.linear``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import SpikeformerError
+from . import bf16
 
 _dnnl = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 _choice: Optional[bool] = None
@@ -84,6 +86,7 @@ class _DnnlLinear(torch.autograd.Function):
         return _mm(x2d, weight, bias)
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, g):
         x2d, weight = ctx.saved_tensors
         g = g.contiguous()
@@ -108,6 +111,8 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for ``x [..., in]``, through oneDNN when that applies."""
+    if bf16.active(x):
+        return bf16.call(linear, x, weight, bias)
     if not _usable(x, weight):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from . import build, weights, winograd
+from . import bf16, build, weights, winograd
 from .build import is_bf16, ptr, threads
 from .sparse import conv3x3_input_grad
 
@@ -119,6 +119,7 @@ class NativeLutLinear(torch.autograd.Function):
         return out
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, g):
         (w,) = ctx.saved_tensors
         g = g.float().contiguous()
@@ -158,6 +159,7 @@ class NativeLutConv3x3(torch.autograd.Function):
         return out
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, g):
         (w,) = ctx.saved_tensors
         M, Cin, H, W = ctx.shape

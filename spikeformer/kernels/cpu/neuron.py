@@ -15,7 +15,7 @@ import torch
 
 from ..params import NeuronParams, ResetMode, SurrogateKind, surrogate_kind
 from ..torch import neuron as torch_neuron
-from . import build, ops
+from . import bf16, build, ops
 from .build import is_bf16, ptr, threads
 
 
@@ -186,6 +186,7 @@ class MultiStepFunction(torch.autograd.Function):
         return s, v_last
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, grad_spikes, grad_v_last):
         x, v0c = ctx.saved_tensors
         p = ctx.params

@@ -13,7 +13,7 @@ import ctypes
 import torch
 
 from ..torch import pool as torch_pool
-from . import build, ops
+from . import bf16, build, ops
 from .build import is_bf16, ptr, threads
 
 _sig = (None, [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int])
@@ -51,6 +51,7 @@ class MaxPoolFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, gy):
         (idx,) = ctx.saved_tensors
         return pool_backward(gy, idx, ctx.in_shape)

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ..torch import sparse as torch_sparse
-from . import build, weights, winograd
+from . import bf16, build, weights, winograd
 from .build import is_bf16, ptr, threads
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -66,7 +66,8 @@ class NativeSparseLinear(torch.autograd.Function):
     zeros. ``weight`` and ``bias`` are fp32 parameters; ``dtype`` is the compute dtype (bf16 under autocast: weight
     and bias are rounded to it first, as autocast's GEMM sees them, and the output is rounded to it). Sums are fp32
     and start from the bias, so for spikes the output differs from a dense GEMM's only by the order of the sums.
-    Backward: ``dL/dx = g @ weight`` dense (BLAS, in ``dtype``), ``dL/dW = g^T x`` over the nonzeros and
+    Backward: ``dL/dx = g @ weight`` dense (BLAS, in ``dtype``; fp32 sums of the bf16 values where bf16 products are
+    emulated, :mod:`.bf16`), ``dL/dW = g^T x`` over the nonzeros and
     ``dL/db = sum g``, both fp32. Saves the nonzeros, not ``x``."""
 
     @staticmethod
@@ -82,10 +83,11 @@ class NativeSparseLinear(torch.autograd.Function):
         return out
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, g):
         (w,) = ctx.saved_tensors
         g = g.to(ctx.dtype).contiguous()
-        gx = g.mm(w) if ctx.needs_input_grad[0] else None
+        gx = bf16.mm(g, w) if ctx.needs_input_grad[0] else None
         gw = gb = None
         if ctx.needs_input_grad[1]:
             R, K = ctx.shape
@@ -100,7 +102,10 @@ class NativeSparseLinear(torch.autograd.Function):
 def conv3x3_input_grad(g: torch.Tensor, shape: torch.Size, w: torch.Tensor) -> torch.Tensor:
     """``dL/dx`` of a 3x3 convolution (stride 1, padding 1) with weight ``w`` for the output gradient ``g`` (both
     channels-last, in ``w``'s dtype), channels-last ``shape``: Winograd F(4x4, 3x3) in fp32 where it pays
-    (``winograd.py``), else oneDNN's data-gradient convolution."""
+    (``winograd.py``), else oneDNN's data-gradient convolution. bf16 where bf16 products are emulated
+    (:mod:`.bf16`): the same in fp32 on the bf16 values, rounded to bf16."""
+    if g.dtype == torch.bfloat16 and w.dtype == torch.bfloat16 and bf16.emulated():
+        return conv3x3_input_grad(g.float(), shape, w.float()).to(torch.bfloat16)
     if g.dtype == torch.float32:
         gx = winograd.conv3x3_input_grad(g, shape, w)
         if gx is not None:
@@ -133,6 +138,7 @@ class NativeSparseConv3x3(torch.autograd.Function):
         return out
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, g):
         (w,) = ctx.saved_tensors
         M, Cin, H, W = ctx.shape

@@ -25,7 +25,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from . import build, weights
+from . import bf16, build, weights
 from .build import ptr, threads
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -228,6 +228,7 @@ class Conv3x3Winograd(torch.autograd.Function):
         return torch.nn.functional.conv2d(x, weight, bias, padding=1)
 
     @staticmethod
+    @bf16.autocast_free
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         N, Cin, H, W = x.shape
