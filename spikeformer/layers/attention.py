@@ -62,9 +62,9 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     autocast = torch.is_autocast_enabled(dev)
     if not autocast and q.dtype not in _EXACT_BELOW:
         return _products(q, k, v, scale)
-    low = q.dtype if not autocast else torch.get_autocast_dtype(dev)
-    # low-precision products on CPU, unless they are emulated bf16 there (kernels/cpu/bf16.py): fp32 directly then
-    sums = _low_precision_products(q, k, v) if dev == "cpu" and not (low == torch.bfloat16 and _bf16.emulated()) else None
+    low = torch.get_autocast_dtype(dev) if autocast else q.dtype
+    emulated = low == torch.bfloat16 and _bf16.emulated()  # (kernels/cpu/bf16.py): fp32 products directly then
+    sums = _low_precision_products(q, k, v) if dev == "cpu" and not emulated else None
     if sums is not None and math.frexp(scale)[0] == 0.5:
         return sums * scale  # exact integers times a power of two: exact, and the fp32 result's value
     if sums is None:

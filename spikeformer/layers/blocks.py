@@ -76,8 +76,8 @@ def _out_pixels(conv: nn.Conv2d, x: torch.Tensor) -> int:
 
 
 def _fp32_conv_frames(conv: nn.Module, x: torch.Tensor) -> bool:
-    # under autocast the weight is cast (copied) at every call anyway, and the fast kernels carry bf16
-    # (fp32 products: also bf16 autocast where it is emulated, kernels/cpu/bf16.py)
+    # fp32 products: fp32 frames outside autocast, or bf16 autocast where it is emulated (kernels/cpu/bf16.py); under
+    # native bf16 autocast the weight is cast (copied) at every call anyway, and the fast kernels carry bf16
     return x.dim() == 5 and isinstance(conv, nn.Conv2d) and bf16.fp32_products(x)
 
 
@@ -112,9 +112,7 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
         return conv_frames(conv, shared_step(x).unsqueeze(0), fast, spikes_in).expand(x.shape[0], -1, -1, -1, -1)
     if type(conv) is nn.Conv2d and not _hooked(conv) and bf16.active(x):
         # bf16 products emulated on this CPU: this function's fp32 kernels on the bf16-rounded frames and weights
-        with torch.autocast(x.device.type, enabled=False):
-            y = conv_frames(bf16.rounded_module(conv), bf16.rounded(x), fast, spikes_in)
-        return y.to(torch.bfloat16)
+        return bf16.call_module(lambda c, xr: conv_frames(c, xr, fast, spikes_in), conv, x)
     if not fast:
         return seq_apply(conv, x)
     if _small_map(conv, x):
@@ -137,6 +135,15 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
     y = seq_apply(conv, x)
     # a 1-channel input is both NCHW- and channels-last-contiguous, and oneDNN then returns NCHW: fix the layout once
     return channels_last(y)
+
+
+def module_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)`` for a convolution or Linear a family calls directly; under bf16 autocast where bf16 products are
+    emulated (``kernels/cpu/bf16.py``) and nothing hooks ``m``, its fp32 forward on the bf16-rounded input and
+    parameters, the result in bf16."""
+    if bf16.active(x) and not _hooked(m):
+        return bf16.call_module(lambda c, xr: c(xr), m, x)
+    return m(x)
 
 
 def _pointwise(conv: nn.Conv2d) -> bool:

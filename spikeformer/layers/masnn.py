@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import SpikeformerError
-from ..kernels.cpu import bf16
+from .blocks import module_forward
 
 
 def _hidden(n: int, ratio: int, what: str) -> int:
@@ -94,7 +94,7 @@ class SpatialGate(nn.Module):
             )
         flat = x.transpose(0, 1).flatten(1, 2)  # [B, T*C, H, W]
         pooled = torch.stack([flat.mean(1), flat.max(1).values], 1)  # [B, 2, H, W]
-        return torch.sigmoid(bf16.forward(self.conv, pooled)).unsqueeze(0)
+        return torch.sigmoid(module_forward(self.conv, pooled)).unsqueeze(0)
 
 
 class MultiDimAttention(nn.Module):

@@ -43,6 +43,7 @@ from torch import nn
 from ..errors import SpikeformerError
 from ..kernels.cpu import bf16
 from ..layers import NumericsAware, expand_time
+from ..layers.blocks import module_forward
 from ..layers.init import trunc_normal_
 from ..layers.qcfs import QCFS, check_ratio, mask_spikes
 from ._base import SpikingClassifier
@@ -311,7 +312,7 @@ class PatchEmbed(nn.Module):
         pad_b, pad_r = (-x.shape[-2]) % p, (-x.shape[-1]) % p
         if pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
-        x = bf16.forward(self.proj, x)
+        x = module_forward(self.proj, x)
         H, W = x.shape[-2:]
         return self.proj_if(self.norm(x.flatten(2).transpose(1, 2))), H, W
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..errors import SpikeformerError
 from ..kernels.cpu import bf16
+from ..layers.blocks import module_forward
 from ..layers.numerics import NumericsAware, wants_fast
 from .registry import cfg, register_model
 
@@ -69,10 +70,9 @@ class OverlapPatchEmbed(NumericsAware, nn.Module):
         k, s, p = self.kernel, self.stride, self.padding
         if wants_fast(self, x):
             w = self.proj.weight.view(self.proj.out_channels, C, k, k)
-            return bf16.call(lambda x_, w_, b_: F.conv2d(x_, w_, b_, stride=s, padding=p), x, w, self.proj.bias) \
-                if bf16.active(x) else F.conv2d(x, w, self.proj.bias, stride=s, padding=p)
+            return bf16.apply(lambda x_, w_, b_: F.conv2d(x_, w_, b_, stride=s, padding=p), x, w, self.proj.bias)
         h, w = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-        return bf16.forward(self.proj, F.unfold(x, k, stride=s, padding=p).view(B, C * k * k, h, w))
+        return module_forward(self.proj, F.unfold(x, k, stride=s, padding=p).view(B, C * k * k, h, w))
 
 
 class EfficientSelfAttention(NumericsAware, nn.Module):
@@ -93,7 +93,7 @@ class EfficientSelfAttention(NumericsAware, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         heads = self.heads
-        q, k, v = (bf16.forward(self.to_q, x), *bf16.forward(self.to_kv, x).chunk(2, dim=1))
+        q, k, v = (module_forward(self.to_q, x), *module_forward(self.to_kv, x).chunk(2, dim=1))
         # einops' 'b (h c) x y -> (b h) (x y) c' step by step: k and v are chunks of one tensor, so the last reshape
         # copies, and the copy's layout decides which GEMM kernel (and rounding) the products get
         q, k, v = (t.reshape(B, heads, C // heads, *t.shape[-2:]).permute(0, 1, 3, 4, 2)
@@ -106,7 +106,7 @@ class EfficientSelfAttention(NumericsAware, nn.Module):
             attn = (torch.einsum("b i d, b j d -> b i j", q, k) * self.scale).softmax(dim=-1)
             out = torch.einsum("b i j, b j d -> b i d", attn, v)
         out = out.transpose(1, 2).reshape(B, C, H, W)
-        return self.act(bf16.forward(self.proj, out))
+        return self.act(module_forward(self.proj, out))
 
 
 class MixFFN(nn.Module):
@@ -122,10 +122,10 @@ class MixFFN(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(bf16.forward(self.fc1, x))
-        x = self.act(bf16.forward(self.dw, x))
-        x = self.act(bf16.forward(self.pw, x))
-        return self.act(bf16.forward(self.fc2, x))
+        x = self.act(module_forward(self.fc1, x))
+        x = self.act(module_forward(self.dw, x))
+        x = self.act(module_forward(self.pw, x))
+        return self.act(module_forward(self.fc2, x))
 
 
 class Block(nn.Module):
@@ -222,7 +222,7 @@ class SpikeFormerRecon(NumericsAware, nn.Module):
         if x.shape[-2] % MULTIPLE or x.shape[-1] % MULTIPLE:
             raise SpikeformerError(f"height and width must be multiples of {MULTIPLE}, got {tuple(x.shape[-2:])}; "
                                    "prepare_spikes() pads them")
-        x = self.enlarge(self.stem_act(bf16.forward(self.stem, x)))
+        x = self.enlarge(self.stem_act(module_forward(self.stem, x)))
         outs = []
         for stage in self.stages:
             x = stage(x)
@@ -230,9 +230,9 @@ class SpikeFormerRecon(NumericsAware, nn.Module):
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = [self.fuse_act(F.pixel_shuffle(bf16.forward(conv, o), 2 ** i))
+        fused = [self.fuse_act(F.pixel_shuffle(module_forward(conv, o), 2 ** i))
                  for i, (o, conv) in enumerate(zip(self.forward_stages(x), self.fuse))]
-        return bf16.forward(self.head_fc2, self.head_act(bf16.forward(self.head_fc1, torch.cat(fused, dim=1))))
+        return module_forward(self.head_fc2, self.head_act(module_forward(self.head_fc1, torch.cat(fused, dim=1))))
 
     def forward_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
         """Spike windows ``[B, T, H, W]`` of 0/1 (any H, W) -> the output ``[B, out_chans, H, W]`` in the [-1, 1]

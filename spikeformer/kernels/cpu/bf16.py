@@ -87,10 +87,15 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.mm(b)
 
 
+def apply(fn: Callable[..., torch.Tensor], x: torch.Tensor, *params: Optional[torch.Tensor]) -> torch.Tensor:
+    """``fn(x, *params)``; where a bf16 product would be emulated (:func:`active`), computed as :func:`call` does
+    (fp32 sums of the bf16 values, the result in bf16)."""
+    return call(fn, x, *params) if active(x) else fn(x, *params)
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.matmul(a, b)``; where a bf16 product would be emulated (:func:`active`), computed as :func:`call`
-    does (fp32 sums of the bf16 values, the result in bf16)."""
-    return call(torch.matmul, a, b) if active(a) else torch.matmul(a, b)
+    """``torch.matmul(a, b)`` through :func:`apply`."""
+    return apply(torch.matmul, a, b)
 
 
 def rounded_module(m: torch.nn.Module) -> torch.nn.Module:
@@ -103,13 +108,13 @@ def rounded_module(m: torch.nn.Module) -> torch.nn.Module:
     return c
 
 
-def forward(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``m(x)`` for a convolution or Linear ``m``; where a bf16 product would be emulated (:func:`active`) and ``m``
-    has no hooks, its fp32 forward on the bf16-rounded input and parameters, the result in bf16."""
-    if not active(x) or m._forward_hooks or m._forward_pre_hooks:
-        return m(x)
+def call_module(fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor], m: torch.nn.Module,
+                x: torch.Tensor) -> torch.Tensor:
+    """``fn(m, x)`` as bf16 autocast would compute it, on fp32 kernels: ``fn`` gets :func:`rounded_module` of ``m``
+    and the rounded ``x``, runs with autocast off, and its result is rounded to bf16 (:func:`call` for a module's
+    parameters). The caller checks :func:`active` and that nothing observes ``m`` (hooks would see the copy)."""
     with torch.autocast("cpu", enabled=False):
-        y = rounded_module(m)(rounded(x))
+        y = fn(rounded_module(m), rounded(x))
     return y.to(torch.bfloat16)
 
 
