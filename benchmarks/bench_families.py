@@ -43,6 +43,9 @@ FAMILIES = {
 }
 
 
+OPTIMIZER = "fused"  # set from --optimizer
+
+
 def build_sj(kind: str, T: int, classes: int):
     from spikingjelly.activation_based.model import spike_driven_transformer as sdt
     from spikingjelly.activation_based.model import spikformer
@@ -87,7 +90,9 @@ def make_step(model, bf16: bool, is_sj: bool, x, y, train: bool):
 
     if train:
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        # the trainer's AdamW (engine/train.py: fused where the parameters allow it), the same for every variant;
+        # --optimizer loop: PyTorch's default loop of per-tensor operations on CPU
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=OPTIMIZER == "fused")
 
         def step():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -189,7 +194,8 @@ def memory(family: str, a) -> dict:
         if v.split()[-1] not in a.precisions:
             continue
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--family", family, "--variant", v,
-               "--batch", str(a.batch), "--T", str(a.T), "--threads", str(a.threads), "--mem-steps", str(a.mem_steps)]
+               "--batch", str(a.batch), "--T", str(a.T), "--threads", str(a.threads), "--mem-steps", str(a.mem_steps),
+               "--optimizer", a.optimizer]
         p = subprocess.run(cmd, capture_output=True, text=True)
         out[v] = json.loads(p.stdout.strip().splitlines()[-1])["peak_rss_mb"] if p.returncode == 0 else float("nan")
         if p.returncode != 0:
@@ -213,6 +219,8 @@ def main() -> None:
     ap.add_argument("--mem-steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--optimizer", default="fused", choices=["fused", "loop"],
+                    help="AdamW of every variant: fused (as `spikeformer train` builds it) or PyTorch's CPU default loop")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                     help="on CPUs without native bf16 (no AVX512-BF16/AMX) SpikingJelly's bf16 steps take PyTorch's "
                          "scalar bf16 path (minutes per step at batch 32); ours compute in fp32 there "
@@ -221,6 +229,8 @@ def main() -> None:
     ap.add_argument("--family", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global OPTIMIZER
+    OPTIMIZER = a.optimizer
     if a.child:
         print(json.dumps(child_memory(a)))
         return
@@ -234,7 +244,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{a.threads} threads; batch {a.batch}, T={a.T}; medians of {a.rounds} alternating rounds after {a.warmup} "
           f"warm-up rounds, all variants in one process"
-          f"{', the order reversed every other round' if a.alternate else ''}; "
+          f"{', the order reversed every other round' if a.alternate else ''}; {a.optimizer} AdamW; "
           f"1-min load average at start {os.getloadavg()[0]:.1f}")
     for family in a.families:
         name = FAMILIES[family][0]

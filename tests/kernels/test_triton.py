@@ -166,7 +166,12 @@ def test_neuron_hands_other_calls_to_the_reference(monkeypatch):
         s, v = TK.neuron.neuron(xx, None, None, spec, sur)
         s_ref, v_ref = NF.multi_step(xx, spec, sur, impl="reference")
         (g,), (g_ref,) = torch.autograd.grad(s.sum(), xx), torch.autograd.grad(s_ref.sum(), xx)
-        assert torch.equal(s, s_ref) and torch.equal(v, v_ref) and torch.equal(g, g_ref)
+        assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
+        # the PyTorch kernel's BPTT and the functional reference's evaluate the user's surrogate in other orders:
+        # an ulp apart in float32 on some CPUs (5 of 200 here), so the gradient is compared to a few ulps
+        tol = 4 * torch.finfo(xx.dtype).eps
+        torch.testing.assert_close(g, g_ref, rtol=tol, atol=tol * g_ref.abs().max().item())
+        assert (g != 0).sum() > 100  # the surrogate's gradient reached the input
     assert calls == []
 
 

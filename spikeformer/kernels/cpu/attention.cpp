@@ -148,9 +148,95 @@ inline void transpose_sq(int64_t d, const float* a, float* at) {
     for (int64_t j = 0; j < d; ++j) at[j * d + i] = a[i * d + j];
 }
 
+// Heads with few tokens (2 N <= d: QKFormer's last stage at 32x32 has 4 tokens of d = 64) go through the [N, N]
+// matrix S = Q K^T instead: (Q K^T) V costs 2 N^2 d multiply-adds where Q (K^T V) costs 2 N d^2, and the backward
+// 5 N^2 d against 5 N d^2. For 0/1 spikes the forward's values are the same small integers (exact in any order);
+// the gradients differ from the K^T V order's by fp32 summation order only.
+inline bool few_tokens(int64_t N, int D) { return 2 * N <= D; }
+
+// s[i * N + j] = a_i . b_j for the rows a_i, b_j of D floats
+template <int D>
+inline void row_dots(int64_t N, const float* a, const float* b, float* s) {
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      const float* __restrict ai = a + i * D;
+      const float* __restrict bj = b + j * D;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int d = 0; d < D; ++d) acc += ai[d] * bj[d];
+      s[i * N + j] = acc;
+    }
+}
+
+// c_i = sum_j A(i, j) b_j for i, j < N, with A(i, j) = a[i * ai + j * aj]; b, c rows of D floats
+template <int D>
+inline void row_combine(int64_t N, const float* a, int64_t ai, int64_t aj, const float* b, float* c) {
+  for (int64_t i = 0; i < N; ++i) {
+    float acc[D];
+    for (int d = 0; d < D; ++d) acc[d] = 0.0f;
+    for (int64_t j = 0; j < N; ++j) {
+      const float w = a[i * ai + j * aj];
+      const float* __restrict bj = b + j * D;
+#pragma omp simd
+      for (int d = 0; d < D; ++d) acc[d] = madd(w, bj[d], acc[d]);
+    }
+    for (int d = 0; d < D; ++d) c[i * D + d] = acc[d];
+  }
+}
+
+template <typename X, int D>
+void attn_fwd_few(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k, const X* v, float scale,
+                  float* out, int nthreads) {
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * H > 1)
+  {
+    std::vector<float> qh(N * D), kh(N * D), vh(N * D), o(N * D), S(N * N);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < M * H; ++task) {
+      const int64_t off = (task / H) * N * C + (task % H) * D;
+      load_head(N, C, D, q + off, qh.data());
+      load_head(N, C, D, k + off, kh.data());
+      load_head(N, C, D, v + off, vh.data());
+      row_dots<D>(N, qh.data(), kh.data(), S.data());                  // S = Q K^T
+      row_combine<D>(N, S.data(), N, 1, vh.data(), o.data());          // S V
+      for (int64_t n = 0; n < N; ++n) {
+        float* __restrict orow = out + off + n * C;
+#pragma omp simd
+        for (int j = 0; j < D; ++j) orow[j] = o[n * D + j] * scale;
+      }
+    }
+  }
+}
+
+template <typename X, int D>
+void attn_bwd_few(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k, const X* v, float scale,
+                  const float* go, X* gq, X* gk, X* gv, int nthreads) {
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * H > 1)
+  {
+    std::vector<float> qh(N * D), kh(N * D), vh(N * D), g(N * D), r(N * D), S(N * N), dS(N * N);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < M * H; ++task) {
+      const int64_t off = (task / H) * N * C + (task % H) * D;
+      load_head(N, C, D, q + off, qh.data());
+      load_head(N, C, D, k + off, kh.data());
+      load_head(N, C, D, v + off, vh.data());
+      for (int64_t n = 0; n < N; ++n)
+        for (int j = 0; j < D; ++j) g[n * D + j] = go[off + n * C + j] * scale;  // dL/d(S V)
+      row_dots<D>(N, qh.data(), kh.data(), S.data());                  // S = Q K^T
+      row_dots<D>(N, g.data(), vh.data(), dS.data());                  // dS = G V^T
+      row_combine<D>(N, S.data(), 1, N, g.data(), r.data());           // dV = S^T G
+      store_head(N, C, D, r.data(), gv + off);
+      row_combine<D>(N, dS.data(), N, 1, kh.data(), r.data());         // dQ = dS K
+      store_head(N, C, D, r.data(), gq + off);
+      row_combine<D>(N, dS.data(), 1, N, qh.data(), r.data());         // dK = dS^T Q
+      store_head(N, C, D, r.data(), gk + off);
+    }
+  }
+}
+
 template <typename X, int D>
 void attn_fwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k, const X* v, float scale,
               float* out, int mode, int nthreads) {
+  if (few_tokens(N, D)) return attn_fwd_few<X, D>(M, N, C, H, q, k, v, scale, out, nthreads);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * H > 1)
   {
     Head h(N, D);
@@ -173,6 +259,7 @@ void attn_fwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k
 template <typename X, int D>
 void attn_bwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k, const X* v, float scale,
               const float* go, X* gq, X* gk, X* gv, int mode, int nthreads) {
+  if (few_tokens(N, D)) return attn_bwd_few<X, D>(M, N, C, H, q, k, v, scale, go, gq, gk, gv, nthreads);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * H > 1)
   {
     Head h(N, D);
