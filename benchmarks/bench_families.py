@@ -101,8 +101,6 @@ def make_step(model, bf16: bool, is_sj: bool, x, y, train: bool):
             loss.backward()
             opt.step()
             if is_sj:
-                from spikingjelly.activation_based import functional as sjf
-
                 sjf.reset_net(model)
     else:
         def step():
@@ -110,8 +108,6 @@ def make_step(model, bf16: bool, is_sj: bool, x, y, train: bool):
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 _logits(model(x), is_sj)
             if is_sj:
-                from spikingjelly.activation_based import functional as sjf
-
                 sjf.reset_net(model)
     return step
 

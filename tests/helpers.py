@@ -41,3 +41,21 @@ def exact_then_fast(model, x, calls: list):
     exact_calls = list(calls)
     spikeformer.layers.use_fast_kernels(model)
     return ref, exact_calls, model(x)
+
+
+def golden_for_this_cpu(path):
+    """``(file, recorded_here)``: the golden ``path``, or its sibling recorded on a CPU of this machine's kind.
+
+    A float network's outputs (the official code's and ours alike: same operations, same bits on one machine) change
+    in the last bits between PyTorch's AVX2 and AVX512 kernels, so the goldens of float models are recorded once per
+    kind: ``<name>.safetensors`` on AVX2, ``<name>_avx512.safetensors`` on AVX512 (the ``_make_golden.py`` script of
+    the file, run on such a machine, with ``--out``). ``recorded_here`` is False when this kind has none (then only
+    comparisons up to rounding can use the file)."""
+    import torch
+
+    path = Path(path)
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap == "AVX2":
+        return path, True
+    other = path.with_name(f"{path.stem}_{cap.lower()}{path.suffix}")
+    return (other, True) if other.exists() else (path, False)

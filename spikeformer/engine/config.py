@@ -143,14 +143,35 @@ def parse_sets(pairs: Iterable[str]) -> dict:
 
 
 def build_config(config_file: str | None = None, sets: Iterable[str] = (), **cli: Any) -> dict:
-    """Defaults <- config file <- CLI flags (those not None) <- ``--set`` pairs."""
+    """Defaults <- the model's own recipe (for the keys none of the rest sets) <- config file <- CLI flags (those not
+    None) <- ``--set`` pairs."""
     cfg = copy.deepcopy(DEFAULTS)
+    layers = []
     if config_file:
-        merge(cfg, load_config_file(config_file), str(config_file))
-    merge(cfg, {k: v for k, v in cli.items() if v is not None}, "the command line")
-    merge(cfg, parse_sets(sets), "--set")
+        layers.append((load_config_file(config_file), str(config_file)))
+    layers.append(({k: v for k, v in cli.items() if v is not None}, "the command line"))
+    layers.append((parse_sets(sets), "--set"))
+    for updates, source in layers:
+        merge(cfg, updates, source)
+    given = {key.partition(".")[0] for updates, _ in layers for key in updates}
+    for key, value in model_recipe(cfg).items():
+        if key not in given:
+            set_key(cfg, key, copy.deepcopy(value), "the model's recipe")
     validate(cfg)
     return cfg
+
+
+def model_recipe(cfg: dict) -> dict:
+    """The training settings registered with the configured model (``recipe`` in its ``default_cfgs`` entry; the
+    dataset's default model when none is named), or ``{}`` (unknown names are reported when the model is built)."""
+    from ..data import get_dataset_info
+    from ..models.registry import get_model_info
+
+    try:
+        name = cfg["model"] or get_dataset_info(cfg["data"]).default_model
+        return dict(get_model_info(name).recipe) if name else {}
+    except SpikeformerError:
+        return {}
 
 
 def validate(cfg: dict) -> None:

@@ -50,6 +50,8 @@ class ModelInfo:
     classifier: str = "head"
     notes: str = ""
     task: str = "classify"  # "classify" (SpikingClassifier) or "reconstruct" (image reconstruction)
+    # training settings of `spikeformer train` for this model, under the config file, the flags and --set
+    recipe: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "builder"}

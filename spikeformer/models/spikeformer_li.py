@@ -468,6 +468,8 @@ default_cfgs = {
     "spikeformer_dvs_digits": cfg(
         input_size=(2, 32, 32), T=8, num_classes=10, dataset="events-digits",
         notes="small Spikeformer for the emulated-DVS digits (2x32x32 event frames, 4x4 tokens); not a paper config",
+        # 25 epochs: with the default 15 its held-out top-1 ended at 94.4-96.1 % as float rounding changed (README)
+        recipe={"epochs": 25},
         **_DVS,
     ),
 }

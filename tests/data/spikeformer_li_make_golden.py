@@ -20,6 +20,10 @@ exactly those values in fp32). Per model the file stores the official state_dict
 input in our layout (frames ``[T, B, C, H, W]``, images ``[B, C, H, W]``), the logits of one training-mode forward
 after ``torch.manual_seed(<case>.seed)`` (batch statistics, stochastic depth masks drawn by the official code), the
 BatchNorm running statistics that forward leaves (``<case>.train.<official key>``), and the eval-mode logits.
+
+The outputs differ in the last bits between PyTorch's AVX2 and AVX512 kernels (the official code's as ours), so the
+file is recorded once per kind of CPU: ``spikeformer_li_golden.safetensors`` on AVX2, ``spikeformer_li_golden_avx512.safetensors``
+on AVX512 (``--out``); the tests pick the one of the machine they run on (``tests/helpers.py``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ Stored:
   results); the VGG weights are :func:`vgg_weights` of ``loss.vgg_seed``, so the test rebuilds them;
 * metadata ``published``: key -> shape of the published configuration (65 frames, dims 32-64-160-256, ...) and its
   parameter count, to check that official checkpoints load strictly.
+
+The outputs differ in the last bits between PyTorch's AVX2 and AVX512 kernels (the official code's as ours), so the
+file is recorded once per kind of CPU: ``spikeformer_recon_golden.safetensors`` on AVX2, ``spikeformer_recon_golden_avx512.safetensors``
+on AVX512 (``--out``); the tests pick the one of the machine they run on (``tests/helpers.py``).
 """
 
 from __future__ import annotations

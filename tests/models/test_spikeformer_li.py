@@ -18,13 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import golden_for_this_cpu
+
 import spikeformer
 from spikeformer.errors import SpikeformerError
 from spikeformer.layers import NumericsAware, numerics_of, set_numerics
 from spikeformer.models.spikeformer_li import Spikeformer, checkpoint_filter_fn, tokenizer_widths
 from spikeformer.neurons import PLIAF, PLIF, Sigmoid
 
-GOLDEN = Path(__file__).resolve().parents[1] / "data" / "spikeformer_li_golden.safetensors"
+# recorded on a CPU of this machine's kind (AVX2 / AVX512: the PLIAF case's analog values differ in the last bits)
+GOLDEN, GOLDEN_HERE = golden_for_this_cpu(Path(__file__).resolve().parents[1] / "data" /
+                                          "spikeformer_li_golden.safetensors")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -390,6 +394,9 @@ def golden_case(case: str, numerics: str):
 
 @pytest.mark.parametrize("case", GOLDEN_CASES)
 def test_logits_equal_official_code_bit_for_bit(case):
+    if not GOLDEN_HERE:
+        pytest.skip(f"no golden recorded on a {torch.backends.cpu.get_cpu_capability()} CPU: run "
+                    "tests/data/spikeformer_li_make_golden.py on one")
     model, data, c = golden_case(case, "exact")
     x = data["input"].float()  # frames [T, B, C, H, W] or images [B, C, H, W] (repeated over T by the model)
     model.train()
