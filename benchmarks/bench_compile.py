@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from bench_families import calibrate  # noqa: E402
+import _machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 # family -> (registered model at CIFAR size, its --quick stand-in)
 FAMILIES = {
@@ -127,7 +127,7 @@ def main() -> None:
         a.batch, a.T, a.rounds, a.warmup = 2, 2, 1, 1
     torch.set_num_threads(a.threads)
     print(f"command: python benchmarks/{os.path.basename(__file__)} " + " ".join(sys.argv[1:]))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"machine: {_machine.describe()}, "
           f"{a.threads} threads; backend {a.backend}, dynamic={a.dynamic}; batch {a.batch}, T={a.T}; medians of "
           f"{a.rounds} alternating rounds after {a.warmup} warm-up rounds; 1-min load average at start {os.getloadavg()[0]:.1f}")
     print()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+import _machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 # family -> (our registered model, SpikingJelly builder, input (C, H, W), classes)
 FAMILIES = {
@@ -237,7 +237,7 @@ def main() -> None:
 
     reuse_freed_memory()
     print(f"command: python benchmarks/{os.path.basename(__file__)} " + " ".join(sys.argv[1:]))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"machine: {_machine.describe()}, "
           f"{a.threads} threads; batch {a.batch}, T={a.T}; medians of {a.rounds} alternating rounds after {a.warmup} "
           f"warm-up rounds, all variants in one process"
           f"{', the order reversed every other round' if a.alternate else ''}; {a.optimizer} AdamW; "

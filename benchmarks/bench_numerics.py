@@ -21,7 +21,6 @@ import argparse
 import copy
 import fnmatch
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ import spikeformer  # noqa: E402
 from spikeformer.engine.runtime import reuse_freed_memory  # noqa: E402
 from spikeformer.layers import set_numerics  # noqa: E402
 from spikeformer.models import get_model_info, list_models  # noqa: E402
+import _machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def make_input(name: str, batch: int, T: int, side: int | None):
@@ -101,7 +101,7 @@ def main() -> None:
     reuse_freed_memory()  # as `spikeformer train` does on CPU
     names = [n for n in list_models(task="classify") if any(fnmatch.fnmatch(n, p) for p in a.models)]
     print(f"command: python benchmarks/{os.path.basename(__file__)} " + " ".join(sys.argv[1:]))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"machine: {_machine.describe()}, "
           f"{a.threads} threads; batch {a.batch}, T={a.T}; medians of {a.rounds} alternating rounds after "
           f"{a.warmup} warm-up rounds, the order reversed every other round; 1-min load average at start "
           f"{os.getloadavg()[0]:.1f}" + ("; CONTROL: the fast column is a second exact copy" if a.control else ""))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ import sys
 import time
 
 import torch
+import _machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -243,7 +243,7 @@ def main(a) -> None:
     lines = []
     p = lines.append
     p(f"command: python benchmarks/{os.path.basename(__file__)} " + " ".join(sys.argv[1:]))
-    p(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    p(f"machine: {_machine.describe()}, "
       f"{threads} threads; 1-min load average at start {load0[0]:.1f}, after each round "
       + ", ".join(f"{x:.1f}" for x in loads) + f", at end {load1[0]:.1f}")
     p(f"model: {a.model}, batch {a.batch}, T={a.T}; {a.rounds} interleaved rounds x {a.steps} timed steps "
