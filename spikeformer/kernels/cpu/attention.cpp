@@ -148,6 +148,16 @@ inline void transpose_sq(int64_t d, const float* a, float* at) {
     for (int64_t j = 0; j < d; ++j) at[j * d + i] = a[i * d + j];
 }
 
+// one head's [N, D] result times scale into its channels of the fp32 output rows (C floats apart)
+template <int D>
+inline void store_scaled(int64_t N, int64_t C, const float* o, float scale, float* out) {
+  for (int64_t n = 0; n < N; ++n) {
+    float* __restrict orow = out + n * C;
+#pragma omp simd
+    for (int j = 0; j < D; ++j) orow[j] = o[n * D + j] * scale;
+  }
+}
+
 // Heads with few tokens (2 N <= d: QKFormer's last stage at 32x32 has 4 tokens of d = 64) go through the [N, N]
 // matrix S = Q K^T instead: (Q K^T) V costs 2 N^2 d multiply-adds where Q (K^T V) costs 2 N d^2, and the backward
 // 5 N^2 d against 5 N d^2. For 0/1 spikes the forward's values are the same small integers (exact in any order);
@@ -184,25 +194,32 @@ inline void row_combine(int64_t N, const float* a, int64_t ai, int64_t aj, const
   }
 }
 
+// One head's Q, K, V (at offset off of the [M, N, C] tokens) in fp32 [N, D] buffers and S = Q K^T [N, N].
+struct FewHead {
+  std::vector<float> q, k, v, S;
+  FewHead(int64_t N, int64_t D) : q(N * D), k(N * D), v(N * D), S(N * N) {}
+  template <typename X, int D>
+  void load(int64_t N, int64_t C, int64_t off, const X* qs, const X* ks, const X* vs) {
+    load_head(N, C, D, qs + off, q.data());
+    load_head(N, C, D, ks + off, k.data());
+    load_head(N, C, D, vs + off, v.data());
+    row_dots<D>(N, q.data(), k.data(), S.data());
+  }
+};
+
 template <typename X, int D>
 void attn_fwd_few(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k, const X* v, float scale,
                   float* out, int nthreads) {
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * H > 1)
   {
-    std::vector<float> qh(N * D), kh(N * D), vh(N * D), o(N * D), S(N * N);
+    FewHead h(N, D);
+    std::vector<float> o(N * D);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < M * H; ++task) {
       const int64_t off = (task / H) * N * C + (task % H) * D;
-      load_head(N, C, D, q + off, qh.data());
-      load_head(N, C, D, k + off, kh.data());
-      load_head(N, C, D, v + off, vh.data());
-      row_dots<D>(N, qh.data(), kh.data(), S.data());                  // S = Q K^T
-      row_combine<D>(N, S.data(), N, 1, vh.data(), o.data());          // S V
-      for (int64_t n = 0; n < N; ++n) {
-        float* __restrict orow = out + off + n * C;
-#pragma omp simd
-        for (int j = 0; j < D; ++j) orow[j] = o[n * D + j] * scale;
-      }
+      h.load<X, D>(N, C, off, q, k, v);
+      row_combine<D>(N, h.S.data(), N, 1, h.v.data(), o.data());      // S V
+      store_scaled<D>(N, C, o.data(), scale, out + off);
     }
   }
 }
@@ -212,22 +229,20 @@ void attn_bwd_few(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const 
                   const float* go, X* gq, X* gk, X* gv, int nthreads) {
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M * H > 1)
   {
-    std::vector<float> qh(N * D), kh(N * D), vh(N * D), g(N * D), r(N * D), S(N * N), dS(N * N);
+    FewHead h(N, D);
+    std::vector<float> g(N * D), r(N * D), dS(N * N);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < M * H; ++task) {
       const int64_t off = (task / H) * N * C + (task % H) * D;
-      load_head(N, C, D, q + off, qh.data());
-      load_head(N, C, D, k + off, kh.data());
-      load_head(N, C, D, v + off, vh.data());
+      h.load<X, D>(N, C, off, q, k, v);
       for (int64_t n = 0; n < N; ++n)
         for (int j = 0; j < D; ++j) g[n * D + j] = go[off + n * C + j] * scale;  // dL/d(S V)
-      row_dots<D>(N, qh.data(), kh.data(), S.data());                  // S = Q K^T
-      row_dots<D>(N, g.data(), vh.data(), dS.data());                  // dS = G V^T
-      row_combine<D>(N, S.data(), 1, N, g.data(), r.data());           // dV = S^T G
+      row_dots<D>(N, g.data(), h.v.data(), dS.data());                 // dS = G V^T
+      row_combine<D>(N, h.S.data(), 1, N, g.data(), r.data());         // dV = S^T G
       store_head(N, C, D, r.data(), gv + off);
-      row_combine<D>(N, dS.data(), N, 1, kh.data(), r.data());         // dQ = dS K
+      row_combine<D>(N, dS.data(), N, 1, h.k.data(), r.data());        // dQ = dS K
       store_head(N, C, D, r.data(), gq + off);
-      row_combine<D>(N, dS.data(), 1, N, qh.data(), r.data());         // dK = dS^T Q
+      row_combine<D>(N, dS.data(), 1, N, h.q.data(), r.data());        // dK = dS^T Q
       store_head(N, C, D, r.data(), gk + off);
     }
   }
@@ -246,11 +261,7 @@ void attn_fwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k
       const int64_t off = (task / H) * N * C + (task % H) * D;
       load_head_kv<X, D>(N, C, off, q, k, v, h, mode);
       gemm<D>(N, D, h.q.data(), D, 1, h.kv.data(), o.data(), h.nq, mode);  // Q (K^T V)
-      for (int64_t n = 0; n < N; ++n) {
-        float* __restrict orow = out + off + n * C;
-#pragma omp simd
-        for (int j = 0; j < D; ++j) orow[j] = o[n * D + j] * scale;
-      }
+      store_scaled<D>(N, C, o.data(), scale, out + off);
     }
   }
 }
