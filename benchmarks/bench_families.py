@@ -43,9 +43,6 @@ FAMILIES = {
 }
 
 
-OPTIMIZER = "fused"  # set from --optimizer
-
-
 def build_sj(kind: str, T: int, classes: int):
     from spikingjelly.activation_based.model import spike_driven_transformer as sdt
     from spikingjelly.activation_based.model import spikformer
@@ -85,14 +82,14 @@ def _logits(out: torch.Tensor, is_sj: bool) -> torch.Tensor:
     return out.mean(0) if is_sj and out.dim() == 3 else out  # SJ's Spikformer returns [T, B, K]
 
 
-def make_step(model, bf16: bool, is_sj: bool, x, y, train: bool):
+def make_step(model, bf16: bool, is_sj: bool, x, y, train: bool, optimizer: str = "fused"):
     from spikingjelly.activation_based import functional as sjf
 
     if train:
         model.train()
         # the trainer's AdamW (engine/train.py: fused where the parameters allow it), the same for every variant;
         # --optimizer loop: PyTorch's default loop of per-tensor operations on CPU
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=OPTIMIZER == "fused")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=optimizer == "fused")
 
         def step():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -142,7 +139,7 @@ def speed(family: str, a, train: bool) -> dict:
     if not train:
         for model, is_sj in {id(m): (m, is_sj) for _, m, _, is_sj in chosen}.values():
             calibrate(model, is_sj, x)
-    steps = [(label, make_step(m, bf16, is_sj, x, y, train)) for label, m, bf16, is_sj in chosen]
+    steps = [(label, make_step(m, bf16, is_sj, x, y, train, a.optimizer)) for label, m, bf16, is_sj in chosen]
     times = {label: [] for label, _ in steps}
     faults = {label: [] for label, _ in steps}
     for r in range(a.warmup + a.rounds):
@@ -178,7 +175,7 @@ def child_memory(a) -> dict:
     else:
         model = build_ours(name, a.T, "exact" if "exact" in a.variant else "fast")
     x, y = torch.randn(a.batch, C, H, W), torch.randint(0, classes, (a.batch,))
-    step = make_step(model, "bf16" in a.variant, is_sj, x, y, True)
+    step = make_step(model, "bf16" in a.variant, is_sj, x, y, True, a.optimizer)
     for _ in range(a.mem_steps):
         step()
     return {"peak_rss_mb": _peak_rss_mb()}
@@ -225,8 +222,6 @@ def main() -> None:
     ap.add_argument("--family", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    global OPTIMIZER
-    OPTIMIZER = a.optimizer
     if a.child:
         print(json.dumps(child_memory(a)))
         return

@@ -24,7 +24,8 @@ import sys
 import time
 
 import torch
-import _machine  # noqa: E402  (benchmarks/ is the script's folder)
+
+import _machine  # benchmarks/ is the script's folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

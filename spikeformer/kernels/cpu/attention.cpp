@@ -1,12 +1,13 @@
 // Spike attention on tokens: out = (Q K^T V) * scale for every head. Q, K, V: [M, N, C] (M = T * B, N tokens), head
 // h being channels h*d .. h*d+d-1 (d = C / H), so no head transposes are made. Each head's Q, K, V are loaded into
-// fp32 [N, d] buffers (in cache) and multiplied with small GEMMs, K^T V first. A GEMM whose left operand is mostly
+// fp32 [N, d] buffers (in cache) and multiplied with small GEMMs, K^T V first (Q K^T first for heads with few tokens,
+// see few_tokens). A GEMM whose left operand is mostly
 // zeros (spikes) lists each row's nonzeros and adds only their rows of the right operand, in the same order and with
 // the same multiply-adds as the dense GEMM, which would add exact zeros for the rest: both give the same bits (for
 // finite values: a zero times an infinite or NaN entry of the other operand is skipped, not NaN). For 0/1
 // spikes every product and sum is a small integer, exact in fp32 with or without fused multiply-adds, so out has the
 // values of any association order bit for bit; out is fp32, so that sums beyond bf16's 256 stay exact. Backward
-// recomputes K^T V; its gradients equal the reference's up to fp32 summation order.
+// recomputes K^T V (or Q K^T); its gradients equal the reference's up to fp32 summation order.
 
 #ifdef __AVX__
 #include <immintrin.h>

@@ -49,7 +49,7 @@ class SpikeAttentionFunction(torch.autograd.Function):
     """``(Q K^T V) * scale`` per head on tokens ``[..., N, C]`` (head ``h`` = channels ``h*d:(h+1)*d``, ``d`` in
     :data:`ATTENTION_HEAD_DIMS`), fp32 output of the same shape with the heads concatenated as in the input: no head
     transposes. fp32 sums, so 0/1 spikes give exact integers (the values of any association order). Saves Q, K, V;
-    backward recomputes K^T V per head."""
+    backward recomputes K^T V per head (Q K^T for heads with few tokens)."""
 
     @staticmethod
     def forward(ctx, q, k, v, heads, scale):
