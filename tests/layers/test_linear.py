@@ -19,29 +19,33 @@ def onednn_on(monkeypatch):
     monkeypatch.setattr(L, "_choice", True)
 
 
-def test_gemm_choice_is_blas_unless_the_environment_asks(monkeypatch):
+def test_gemm_choice_follows_the_cpu_unless_the_environment_asks(monkeypatch):
     from spikeformer.errors import SpikeformerError
     from spikeformer.kernels.cpu import linear as L
 
     calls = []
     monkeypatch.setattr(L, "_measure_onednn", lambda: calls.append(1) or True)
-    # the default never looks at the clock: a seeded run gives the same weights in every process
-    for env, want in ((None, False), ("", False), ("blas", False), ("oneDNN", True)):
-        monkeypatch.setattr(L, "_choice", None)
-        if env is None:
-            monkeypatch.delenv("SPIKEFORMER_CPU_GEMM", raising=False)
-        else:
-            monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", env)
-        assert L.onednn_pays() is want
+    have = L._dnnl is not None
+    # the default never looks at the clock (a seeded run gives the same weights in every process on one machine):
+    # oneDNN on AMD CPUs with AVX512, where MKL runs its AVX2 kernels; the BLAS elsewhere
+    for cpu_rule in (False, True):
+        monkeypatch.setattr(L, "_cpu_prefers_onednn", lambda: cpu_rule)
+        for env, want in ((None, cpu_rule), ("", cpu_rule), ("blas", False), ("oneDNN", True)):
+            monkeypatch.setattr(L, "_choice", None)
+            if env is None:
+                monkeypatch.delenv("SPIKEFORMER_CPU_GEMM", raising=False)
+            else:
+                monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", env)
+            assert L.onednn_pays() is (want and have)
     assert calls == []
     monkeypatch.setattr(L, "_choice", None)
     monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", "mkl")
-    with pytest.raises(SpikeformerError, match="SPIKEFORMER_CPU_GEMM must be 'blas' .the default., 'onednn' or 'auto'"):
+    with pytest.raises(SpikeformerError, match="SPIKEFORMER_CPU_GEMM must be 'blas', 'onednn' or 'auto'"):
         L.onednn_pays()
     monkeypatch.setenv("SPIKEFORMER_CPU_GEMM", "auto")  # measured once, then kept
     monkeypatch.setattr(L, "_choice", None)
-    assert L.onednn_pays() is (L._dnnl is not None) and L.onednn_pays() is (L._dnnl is not None)
-    assert calls == ([1] if L._dnnl is not None else [])
+    assert L.onednn_pays() is have and L.onednn_pays() is have
+    assert calls == ([1] if have else [])
     monkeypatch.setattr(L, "_choice", False)  # BLAS chosen: the layer is F.linear, bit for bit
     layer = OneDNNLinear(32, 16)
     x = torch.randn(5, 32)
@@ -161,3 +165,47 @@ def test_fast_stem_keeps_frames_channels_last_from_any_channel_count(in_chans, m
     with torch.no_grad():
         model(torch.randn(2, in_chans, 32, 32))
     assert len(layouts) == 2 and all(layouts)
+
+
+def test_cpu_rule_reads_the_vendor(monkeypatch):
+    """oneDNN by default only on an AMD CPU with AVX512 (kernels/cpu/linear.py: _cpu_prefers_onednn)."""
+    import builtins
+    import io
+
+    from spikeformer.kernels.cpu import linear as L
+
+    real_open = builtins.open
+    for cap, vendor, want in (("AVX512", "AuthenticAMD", True), ("AVX512", "GenuineIntel", False),
+                              ("AVX2", "AuthenticAMD", False), ("DEFAULT", "AuthenticAMD", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda cap=cap: cap)
+        text = f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t: fpu\n"
+        monkeypatch.setattr(builtins, "open", lambda path, *a, text=text, **k: io.StringIO(text)
+                            if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+        assert L._cpu_prefers_onednn() is want, (cap, vendor)
+
+
+@needs_onednn
+@pytest.mark.parametrize("route", [True, False])
+def test_kernel_gemms_equal_the_blas_within_rounding(monkeypatch, route):
+    """mm and bmm_into (the dense products inside the compiled kernels' backward and Winograd) on either route, at
+    shapes above and below their size limits, with transposed operands."""
+    from spikeformer.kernels.cpu import linear as L
+
+    monkeypatch.setattr(L, "_choice", route)
+    g = torch.Generator().manual_seed(3)
+    for M, K, N in ((512, 384, 96), (16, 8, 24), (300, 200, 160)):
+        a = torch.randn(M, K, generator=g)
+        w = torch.randn(N, K, generator=g)
+        for b in (w.t(), w.t().contiguous()):
+            got = L.mm(a, b)
+            ref = torch.mm(a.double(), b.double()).float()
+            torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
+    for B, M, K, N in ((3, 40, 192, 384), (2, 17, 8, 12)):
+        a = torch.randn(B, M, K, generator=g)
+        b = torch.randn(B, K, N, generator=g)
+        out = torch.full((B, M, N), float("nan"))
+        assert L.bmm_into(a, b, out) is out
+        torch.testing.assert_close(out, torch.bmm(a.double(), b.double()).float(), atol=1e-4, rtol=1e-5)
+    # bf16 (the listed products' backward under autocast): PyTorch's or the emulated product, never oneDNN's fp32
+    a, b = torch.randn(64, 32, generator=g).bfloat16(), torch.randn(32, 48, generator=g).bfloat16()
+    assert L.mm(a, b).dtype == torch.bfloat16

@@ -1,18 +1,24 @@
-"""A token-wise Linear whose fp32 CPU GEMMs run through oneDNN (PyTorch's ``mkldnn`` ops) instead of the BLAS
-behind ``torch.mm``, on CPUs where that is faster.
+"""fp32 CPU GEMMs through oneDNN (PyTorch's ``mkldnn`` ops) instead of the BLAS behind ``torch.mm``, on CPUs where
+that is faster: the token-wise Linear of the fast path (:func:`token_linear`), and the dense products inside the
+compiled kernels' autograd Functions (:func:`mm`: the input gradient ``g @ W`` of the spike products; :func:`bmm_into`:
+Winograd's 36 GEMMs).
 
-Which of the two is faster depends on the CPU and the BLAS build: where the BLAS dispatches to a slow code path,
-oneDNN's matmul was about twice as fast (``benchmarks/RESULTS.md``); on an AMD EPYC (AVX2) with PyTorch's MKL 2024.2,
-whose Zen kernels are in use, the BLAS is 15-20 % faster than oneDNN on the token projections of Spikformer.
+Which of the two is faster depends on the CPU and the BLAS build. PyTorch's BLAS is MKL, whose kernels on AMD CPUs are
+its AVX2 "Zen" kernels even where the CPU has AVX512; oneDNN's JIT kernels use AVX512 there. Measured on an AMD EPYC
+Zen 5 (AVX512, 2 threads, torch 2.14, ``benchmarks/RESULTS.md``): ``[8192, 384] x [384, 1536]`` 62 ms on MKL, 34 ms on
+oneDNN; the input gradient ``[8192, 1536] x [1536, 384]`` 48 against 20 ms. On an AMD EPYC with AVX2 only, MKL's Zen
+kernels were 15-20 % faster than oneDNN on the token projections of Spikformer. On Intel CPUs MKL has its AVX512
+kernels. So the default is a rule on the CPU, never the clock: oneDNN on AMD CPUs with AVX512, the BLAS elsewhere.
 
 The two sum in different orders, so a choice that changed from one process to the next would change a seeded run's
 weights (a one-ulp difference flips a spike and the runs drift apart), and a run resumed after an interruption would
-no longer equal the uninterrupted one. So the choice is never made by the clock unless asked: ``SPIKEFORMER_CPU_GEMM``
-is ``blas`` (the default: ``F.linear``, bit for bit), ``onednn``, or ``auto``, which measures once per process
-(:func:`_measure_onednn`, a few hundred ms at the first fp32 call: the two GEMMs on a ``[4096, 384] x [384, 1536]``
-product, alternating, best of three) and keeps the faster, at the price of that reproducibility. Results equal
-``F.linear`` within fp32 rounding: only the summation order differs. Under bf16 autocast on a CPU without bf16
-instructions the product runs in fp32 on the bf16 values (:mod:`.bf16`); anything else other than fp32 CPU tensors
+no longer equal the uninterrupted one; a rule on the CPU keeps them equal on one machine. ``SPIKEFORMER_CPU_GEMM``
+overrides it: ``blas`` (``F.linear``/``torch.mm``, bit for bit), ``onednn``, or ``auto``, which measures once per
+process (:func:`_measure_onednn`, a few hundred ms at the first fp32 call: the two GEMMs on a ``[4096, 384] x [384,
+1536]`` product, alternating, best of three) and keeps the faster, at the price of that reproducibility. Results equal
+the BLAS's within fp32 rounding: only the summation order differs. Products of fewer than :data:`MIN_MACS`
+multiply-adds stay on the BLAS (oneDNN's call costs more there). Under bf16 autocast on a CPU without bf16
+instructions the Linear runs in fp32 on the bf16 values (:mod:`.bf16`); anything else other than fp32 CPU tensors
 outside autocast (bf16 autocast on CPUs with bf16 GEMMs, CUDA, builds without mkldnn) takes plain ``F.linear``.
 """
 
@@ -54,23 +60,80 @@ def _measure_onednn() -> bool:
     return best[True] < 0.95 * best[False]
 
 
+def _cpu_prefers_onednn() -> bool:
+    """The default rule: an AMD CPU with AVX512 (PyTorch's capability), where MKL runs its AVX2 kernels."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return "AuthenticAMD" in line
+    except OSError:
+        pass
+    return False
+
+
 def onednn_pays() -> bool:
-    """Whether fp32 token projections go to oneDNN in this process: ``SPIKEFORMER_CPU_GEMM=blas`` (default) or
-    ``onednn``, or ``auto`` to measure once (:func:`_measure_onednn`; not reproducible from one process to the
-    next)."""
+    """Whether fp32 GEMMs go to oneDNN in this process: by default where :func:`_cpu_prefers_onednn`;
+    ``SPIKEFORMER_CPU_GEMM=blas`` or ``onednn`` decides, ``auto`` measures once (:func:`_measure_onednn`; not
+    reproducible from one process to the next)."""
     global _choice
     if _choice is None:
         with _choice_lock:
             if _choice is None:
-                env = os.environ.get("SPIKEFORMER_CPU_GEMM", "").strip().lower() or "blas"
-                if env not in ("onednn", "blas", "auto"):
-                    raise SpikeformerError(f"SPIKEFORMER_CPU_GEMM must be 'blas' (the default), 'onednn' or 'auto' "
-                                           f"(measure which is faster here, once per process); got {env!r}")
-                if env == "auto":
-                    _choice = _dnnl is not None and _measure_onednn()
-                else:
+                env = os.environ.get("SPIKEFORMER_CPU_GEMM", "").strip().lower()
+                if env not in ("", "onednn", "blas", "auto"):
+                    raise SpikeformerError(f"SPIKEFORMER_CPU_GEMM must be 'blas', 'onednn' or 'auto' (measure which "
+                                           f"is faster here, once per process), or unset (oneDNN on AMD CPUs with "
+                                           f"AVX512, the BLAS elsewhere); got {env!r}")
+                if _dnnl is None:
+                    _choice = False
+                elif env == "auto":
+                    _choice = _measure_onednn()
+                elif env:
                     _choice = env == "onednn"
+                else:
+                    _choice = _cpu_prefers_onednn()
     return _choice
+
+
+# Below this many multiply-adds a product stays on the BLAS: oneDNN's call costs about 10 us more (measured on the Zen
+# 5 EPYC: [256, 64] x [64, 64] 18.5 us on MKL, 21.7 on oneDNN; [1024, 64] x [64, 256] 164 against 93 us)
+MIN_MACS = 1 << 22
+# Winograd's batched GEMMs go to oneDNN one matrix at a time when each has at least this many weights (K * N): measured
+# there [36, 128, 384] x [36, 384, 384] 6.9 ms batched on MKL, 4.0 ms by oneDNN per matrix (with the copy into the
+# output); [36, 151, 192] x [36, 192, 96] 1.0 against 1.2 ms
+BMM_MIN_WEIGHTS = 192 * 384
+
+
+def _fp32_cpu(*ts: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
+
+
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (``a [M, K]``, ``b [K, N]``, any strides) for fp32 CPU matrices: oneDNN where :func:`onednn_pays`
+    and the product has at least :data:`MIN_MACS` multiply-adds, else ``torch.mm``; other dtypes as :func:`.bf16.mm`
+    computes them. Not for autograd: the compiled kernels' Functions call it in their own backward."""
+    M, K = a.shape
+    N = b.shape[1]
+    if M * K * N >= MIN_MACS and _fp32_cpu(a, b) and not torch.compiler.is_compiling() and onednn_pays():
+        return _mm(a.contiguous(), b.t())
+    return bf16.mm(a, b)
+
+
+def bmm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(a, b, out=out)`` for fp32 CPU ``a [B, M, K]`` (contiguous), ``b [B, K, N]``: per matrix on
+    oneDNN where :func:`onednn_pays` and ``K * N`` is at least :data:`BMM_MIN_WEIGHTS`, else ``torch.bmm``."""
+    B, M, K = a.shape
+    N = b.shape[2]
+    if (K * N < BMM_MIN_WEIGHTS or M * K * N < MIN_MACS // 8 or not _fp32_cpu(a, b, out)
+            or torch.compiler.is_compiling() or not onednn_pays()):
+        return torch.bmm(a, b, out=out)
+    bt = b.transpose(1, 2)
+    for i in range(B):
+        out[i].copy_(_mm(a[i], bt[i]))
+    return out
 
 
 def _mm(a: torch.Tensor, w: torch.Tensor, b=None) -> torch.Tensor:

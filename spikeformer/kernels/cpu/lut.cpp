@@ -12,7 +12,7 @@
 // accumulation add the same terms as a dense product in another order, so results differ from it by rounding only.
 // A 3x3 convolution (stride 1, padding 1) is the same product over the codes of its 9 taps (im2col of the codes).
 
-#if defined(__AVX2__) || defined(__AVX__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -20,9 +20,28 @@
 
 namespace {
 
+constexpr int64_t NT = 16;  // output columns per tile: one table entry is one 16-lane vector (AVX512) or two 8-lane
+
+#if defined(__AVX512F__)
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+
+struct e16 {
+  v16 a;
+};
+
+inline e16 ld16(const float* p) { return {*reinterpret_cast<const v16u*>(p)}; }
+inline void st16(float* p, const e16& v) { *reinterpret_cast<v16u*>(p) = v.a; }
+inline e16 add(const e16& x, const e16& y) { return {x.a + y.a}; }
+// acc + v * x, fused (for spike counts times weights the product is exact either way)
+inline e16 add_scaled(const e16& acc, float v, const e16& x) {
+  const v16 s = v - v16{};
+  return {reinterpret_cast<v16>(_mm512_fmadd_ps(reinterpret_cast<__m512>(s), reinterpret_cast<__m512>(x.a),
+                                                reinterpret_cast<__m512>(acc.a)))};
+}
+#else
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4)));
-constexpr int64_t NT = 16;  // output columns per tile: one table entry is two 8-lane vectors
 
 struct e16 {
   v8 a, b;
@@ -47,6 +66,7 @@ inline e16 add_scaled(const e16& acc, float v, const e16& x) {
   const v8 s = v - v8{};
   return {fma8(s, x.a, acc.a), fma8(s, x.b, acc.b)};
 }
+#endif
 
 // Listed nonzeros of an extra input added to the binary one (row r's being col/val[rs[r] .. re[r]), see
 // sparse.cpp): the counts above 1 of summed spikes. nullptr rs: none.

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from . import bf16, build, weights, winograd
+from . import bf16, build, linear, weights, winograd
 from .build import is_bf16, ptr, threads
 from .sparse import conv3x3_input_grad
 
@@ -123,7 +123,7 @@ class NativeLutLinear(torch.autograd.Function):
     def backward(ctx, g):
         (w,) = ctx.saved_tensors
         g = g.float().contiguous()
-        gx = g.mm(w) if ctx.needs_input_grad[0] else None
+        gx = linear.mm(g, w) if ctx.needs_input_grad[0] else None
         gw = gb = None
         if ctx.needs_input_grad[1]:
             R, K = ctx.shape

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ..torch import sparse as torch_sparse
-from . import bf16, build, weights, winograd
+from . import bf16, build, linear, weights, winograd
 from .build import is_bf16, ptr, threads
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -87,7 +87,7 @@ class NativeSparseLinear(torch.autograd.Function):
     def backward(ctx, g):
         (w,) = ctx.saved_tensors
         g = g.to(ctx.dtype).contiguous()
-        gx = bf16.mm(g, w) if ctx.needs_input_grad[0] else None
+        gx = linear.mm(g, w) if ctx.needs_input_grad[0] else None
         gw = gb = None
         if ctx.needs_input_grad[1]:
             R, K = ctx.shape

@@ -25,7 +25,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from . import bf16, build, weights
+from . import bf16, build, linear, weights
 from .build import ptr, threads
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -175,7 +175,7 @@ def _tiles(src: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], out
         n = min(chunk, P - p0)
         vv, mm = (v, m) if n == chunk else (torch.empty(36, n, Cs), torch.empty(36, n, Cd))
         lib.sf_wino_input(N, H, W, Cs, p0, n, ptr(src), ptr(vv), nt)
-        torch.bmm(vv, u, out=mm)
+        linear.bmm_into(vv, u, mm)
         lib.sf_wino_output(N, H, W, Cd, p0, n, ptr(mm), None if b is None else ptr(b), ptr(out), nt)
     return out
 
