@@ -168,6 +168,7 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
+        and x.numel() * weight.shape[0] >= MIN_MACS
         and onednn_pays()
     )
 

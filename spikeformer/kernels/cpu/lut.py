@@ -3,8 +3,9 @@ convolution (stride 1, padding 1) whose input is 0/1 spikes, in fp32, at any fir
 
 Four spikes form a 4-bit code and one addition of a precomputed subset sum of four weight rows replaces four
 multiply-adds; the weight gradient does the same with four rows of the output gradient. The input gradient
-``g @ W`` is dense and stays with the BLAS (oneDNN for the convolution). Sums are fp32 in another order than a dense
-GEMM's, so results differ from it by rounding only (exactly equal on integer-valued data).
+``g @ W`` is dense and stays a GEMM (``linear.mm``: the BLAS, or oneDNN where that is faster; for the convolution
+oneDNN's data-gradient convolution or Winograd). Sums are fp32 in another order than a dense GEMM's, so results
+differ from it by rounding only (exactly equal on integer-valued data).
 
 A Linear input may also hold spike counts (Spikformer's residual stream of summed spikes): it is split into its
 0/1 indicator, which takes the lookups, and the rest ``x - indicator``, nonzero only where a count exceeds 1,

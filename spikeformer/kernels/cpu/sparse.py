@@ -66,9 +66,9 @@ class NativeSparseLinear(torch.autograd.Function):
     zeros. ``weight`` and ``bias`` are fp32 parameters; ``dtype`` is the compute dtype (bf16 under autocast: weight
     and bias are rounded to it first, as autocast's GEMM sees them, and the output is rounded to it). Sums are fp32
     and start from the bias, so for spikes the output differs from a dense GEMM's only by the order of the sums.
-    Backward: ``dL/dx = g @ weight`` dense (BLAS, in ``dtype``; fp32 sums of the bf16 values where bf16 products are
-    emulated, :mod:`.bf16`), ``dL/dW = g^T x`` over the nonzeros and
-    ``dL/db = sum g``, both fp32. Saves the nonzeros, not ``x``."""
+    Backward: ``dL/dx = g @ weight`` dense (``linear.mm``, in ``dtype``; fp32 sums of the bf16 values where bf16
+    products are emulated, :mod:`.bf16`), ``dL/dW = g^T x`` over the nonzeros and ``dL/db = sum g``, both fp32.
+    Saves the nonzeros, not ``x``."""
 
     @staticmethod
     def forward(ctx, x2d, weight, bias, rows, dtype, wt):

@@ -1,5 +1,6 @@
 """Binding of Winograd 3x3 convolutions (``winograd.cpp``), stride 1, padding 1, fp32, channels-last, as F(4x4, 3x3)
-tiles and 36 GEMMs by the BLAS: 4x fewer multiply-adds than the direct convolution (oneDNN's).
+tiles and 36 GEMMs (the BLAS's batched GEMM, or oneDNN's per matrix where ``linear.bmm_into`` says it pays): 4x
+fewer multiply-adds than the direct convolution (oneDNN's).
 
 * The data gradient ``dL/dx`` (:func:`conv3x3_input_grad`): what dominates the data gradients of the spiking stems.
   The gradient through a surrogate is dense, so listing nonzeros and table lookups do not apply to it.
