@@ -23,6 +23,18 @@ pytestmark = pytest.mark.skipif(not cpu.available(), reason="compiled CPU kernel
 REL_TOL = 4e-5
 
 
+def _use_limits(monkeypatch, avx512: bool) -> None:
+    for name, value in winograd.limits(avx512).items():
+        monkeypatch.setattr(winograd, name, value)
+
+
+@pytest.fixture(autouse=True)
+def avx2_limits(monkeypatch):
+    """The tests of the kernels and routes below use the AVX2 CPUs' limits, whatever this CPU is (the limits of both
+    kinds are tested in test_limits_from_the_measured_shapes)."""
+    _use_limits(monkeypatch, False)
+
+
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -175,6 +187,26 @@ def test_forward_chunks_cover_every_tile_once(monkeypatch):
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 36 * 4 * 48 * 16)
     monkeypatch.setattr(winograd, "MIN_TILES", 16)  # chunks of 16 tiles: four and a last one of 11
     assert torch.equal(whole, winograd.conv3x3_forward(x, u, None))
+
+
+def test_limits_from_the_measured_shapes(monkeypatch):
+    """The AVX512 limits (measured on a Zen 5): the data gradient keeps oneDNN's where Winograd measured slower."""
+    _use_limits(monkeypatch, True)
+
+    def data(N, H, cin, cout):
+        return winograd.applies(N, H, H, torch.empty(cout, cin, 3, 3), torch.float32)
+
+    assert data(128, 32, 96, 192) and data(128, 16, 192, 384) and data(128, 8, 384, 384)  # Spikformer: 1.2-1.5x
+    assert data(128, 32, 64, 128) and data(128, 16, 256, 512)  # SDT: 1.2x, 1.1x
+    assert not data(128, 32, 48, 96)  # Spikformer's first stage: 0.79x
+    assert not (data(128, 16, 48, 96) or data(128, 8, 96, 192) or data(128, 4, 192, 384))  # QKFormer: 0.62-0.77x
+    assert winograd.forward_pays(128, 32, 32, 64, 128) and not winograd.forward_pays(128, 32, 32, 48, 96)  # 1.13, 0.74x
+    assert winograd.forward_pays(128, 32, 32, 128, 256, spikes=True)  # against the lookups from 128 channels
+    assert not winograd.forward_pays(128, 32, 32, 96, 192, spikes=True)  # 0.72x
+    assert not winograd.spike_weight_grad_pays(32, 32, 512, 512)  # the lookups' weight gradient everywhere
+    _use_limits(monkeypatch, False)  # AVX2 (a Zen 3): from 48 channels and 128 tiles
+    assert data(128, 32, 48, 96) and data(128, 8, 96, 192) and data(128, 4, 192, 384)
+    assert winograd.spike_weight_grad_pays(16, 16, 96, 192) and not winograd.spike_weight_grad_pays(8, 8, 96, 192)
 
 
 def test_forward_pays_from_the_measured_shapes():

@@ -45,13 +45,46 @@ _G = torch.tensor([[1 / 4, 0, 0],
                    [0, 0, 1]], dtype=torch.float64)
 _GG = torch.kron(_G, _G).float()  # [36, 9]
 CHUNK_BYTES = 4 << 20  # transformed gradient per chunk of tiles: the transform's output is read back from cache
-# Where the data gradient keeps the direct convolution (python benchmarks/bench_winograd.py --part data): fewer than
-# MIN_TILES 4x4 tiles per call (the 36 GEMMs too small: 0.9x at 32 tiles; 8 frames of a 4x4 map, 8 tiles: 0.4-0.6x),
-# fewer than MIN_CHANNELS input or output channels (0.6x at 16, 0.7-0.9x at 32, 1.5x at 64 on 8 frames of 16x16),
-# maps under MIN_SIDE pixels (a 2x2 map pads its 6x6 tile nine-fold). At the stems of Spikformer, SDT and QKFormer
-# (batch 32, T=4) it is 1.4-2.5x, 1.6x on QKFormer's 4x4 maps of 128 frames.
-MIN_TILES = 128
-MIN_CHANNELS = 48
+
+# Where Winograd pays depends on the CPU: its GEMMs and the direct convolution it replaces (oneDNN's) run AVX512 code
+# where the CPU has it, its transforms and the table lookups it competes with are this package's compiled code (the
+# lookups with 16-lane vectors there, 8-lane ones on AVX2). The limits below were measured with
+# ``python benchmarks/bench_winograd.py`` on an AMD EPYC Zen 3 (AVX2, the first set) and a Zen 5 (AVX512, the second),
+# 2 threads, at the stems of Spikformer, SDT and QKFormer (batch 32, T=4) and the small shapes around the limits.
+AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def limits(avx512: bool) -> dict:
+    """The measured limits of this module (its upper-case names) for a CPU with AVX512 or with AVX2 only."""
+    if avx512:
+        # Data gradient against oneDNN's, Zen 5: 1.2-1.5x from 64 channels on 32x32 maps of 128 frames (8192 tiles)
+        # and Spikformer's 192 -> 384 on 16x16 (2048 tiles) and 384 -> 384 on 8x8 (512 tiles); 0.79x at 48 -> 96 on
+        # 32x32; 0.62-0.77x on QKFormer's stem (48 -> 96 16x16, 96 -> 192 8x8, 192 -> 384 4x4). Forward of dense
+        # inputs: 0.74x at 48 -> 96 on 32x32, 1.13x at 64 -> 128. Forward of spikes against the lookups: 0.72x at
+        # 96 -> 192 on 32x32 and 0.83x on 8x8, 1.07-1.7x from 128 channels. Weight gradient of spikes: the lookups
+        # are faster at every shape measured (Winograd 0.40-0.84x of them).
+        return dict(MIN_TILES=128, MIN_CHANNELS=64, FEW_TILES=2048, FEW_TILES_MIN_CHANNELS=384, FWD_MIN_CHANNELS=64,
+                    SPIKE_FWD_MIN_CHANNELS=128, SPIKE_WGRAD_MIN_CHANNELS=1 << 30)
+    # Data gradient, Zen 3: fewer than MIN_TILES 4x4 tiles per call (the 36 GEMMs too small: 0.9x at 32 tiles; 8
+    # frames of a 4x4 map, 8 tiles: 0.4-0.6x), fewer than MIN_CHANNELS input or output channels (0.6x at 16, 0.7-0.9x at
+    # 32, 1.5x at 64 on 8 frames of 16x16); 1.4-2.5x at the stems, 1.6x on QKFormer's 4x4 maps of 128 frames. Forward
+    # against oneDNN's (dense inputs): 1.3-2.8x from 48 channels, 1.0x at 32, 0.86x on 4x4 maps of 16 frames (16
+    # tiles) at 512 channels; against the lookups of spikes 1.1-1.9x from 96 channels on 4x4 to 32x32 maps, 0.75-1.48x
+    # at 48 and 64. Weight gradient of spikes against the lookups: 1.1-1.2x from 96 channels on maps of 16x16 and
+    # more, 0.73-1.0x on 4x4 to 8x8 maps or at 48 channels (against oneDNN's, for dense inputs, 2.7-4x wherever the
+    # forward pays).
+    return dict(MIN_TILES=128, MIN_CHANNELS=48, FEW_TILES=0, FEW_TILES_MIN_CHANNELS=0, FWD_MIN_CHANNELS=48,
+                SPIKE_FWD_MIN_CHANNELS=96, SPIKE_WGRAD_MIN_CHANNELS=96)
+
+
+# The data gradient keeps the direct convolution with fewer than MIN_TILES tiles per call, fewer than MIN_CHANNELS
+# input or output channels, maps under MIN_SIDE pixels (a 2x2 map pads its 6x6 tile nine-fold), and, with fewer
+# than FEW_TILES tiles, fewer than FEW_TILES_MIN_CHANNELS channels.
+_rules = limits(AVX512)
+MIN_TILES = _rules["MIN_TILES"]
+MIN_CHANNELS = _rules["MIN_CHANNELS"]
+FEW_TILES = _rules["FEW_TILES"]
+FEW_TILES_MIN_CHANNELS = _rules["FEW_TILES_MIN_CHANNELS"]
 MIN_SIDE = 4
 
 
@@ -105,18 +138,16 @@ def applies(N: int, H: int, W: int, w: torch.Tensor, dtype: torch.dtype) -> bool
     ``dtype``: fp32, enough tiles, channels and pixels (see :data:`MIN_TILES`), the kernels built, :func:`enabled`."""
     if dtype != torch.float32 or w.dtype != torch.float32 or w.dim() != 4 or tuple(w.shape[2:]) != (3, 3):
         return False
-    return (_enabled and N * ((H + 3) // 4) * ((W + 3) // 4) >= MIN_TILES
-            and min(w.shape[0], w.shape[1]) >= MIN_CHANNELS and min(H, W) >= MIN_SIDE and build.library() is not None)
+    tiles, channels = N * ((H + 3) // 4) * ((W + 3) // 4), min(w.shape[0], w.shape[1])
+    return (_enabled and tiles >= MIN_TILES and channels >= MIN_CHANNELS and min(H, W) >= MIN_SIDE
+            and (tiles >= FEW_TILES or channels >= FEW_TILES_MIN_CHANNELS) and build.library() is not None)
 
 
 # Where the forward convolution takes Winograd on the fast path (python benchmarks/bench_winograd.py --part forward):
-# at least FWD_MIN_CHANNELS input and output channels, FWD_MIN_TILES tiles and FWD_MIN_SIDE pixels on a side. Against
-# oneDNN's direct convolution (dense inputs) it measured 1.3-2.8x from 48 channels; at 32 channels 1.0x, and on 4x4
-# maps of 16 frames (16 tiles) 0.86x at 512 channels. Against the table lookups of spikes (kernels/cpu/lut.py) it
-# pays from SPIKE_FWD_MIN_CHANNELS: 1.1-1.9x from 96 channels on 4x4 to 32x32 maps, while at 48 and 64 channels two
-# runs gave 0.75-1.48x for the same shapes.
-FWD_MIN_CHANNELS = 48
-SPIKE_FWD_MIN_CHANNELS = 96
+# at least FWD_MIN_CHANNELS input and output channels (SPIKE_FWD_MIN_CHANNELS for 0/1 spikes, against the table
+# lookups of kernels/cpu/lut.py), FWD_MIN_TILES tiles and FWD_MIN_SIDE pixels on a side (see :func:`limits`).
+FWD_MIN_CHANNELS = _rules["FWD_MIN_CHANNELS"]
+SPIKE_FWD_MIN_CHANNELS = _rules["SPIKE_FWD_MIN_CHANNELS"]
 FWD_MIN_TILES = 64
 FWD_MIN_SIDE = 4
 
@@ -130,10 +161,9 @@ def forward_pays(N: int, H: int, W: int, cin: int, cout: int, spikes: bool = Fal
             and build.library() is not None)
 
 
-# Where Winograd's weight gradient replaces the lookups' for spikes (python benchmarks/bench_winograd.py --weight):
-# 1.1-1.2x from 96 channels on maps of 16x16 and more, 0.73-1.0x on 4x4 to 8x8 maps or at 48 channels. (Against
-# oneDNN's weight gradient, for dense inputs, it is 2.7-4x wherever the forward pays.)
-SPIKE_WGRAD_MIN_CHANNELS = 96
+# Where Winograd's weight gradient replaces the lookups' for spikes (python benchmarks/bench_winograd.py --part
+# weight; on AVX512 CPUs nowhere, see :func:`limits`)
+SPIKE_WGRAD_MIN_CHANNELS = _rules["SPIKE_WGRAD_MIN_CHANNELS"]
 SPIKE_WGRAD_MIN_SIDE = 16
 
 
