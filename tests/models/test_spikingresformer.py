@@ -489,3 +489,20 @@ def test_silent_head_gives_finite_output_and_gradients():
     y.sum().backward()
     assert dssa.firing_rate_x[0, 0, 0].item() == 0 and dssa.firing_rate_x[0, 0, 1].item() > 0
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+
+
+def test_block_layout_under_native_bf16():
+    """Fast blocks go channels-last where the maps have as many pixels as the widest convolution has channels;
+    under native bf16 autocast (oneDNN's bf16 convolutions) from a quarter of that (_BF16_PIXEL_WEIGHT)."""
+    from spikeformer.kernels.cpu import bf16 as cpu_bf16
+
+    model = spikeformer.create_model("spikingresformer_cifar", T=1, numerics="fast")
+    block = next(m for m in model.modules() if getattr(m, "inner", None) == 768)  # the 192-wide stage's MLP
+    x = torch.randn(1, 2, 192, 16, 16)  # 256 pixels against 768 channels
+    assert srf._block_frames(block, x, 768)[1] is False
+    with cpu_bf16.emulation(False), torch.autocast("cpu", dtype=torch.bfloat16):
+        y, fast = srf._block_frames(block, x, 768)
+        assert fast and srf._is_channels_last(y)
+        assert srf._block_frames(block, torch.randn(1, 2, 192, 8, 8), 768)[1] is False  # 256 < 768
+    with cpu_bf16.emulation(True), torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 products: the fp32 rule
+        assert srf._block_frames(block, x, 768)[1] is False
