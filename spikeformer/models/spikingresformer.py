@@ -138,7 +138,8 @@ class _Relayout(torch.autograd.Function):
 # 2 threads): the grouped 3x3 convolution of the MLP (64 channels per group, 128 frames) forward and backward, 768
 # channels on 16x16 maps, 149 ms channels-last against 257 ms NCHW, 1536 channels on 8x8 70 ms either way; a
 # spikingresformer_cifar bf16 training step (batch 32, T=4) 2.075 against 2.20 s and 2.128 against 2.26 s in two
-# runs, one process, the two rules alternating (spikingresformer_dvsg: 0.938 against 0.949 s)
+# runs, one process, the two rules alternating (spikingresformer_dvsg: 0.938 against 0.949 s;
+# python benchmarks/bench_rule_ab.py --rule spikingresformer-bf16-layout --model spikingresformer_cifar --bf16)
 _BF16_PIXEL_WEIGHT = 4
 
 

@@ -50,7 +50,8 @@ CHUNK_BYTES = 4 << 20  # transformed gradient per chunk of tiles: the transform'
 # where the CPU has it, its transforms and the table lookups it competes with are this package's compiled code (the
 # lookups with 16-lane vectors there, 8-lane ones on AVX2). The limits below were measured with
 # ``python benchmarks/bench_winograd.py`` on an AMD EPYC Zen 3 (AVX2, the first set) and a Zen 5 (AVX512, the second),
-# 2 threads, at the stems of Spikformer, SDT and QKFormer (batch 32, T=4) and the small shapes around the limits.
+# 2 threads, at the stems of Spikformer, SDT and QKFormer (batch 32, T=4) and the small shapes around the limits;
+# whole training steps under either set: python benchmarks/bench_rule_ab.py --rule winograd-limits --model NAME.
 AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
