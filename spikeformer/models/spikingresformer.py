@@ -143,18 +143,13 @@ class _Relayout(torch.autograd.Function):
 _BF16_PIXEL_WEIGHT = 4
 
 
-def _native_bf16(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not bf16.emulated())
-
-
 def _block_frames(block: nn.Module, x: torch.Tensor, channels: int) -> tuple[torch.Tensor, bool]:
     """``(x, fast)`` for a block whose widest convolution has ``channels`` output channels. Fast numerics keep the
     frames channels-last where the maps have at least as many pixels as that; oneDNN reorders a channels-last
     convolution's weight and weight gradient at every call, which costs more than the layout saves once the
     weights outweigh the feature maps (on an AVX2 CPU: 512 channels on 7x7 maps, 1536 on 8x8), and there the
     block runs the NCHW path (under native bf16 autocast from a quarter of those pixels: :data:`_BF16_PIXEL_WEIGHT`)."""
-    pixels = x.shape[-2] * x.shape[-1] * (_BF16_PIXEL_WEIGHT if _native_bf16(x) else 1)
+    pixels = x.shape[-2] * x.shape[-1] * (_BF16_PIXEL_WEIGHT if bf16.native_autocast(x) else 1)
     fast = wants_fast(block, x) and pixels >= channels
     if fast != _is_channels_last(x) and (fast or not x.is_contiguous()):
         x = _Relayout.apply(x, fast)

@@ -50,12 +50,21 @@ def emulated() -> bool:
     return (not native()) if _forced is None else _forced
 
 
+def _autocast(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 def active(x: torch.Tensor) -> bool:
     """Whether a product of ``x`` takes the fp32 route here: a CPU tensor under bf16 autocast, bf16 products
     :func:`emulated`, not traced by ``torch.compile`` (a compiled graph keeps autocast's operations)."""
-    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and emulated()
-            and not torch.compiler.is_compiling())
+    return _autocast(x) and emulated() and not torch.compiler.is_compiling()
+
+
+def native_autocast(x: torch.Tensor) -> bool:
+    """Whether products of ``x`` are PyTorch's bf16 ones: a CPU tensor under bf16 autocast, bf16 products not
+    :func:`emulated` (oneDNN's bf16 GEMMs and convolutions)."""
+    return _autocast(x) and not emulated()
 
 
 def fp32_products(x: torch.Tensor) -> bool:

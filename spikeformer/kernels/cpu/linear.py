@@ -107,8 +107,12 @@ MIN_MACS = 1 << 22
 BMM_MIN_WEIGHTS = 192 * 384
 
 
-def _fp32_cpu(*ts: torch.Tensor) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
+def _onednn_for(macs: int, *ts: torch.Tensor, min_macs: int = MIN_MACS) -> bool:
+    """Whether a product of ``macs`` multiply-adds over the tensors ``ts`` goes to oneDNN: fp32 CPU tensors, at least
+    ``min_macs``, not traced by ``torch.compile``, and :func:`onednn_pays`."""
+    return (_dnnl is not None and macs >= min_macs
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
+            and not torch.compiler.is_compiling() and onednn_pays())
 
 
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -117,7 +121,7 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     computes them. Not for autograd: the compiled kernels' Functions call it in their own backward."""
     M, K = a.shape
     N = b.shape[1]
-    if M * K * N >= MIN_MACS and _fp32_cpu(a, b) and not torch.compiler.is_compiling() and onednn_pays():
+    if _onednn_for(M * K * N, a, b):
         return _mm(a.contiguous(), b.t())
     return bf16.mm(a, b)
 
@@ -127,8 +131,7 @@ def bmm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tenso
     oneDNN where :func:`onednn_pays` and ``K * N`` is at least :data:`BMM_MIN_WEIGHTS`, else ``torch.bmm``."""
     B, M, K = a.shape
     N = b.shape[2]
-    if (K * N < BMM_MIN_WEIGHTS or M * K * N < MIN_MACS // 8 or not _fp32_cpu(a, b, out)
-            or torch.compiler.is_compiling() or not onednn_pays()):
+    if K * N < BMM_MIN_WEIGHTS or not _onednn_for(M * K * N, a, b, out, min_macs=MIN_MACS // 8):
         return torch.bmm(a, b, out=out)
     bt = b.transpose(1, 2)
     for i in range(B):
@@ -161,16 +164,7 @@ class _DnnlLinear(torch.autograd.Function):
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
-        _dnnl is not None
-        and not torch.compiler.is_compiling()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and x.numel() * weight.shape[0] >= MIN_MACS
-        and onednn_pays()
-    )
+    return not torch.is_autocast_enabled("cpu") and _onednn_for(x.numel() * weight.shape[0], x, weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
