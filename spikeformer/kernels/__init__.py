@@ -17,6 +17,8 @@ Operations (the names below) and their signatures, the same for every backend:
   (``kernels/cpu/winograd.py``: 4x fewer multiply-adds, results within fp32 rounding of the direct convolution).
 * ``max_pool(x) -> y``: 3x3, stride 2, padding 1 max-pool of frames ``[N, C, H, W]``.
 * ``linear(x, weight, bias) -> y``: a token-wise Linear.
+* ``gate_stats(x) -> (S, M)``, ``gate_pool(x, w) -> (A, X)`` and ``gate_apply(x, w, s) -> y``: the pooled statistics
+  and the gating of MA-SNN's attention over channels-last frames ``[N, P, C]`` (``kernels/torch/gates.py``).
 
 Built-in backends, in the order :func:`select` tries them: ``cpu`` (``kernels/cpu``: CPU tensors; compiled C++
 built on first use, off with ``SPIKEFORMER_NATIVE=0`` or without a C++ compiler, and oneDNN for ``linear``) and
@@ -43,7 +45,10 @@ SPARSE_LINEAR = "sparse_linear"
 SPARSE_CONV3X3 = "sparse_conv3x3"
 MAX_POOL = "max_pool"
 LINEAR = "linear"
-OPS = (NEURON, BN_NEURON, ATTENTION, SPARSE_LINEAR, SPARSE_CONV3X3, MAX_POOL, LINEAR)
+GATE_STATS = "gate_stats"
+GATE_POOL = "gate_pool"
+GATE_APPLY = "gate_apply"
+OPS = (NEURON, BN_NEURON, ATTENTION, SPARSE_LINEAR, SPARSE_CONV3X3, MAX_POOL, LINEAR, GATE_STATS, GATE_POOL, GATE_APPLY)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ _BACKENDS = (
         SPARSE_CONV3X3: _cpu.sparse.sparse_conv3x3,
         MAX_POOL: _cpu.pool.max_pool,
         LINEAR: _cpu.linear.linear,
+        GATE_STATS: _cpu.gates.gate_stats,
+        GATE_POOL: _cpu.gates.gate_pool,
+        GATE_APPLY: _cpu.gates.gate_apply,
     }, lambda op: op == LINEAR or _cpu.available()),  # linear binds oneDNN, not the compiled library
     Backend("torch", None, {
         NEURON: _ref.neuron.neuron,
@@ -82,6 +90,9 @@ _BACKENDS = (
         SPARSE_CONV3X3: _ref.sparse.sparse_conv3x3,
         MAX_POOL: _ref.pool.max_pool,
         LINEAR: _ref.linear.linear,
+        GATE_STATS: _ref.gates.gate_stats,
+        GATE_POOL: _ref.gates.gate_pool,
+        GATE_APPLY: _ref.gates.gate_apply,
     }, lambda op: True),
 )
 # kernels registered for a device type, per operation; they take precedence over the built-in backends
@@ -155,7 +166,7 @@ def available_backends(op: str) -> list[Backend]:
 
 
 __all__ = [
-    "ATTENTION", "BN_NEURON", "LINEAR", "MAX_POOL", "NEURON", "OPS", "SPARSE_CONV3X3", "SPARSE_LINEAR",
+    "ATTENTION", "BN_NEURON", "GATE_APPLY", "GATE_POOL", "GATE_STATS", "LINEAR", "MAX_POOL", "NEURON", "OPS", "SPARSE_CONV3X3", "SPARSE_LINEAR",
     "Backend", "NeuronParams", "ResetMode", "SurrogateKind", "available_backends", "backends", "builtin",
     "builtin_backend", "device_type", "register", "registered", "select", "surrogate_kind", "unregister",
 ]

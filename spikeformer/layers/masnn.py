@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
 from ..errors import SpikeformerError
 from .blocks import module_forward
 
@@ -121,6 +122,56 @@ class MultiDimAttention(nn.Module):
             if gate is not None:
                 x = gate(x) * x
         return torch.relu(x)
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The fast path: :meth:`forward` of channels-last frames ``x`` ``[T, B, C, H, W]`` (memory ``[T, B, H, W,
+        C]``) by the gate kernels (``kernels.GATE_STATS``, ``GATE_POOL``, ``GATE_APPLY``), channels-last out; ``None``
+        for other layouts and dtypes and while compiling (the caller then runs :meth:`forward`).
+
+        Three passes over the frames forward (their statistics, the spatial gate's pooling, the gating) and three
+        backward, instead of PyTorch's reductions, broadcasts and copies per gate. The maths is the same: the gates are
+        positive (sigmoids), so the channel gate's maximum over time of ``x * s_T`` is ``s_T`` times the per-frame
+        maximum, and its mean is ``s_T``-weighted per-frame sums; the spatial gate pools ``x * s_T * s_C``; the output
+        is ``relu(x * (s_T s_C) * s_S)``. The gate MLPs and the spatial convolution run in fp32 (autocast off), the
+        frames stay in their dtype. Sums run in another order than :meth:`forward`'s, and where a maximum is tied its
+        gradient goes to the first position in memory order."""
+        if torch.compiler.is_compiling() or x.dim() != 5 or x.dtype not in (torch.float32, torch.bfloat16):
+            return None
+        frames = x.permute(0, 1, 3, 4, 2)  # [T, B, H, W, C]
+        if not frames.is_contiguous():
+            return None
+        T, B, H, W, C = frames.shape
+        if self.ta is not None and T != self.ta.T or self.ca is not None and C != self.ca.channels:
+            return None  # forward raises the error that explains it
+        x3 = frames.view(T * B, H * W, C)
+        P = H * W
+        with torch.autocast(x.device.type, enabled=False):
+            w = None  # the per-frame channel weights s_T * s_C, [T, B, C]
+            if self.ta is not None or self.ca is not None:
+                S, M = kernels.select(kernels.GATE_STATS, x3)(x3)
+                S, M = S.view(T, B, C), M.view(T, B, C)
+                if self.ta is not None:
+                    mlp = self.ta.mlp
+                    s_t = torch.sigmoid(mlp(S.sum(2).t() / (P * C)) + mlp(M.amax(2).t())).t()  # [T, B]
+                    w = s_t.unsqueeze(2)
+                    if self.ca is not None:
+                        S, M = S * w, M * w
+                if self.ca is not None:
+                    mlp = self.ca.mlp
+                    s_c = torch.sigmoid(mlp(S.sum(0) / (T * P)) + mlp(M.max(0).values))  # [B, C]
+                    w = s_c.unsqueeze(0) if w is None else w * s_c
+                w = w.expand(T, B, C).reshape(T * B, C)
+            else:
+                w = x3.new_ones((T * B, C), dtype=torch.float32)
+            if self.sa is not None:
+                A, X = kernels.select(kernels.GATE_POOL, x3)(x3, w)
+                A, X = A.view(T, B, P), X.view(T, B, P)
+                pooled = torch.stack([A.sum(0) / (T * C), X.max(0).values], 1).view(B, 2, H, W)
+                s = torch.sigmoid(self.sa.conv(pooled)).view(1, B, P).expand(T, B, P).reshape(T * B, P)
+            else:
+                s = x3.new_ones((T * B, P), dtype=torch.float32)
+            y = kernels.select(kernels.GATE_APPLY, x3)(x3, w, s)
+        return y.view(T, B, H, W, C).permute(0, 1, 4, 2, 3)
 
     def extra_repr(self) -> str:
         return f"dims={self.dims!r}"

@@ -79,7 +79,8 @@ class ConvAttLIF(NumericsAware, nn.Module):
         if not isinstance(self.pool, nn.Identity):
             x = seq_apply(self.pool, x)
         if self.attn is not None:
-            x = self.attn(x)
+            y = self.attn.fused(x) if fast else None
+            x = self.attn(x) if y is None else y
         return _fire(self.neuron, x, fast)
 
 

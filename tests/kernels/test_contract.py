@@ -350,6 +350,71 @@ def test_linear(backend, bias):
         torch.testing.assert_close(a.cpu().double(), r, atol=1e-4, rtol=1e-5)
 
 
+# ------------------------------------------------------------------------------------------------------- gates
+def _gate_inputs(shape, dtype, seed, ties=False):
+    g = _gen(seed)
+    N, P, C = shape
+    x = torch.randint(-2, 3, shape, generator=g).float() if ties else torch.randn(shape, generator=g)
+    w, s = torch.rand(N, C, generator=g) + 0.25, torch.rand(N, P, generator=g) + 0.25
+    return x.to(dtype), w, s
+
+
+def _gate_reference(op, x, w=None, s=None):
+    """The equations in float64 (the maximum's gradient to its first position, as ``Tensor.max``)."""
+    xd = x.double()
+    if op == kernels.GATE_STATS:
+        return xd.sum(1), xd.max(1).values
+    if op == kernels.GATE_POOL:
+        y = xd * w.double()[:, None, :]
+        return y.sum(2), y.max(2).values
+    return (torch.relu(xd * w.double()[:, None, :] * s.double()[:, :, None]),)
+
+
+GATE_OPS = {kernels.GATE_STATS: 1, kernels.GATE_POOL: 2, kernels.GATE_APPLY: 3}  # op: number of tensor inputs
+
+
+@pytest.mark.parametrize("op", list(GATE_OPS))
+@pytest.mark.parametrize("shape", [(6, 10, 37), (4, 64, 16), (3, 5, 3), (2, 1, 1)])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("ties", [False, True], ids=["randn", "ties"])
+def test_gates(op, shape, dtype, ties):
+    dt = torch.float32 if dtype == "fp32" else torch.bfloat16
+    inputs = _gate_inputs(shape, dt, sum(shape), ties)[: GATE_OPS[op]]
+    ref_leaves = [t.double().requires_grad_() for t in inputs]
+    refs = _gate_reference(op, *ref_leaves)
+    gouts = [torch.randn(r.shape, generator=_gen(5)).double() for r in refs]
+    ref_grads = torch.autograd.grad(sum((r * g).sum() for r, g in zip(refs, gouts)), ref_leaves)
+    for backend in kernels.available_backends(op):
+        leaves = [t.to(backend.device).requires_grad_() for t in inputs]
+        outs = backend.ops[op](*leaves)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        assert [o.dtype for o in outs] == ([dt] if op == kernels.GATE_APPLY else [torch.float32] * 2)
+        grads = torch.autograd.grad(sum((o.double() * g.to(o.device)).sum() for o, g in zip(outs, gouts)), leaves)
+        # sums in fp32 in any order; products and maxima in fp32, then the frames' dtype (bf16 frames: the incoming
+        # frame gradient is bf16-rounded too)
+        tol, gtol = (2 ** -8, 2 ** -7) if dt == torch.bfloat16 else (1e-6, 1e-5)
+        for o, r in zip(outs, refs):
+            torch.testing.assert_close(o.cpu().double(), r, rtol=tol, atol=tol * shape[1] * shape[2])
+        for a, r in zip(grads, ref_grads):
+            torch.testing.assert_close(a.cpu().double(), r, rtol=gtol, atol=gtol * shape[1] * shape[2])
+
+
+@pytest.mark.parametrize("op", [kernels.GATE_STATS, kernels.GATE_POOL])
+def test_gates_tied_maximum_takes_the_first_gradient(op):
+    """Constant frames: every position holds the maximum; the compiled kernels give its gradient to the first."""
+    for backend in kernels.available_backends(op):
+        x = torch.full((2, 4, 3), 0.5, requires_grad=True)
+        w = torch.ones(2, 3)
+        _, mx = backend.ops[op](*((x,) if op == kernels.GATE_STATS else (x, w)))
+        (gx,) = torch.autograd.grad(mx.sum(), x)
+        first = torch.zeros(2, 4, 3)
+        if op == kernels.GATE_STATS:
+            first[:, 0, :] = 1  # the maximum over pixels
+        else:
+            first[:, :, 0] = 1  # the maximum over channels
+        assert torch.equal(gx, first), backend.name
+
+
 # ---------------------------------------------------------------------------------------------------- dispatch
 def test_every_op_has_a_reference_on_every_device():
     for op in kernels.OPS:

@@ -15,7 +15,7 @@ from spikeformer.errors import SpikeformerError
 from spikeformer.kernels.cpu import bf16
 from spikeformer.layers import set_numerics
 from spikeformer.models._base import SpikingClassifier
-from spikeformer.layers.masnn import CA, CSA, SA, TA, TCA, TCSA, TSA, build_attention
+from spikeformer.layers.masnn import CA, CSA, SA, TA, TCA, TCSA, TSA, MultiDimAttention, build_attention
 from spikeformer.models.masnn import MALIF, MS_LIF, AttResBlock, AttResNet, Rectangle, checkpoint_filter_fn
 from spikeformer.neurons import LIF, neuron_factory
 
@@ -408,6 +408,9 @@ def test_gesture_exact_and_fast_numerics():
     with torch.no_grad(), OpLog() as fast_ops:
         y_fast = fast(x)
     assert [c for c in fast_ops.convs if c[1] > 1] == [("channels_last", 64)]  # the others: over nonzero spikes
+    # the attention of the three convolutional layers by the gate kernels: the means over frames run only in the
+    # unfused forward (three gates per layer); both keep the fully connected layers' TA and the output's mean
+    assert exact_ops.count["mean"] == 3 * 3 + 2 + 1 and fast_ops.count["mean"] == 2 + 1
     assert fast_ops.count["addmm"] == 0  # oneDNN or over the nonzero spikes
     assert y_exact.abs().sum() > 0
     assert (y_fast - y_exact).abs().max().item() <= 2 / 8 and (y_fast != y_exact).float().mean().item() <= 0.1
@@ -444,6 +447,37 @@ def test_resnet_exact_and_fast_numerics():
     assert nchw(emu_ops.convs) == nchw(fp32_ops.convs) and len(emu_ops.convs) == len(fp32_ops.convs)
     assert "channels_last" not in {c[0] for c in emu_ops.convs}
     assert y_emu.dtype == torch.bfloat16 and torch.isfinite(y_emu).all()
+
+
+@pytest.mark.parametrize("dims", ["TCS", "T", "C", "S", "TC", "TS", "CS"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_attention_equals_forward(dims, dtype):
+    """The fast path's gate kernels (``MultiDimAttention.fused``) against the official operations of ``forward`` in
+    fp32: outputs, frame gradients and the gates' parameter gradients, on channels-last frames."""
+    torch.manual_seed(0)
+    att = MultiDimAttention(dims, T=4, channels=24, t_ratio=2, c_ratio=4)
+    x = torch.randn(4, 3, 7, 6, 24).permute(0, 1, 4, 2, 3).to(dtype)  # [T, B, C, H, W], channels-last frames
+    xf, xr = x.detach().clone().requires_grad_(), x.detach().float().requires_grad_()
+    y, ref = att.fused(xf), att(xr)
+    assert y.dtype == dtype and y.stride() == x.stride()
+    g = torch.randn(ref.shape)
+    grads = torch.autograd.grad((y.float() * g).sum(), [xf] + list(att.parameters()))
+    ref_grads = torch.autograd.grad((ref * g).sum(), [xr] + list(att.parameters()))
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -6  # sums in another order; bf16 frames and outputs
+    torch.testing.assert_close(y.float(), ref, rtol=tol, atol=tol)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a.float(), r, rtol=tol, atol=tol * r.abs().max().item())
+
+
+def test_fused_attention_declines_what_it_cannot_run():
+    att = TCSA(T=4, channels=8, t_ratio=2, c_ratio=2)
+    nchw = torch.randn(4, 2, 8, 5, 5)
+    assert att.fused(nchw) is None  # NCHW frames: the caller runs forward
+    assert att.fused(nchw.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3).double()) is None
+    wrong_t = torch.randn(3, 2, 5, 5, 8).permute(0, 1, 4, 2, 3)
+    assert att.fused(wrong_t) is None
+    with pytest.raises(SpikeformerError, match="built for T=4"):
+        att(wrong_t)
 
 
 @pytest.mark.parametrize("which", ["gesture", "resnet"])
