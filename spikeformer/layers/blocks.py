@@ -164,7 +164,13 @@ def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, spikes_in: bool = F
             fast: Optional[bool] = None) -> torch.Tensor:
     """``bn(conv(x))`` on frames ``[T, B, C, H, W]`` (BatchNorm over the merged T*B batch)."""
     fast = _fast(x, conv, bn) if fast is None else fast
-    z = conv_frames(conv, x, fast, spikes_in)
+    return frames_bn(bn, conv_frames(conv, x, fast, spikes_in), fast)
+
+
+def frames_bn(bn: nn.Module, z: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``bn`` over frames ``[T, B, C, H, W]`` (the merged T*B batch): on the fast path
+    :func:`~spikeformer.layers.fused_bn.bn_frames` (once per batch for frames repeated over time, the backward given
+    the gradient in the frames' memory format), else the official ``seq_apply``."""
     return fused_bn.bn_frames(bn, z) if fast else seq_apply(bn, z)
 
 

@@ -149,10 +149,38 @@ def _bn_shared_over_time(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     return y.unsqueeze(0).expand(x.shape)
 
 
+class _GradInLayout(torch.autograd.Function):
+    """The identity, whose backward hands on the gradient in the memory format of the forward's frames
+    ``[N, C, H, W]`` (a copy where it arrives in the other one)."""
+
+    @staticmethod
+    def forward(ctx, y):
+        ctx.channels_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous(memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
+
+
+def _bn_in_layout(bn: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``bn(z)`` for frames ``z`` ``[N, C, H, W]``, its backward given the output gradient in ``z``'s memory format.
+    PyTorch's BatchNorm backward takes a slow path when the two differ (the gradient of a channels-last output
+    arriving NCHW from a residual sum, or the reverse): ``[128, 512, 8, 8]`` in bf16 took 26 ms instead of 3.1 ms
+    forward and backward, an SDT training step spent 0.1 s there."""
+    y = bn(z)
+    if y.requires_grad and z.dim() == 4 and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        y = _GradInLayout.apply(y)
+    return y
+
+
 def bn_frames(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``bn`` over frames ``[T, B, C, H, W]`` (the merged T*B batch) on the fast path: once per batch where the
     frames repeat one batch over time."""
-    return _bn_shared_over_time(bn, x) if _shared_over_time(bn, x) else seq_apply(bn, x)
+    if _shared_over_time(bn, x):
+        return _bn_shared_over_time(bn, x)
+    T, B = x.shape[:2]
+    return _bn_in_layout(bn, x.flatten(0, 1)).unflatten(0, (T, B))
 
 
 def _update_running_stats(bn: nn.Module, mean: torch.Tensor, var: torch.Tensor, n: int,

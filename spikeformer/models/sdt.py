@@ -40,7 +40,7 @@ from torch import nn
 
 from ..errors import SpikeformerError
 from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
-from ..layers.blocks import bn_neuron, channels_last, conv_bn, conv_frames
+from ..layers.blocks import bn_neuron, channels_last, conv_bn, conv_frames, frames_bn
 from ..layers.init import trunc_normal_
 from ..layers.pool import max_pool
 from ..neurons import neuron_factory
@@ -89,7 +89,7 @@ class SPS(NumericsAware, nn.Module):
             if i < 3:
                 x = bn_neuron(bn, lifs[i], z, fuse=fast)
             else:
-                x = seq_apply(bn, z)
+                x = frames_bn(bn, z, fast)
             if self.pool_after[i]:  # stage 4 pools the BN output, before its LIF
                 x = seq_apply(pool, x)
         x_feat = x
@@ -162,7 +162,7 @@ class MLP(NumericsAware, nn.Module):
         identity = x
         z = conv_frames(self.fc1_conv, self.fc1_lif(x), fast, spikes_in=True)
         if self.res:
-            x = identity = identity + seq_apply(self.fc1_bn, z)
+            x = identity = identity + frames_bn(self.fc1_bn, z, fast)
             s = self.fc2_lif(x)
         else:  # fc1's BatchNorm feeds fc2's LIF directly: one fused kernel on the fast path
             s = bn_neuron(self.fc1_bn, self.fc2_lif, z, fuse=fast)

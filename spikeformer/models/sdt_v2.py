@@ -47,7 +47,7 @@ from ..errors import SpikeformerError
 from ..kernels.cpu import bf16
 from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, seq_apply, wants_fast
 from ..layers.attention import token_spike_attention
-from ..layers.blocks import bn_neuron, conv_bn, conv_bn_neuron, conv_frames, linear_bn, linear_bn_neuron
+from ..layers.blocks import bn_neuron, conv_bn, conv_bn_neuron, conv_frames, frames_bn, linear_bn, linear_bn_neuron
 from ..layers.init import trunc_normal_
 from ..neurons import neuron_factory
 from ._base import SpikingClassifier
@@ -178,9 +178,9 @@ class RepConv(nn.Module):
     def run(self, x: torch.Tensor, fast: bool) -> torch.Tensor:
         """Frames ``[T, B, C, H, W]`` of spikes -> ``[T, B, C', H, W]``."""
         pw1, pad_bn, (dw, pw2, bn) = self.body[0], self.body[1], self.body[2]
-        y = seq_apply(pad_bn, conv_frames(pw1, x, fast, spikes_in=True))
+        y = frames_bn(pad_bn, conv_frames(pw1, x, fast, spikes_in=True), fast)
         y = conv_frames(dw, y, fast)
-        return seq_apply(bn, conv_frames(pw2, y, fast))
+        return frames_bn(bn, conv_frames(pw2, y, fast), fast)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [M, C, H, W], as the official module
         return self.body(x)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikeformer.layers import TokenBN
 from spikeformer.layers import fused_bn as BNN
@@ -411,3 +412,47 @@ def test_running_update_in_one_call_equals_tensor_operations(C):
             assert torch.equal(a, rm.clone().mul_(1.0 - f).add_(m.to(torch.float32), alpha=f))
             assert torch.equal(b, rv.clone().mul_(1.0 - f).add_((var * (n / (n - 1))).to(torch.float32), alpha=f))
     assert not running_update(rm.double(), rv.double(), mean, var, None, 0.1, 1.0)  # float64 statistics: not taken
+
+
+@pytest.mark.parametrize("frames", ["channels_last", "nchw"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_bn_frames_gets_its_gradient_in_the_frames_layout(frames, dtype):
+    """The fast path's BatchNorm over frames hands PyTorch's BatchNorm backward the output gradient in the frames'
+    memory format (a gradient in the other one takes its slow path); values as the official ``seq_apply``."""
+    torch.manual_seed(0)
+    T, B, C, H, W = 2, 3, 16, 5, 4
+    base = torch.randn(T, B, H, W, C) if frames == "channels_last" else torch.randn(T, B, C, H, W)
+    x = (base.permute(0, 1, 4, 2, 3) if frames == "channels_last" else base).to(dtype)
+    other = torch.randn(T, B, C, H, W).to(dtype)  # a gradient in the other layout
+    other = other.contiguous() if frames == "channels_last" else other.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    seen = []
+
+    def record(grad):
+        seen.append(grad)
+
+    bn = nn.BatchNorm2d(C)
+    ref_bn = copy.deepcopy(bn)
+    xa, xr = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    y = BNN.bn_frames(bn, xa)
+    y_ref = torch.nn.modules.batchnorm.BatchNorm2d.forward(ref_bn, xr.flatten(0, 1)).unflatten(0, (T, B))
+    assert torch.equal(y, y_ref)
+    y.register_hook(record)
+
+    class BackwardArgs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == "native_batch_norm_backward":
+                seen.append(args[:2])  # (grad_out, input)
+            return func(*args, **(kwargs or {}))
+
+    with BackwardArgs():
+        (ga,) = torch.autograd.grad((y * other).sum(), xa)
+    (gr,) = torch.autograd.grad((y_ref * other).sum(), xr)
+    # bf16: the two layouts' kernels round the cancelling sum g - mean(g) - xhat mean(g xhat) differently
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -6
+    torch.testing.assert_close(ga.float(), gr.float(), rtol=tol, atol=tol * gr.float().abs().max().item())
+    flat = ga.flatten(0, 1)
+    assert flat.is_contiguous(memory_format=torch.channels_last) == (frames == "channels_last")
+    assert torch.equal(seen[0], other)  # the gradient arrived in the other layout and was relaid out inside
+    grad_out, inp = seen[1]
+    assert grad_out.stride() == inp.stride() and torch.equal(grad_out, other.flatten(0, 1))
+    assert torch.equal(bn.running_mean, ref_bn.running_mean) and torch.equal(bn.running_var, ref_bn.running_var)
