@@ -156,7 +156,10 @@ class _DnnlLinear(torch.autograd.Function):
     def backward(ctx, g):
         x2d, weight = ctx.saved_tensors
         g = g.contiguous()
-        gx = _mm(g, weight.t().contiguous()) if ctx.needs_input_grad[0] else None  # the weight copy is small
+        # g @ W with W^T as a transposed view: oneDNN reads it as it is; a contiguous copy of W^T (a strided
+        # transpose) cost more than the product at few rows (QKFormer at 32x32 inputs, 32 rows: [384, 1536] copied
+        # in 0.62 ms for a 0.10 ms product) and it was slower at every measured shape (benchmarks/RESULTS.md)
+        gx = _mm(g, weight.t()) if ctx.needs_input_grad[0] else None
         # dL/dW = g^T x: through oneDNN it would need two [M, *] transposed copies, which cost more than it saves
         gw = torch.mm(g.t(), x2d) if ctx.needs_input_grad[1] else None
         gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
