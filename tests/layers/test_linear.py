@@ -200,6 +200,11 @@ def test_kernel_gemms_equal_the_blas_within_rounding(monkeypatch, route):
             got = L.mm(a, b)
             ref = torch.mm(a.double(), b.double()).float()
             torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
+    # the weight gradient g^T x: below and above WGRAD_ROWS, with more gradient rows than columns and fewer
+    for M, N, K in ((600, 384, 96), (40, 8, 24), (5000, 160, 40), (5000, 40, 160)):
+        gr, x = torch.randn(M, N, generator=g), torch.randn(M, K, generator=g)
+        ref = torch.mm(gr.double().t(), x.double()).float()
+        torch.testing.assert_close(L.weight_grad(gr, x), ref, atol=4e-6 * ref.abs().max().item(), rtol=1e-5)
     for B, M, K, N in ((3, 40, 192, 384), (2, 17, 8, 12)):
         a = torch.randn(B, M, K, generator=g)
         b = torch.randn(B, K, N, generator=g)
