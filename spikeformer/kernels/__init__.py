@@ -166,7 +166,8 @@ def available_backends(op: str) -> list[Backend]:
 
 
 __all__ = [
-    "ATTENTION", "BN_NEURON", "GATE_APPLY", "GATE_POOL", "GATE_STATS", "LINEAR", "MAX_POOL", "NEURON", "OPS", "SPARSE_CONV3X3", "SPARSE_LINEAR",
+    "ATTENTION", "BN_NEURON", "GATE_APPLY", "GATE_POOL", "GATE_STATS", "LINEAR", "MAX_POOL", "NEURON", "OPS",
+    "SPARSE_CONV3X3", "SPARSE_LINEAR",
     "Backend", "NeuronParams", "ResetMode", "SurrogateKind", "available_backends", "backends", "builtin",
     "builtin_backend", "device_type", "register", "registered", "select", "surrogate_kind", "unregister",
 ]

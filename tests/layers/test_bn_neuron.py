@@ -424,7 +424,10 @@ def test_bn_frames_gets_its_gradient_in_the_frames_layout(frames, dtype):
     base = torch.randn(T, B, H, W, C) if frames == "channels_last" else torch.randn(T, B, C, H, W)
     x = (base.permute(0, 1, 4, 2, 3) if frames == "channels_last" else base).to(dtype)
     other = torch.randn(T, B, C, H, W).to(dtype)  # a gradient in the other layout
-    other = other.contiguous() if frames == "channels_last" else other.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    if frames == "channels_last":
+        other = other.contiguous()
+    else:
+        other = other.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     seen = []
 
     def record(grad):

@@ -150,7 +150,8 @@ void apply_fwd(int64_t N, int64_t P, int64_t C, const X* x, const float* w, cons
   }
 }
 
-// y = relu((x * w) * s): with t = g * [y > 0] * s, gx = t * w, gw[n, c] = sum_p t * x, gs[n, p] = sum_c (g * [y > 0]) * (x * w)
+// y = relu((x * w) * s): with t = g * [y > 0] * s, gx = t * w, gw[n, c] = sum_p t * x and
+// gs[n, p] = sum_c (g * [y > 0]) * (x * w)
 template <typename X>
 void apply_bwd(int64_t N, int64_t P, int64_t C, const X* x, const float* w, const float* s, const X* gy, X* gx,
                float* gw, float* gs, int nthreads) {
