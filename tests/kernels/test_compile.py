@@ -27,6 +27,7 @@ from torch import nn
 import spikeformer
 from spikeformer import kernels
 from spikeformer.kernels import cpu
+from spikeformer.layers import fused_bn
 from spikeformer.layers.masnn import MultiDimAttention
 from spikeformer.models import get_model_info, list_models
 from spikeformer.neurons import functional as NF
@@ -64,13 +65,16 @@ def _compiled_graph_ops(monkeypatch):
     the nonzero spikes or look up tables of spike codes, ``F.linear`` where it would call oneDNN
     (``kernels/cpu/linear.py``), the direct data gradient where it would take Winograd's (``kernels/cpu/winograd.py``:
     within 1e-5 of the gradient's scale, wider than this test's tolerance), MA-SNN attention's PyTorch operations
-    where it would call the gate kernels (``MultiDimAttention.fused``, which declines while compiling)."""
+    where it would call the gate kernels (``MultiDimAttention.fused``, which declines while compiling), and BatchNorm
+    given its output gradient in the layout it arrives in (``fused_bn._grad_in_layout`` relays it out in eager mode
+    only; the two layouts' BatchNorm backward kernels round differently)."""
     monkeypatch.setattr(_native, "sparse_rows", lambda x2d, max_density: None)
     monkeypatch.setattr(cpu.lut, "lut_linear", lambda *a, **k: None)
     monkeypatch.setattr(cpu.lut, "lut_conv3x3", lambda *a, **k: None)
     monkeypatch.setattr(cpu.winograd, "conv3x3", lambda *a, **k: None)
     monkeypatch.setattr(cpu.linear, "_dnnl", None)
     monkeypatch.setattr(MultiDimAttention, "fused", lambda self, x: None)
+    monkeypatch.setattr(fused_bn, "_grad_in_layout", lambda y: y)
 
 
 # ------------------------------------------------------------------------------------------------- the kernels
