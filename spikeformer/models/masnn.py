@@ -18,8 +18,9 @@ Numerics (:mod:`spikeformer.layers.numerics`): convolution + BatchNorm run throu
 runs them on the merged NCHW ``[T*B, C, H, W]`` batch and the fully connected layers as ``nn.Linear`` +
 ``BatchNorm1d`` rows, the official operations. ``"fast"`` keeps the Gesture network's frames channels-last and
 takes the products that read spikes (every convolution after the first, the fully connected layers) over the
-nonzero spikes where few enough fire (about 1 % do). Att-Res-SNN keeps NCHW frames in fp32 on the fast path too
-(:func:`_resnet_fast`): nothing on the fast path pays for it on CPU. The official neurons (MA-SNN's LIF,
+nonzero spikes where few enough fire (about 1 % do), and runs the convolutional layers' attention by the gate
+kernels (:meth:`~spikeformer.layers.masnn.MultiDimAttention.fused`). Att-Res-SNN keeps NCHW frames in fp32 on the
+fast path too (:func:`_resnet_fast`): nothing on the fast path pays for it on CPU. The official neurons (MA-SNN's LIF,
 MS-ResNet's LIF with a rectangular surrogate) have no compiled kernel and run as written in both.
 The reduction ratios are the official configs' (Gesture ``c_ratio=8, t_ratio=5``; ImageNet CSA ``c_ratio=8``).
 Official checkpoints are remapped by :func:`checkpoint_filter_fn`.
