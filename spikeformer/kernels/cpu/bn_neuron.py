@@ -19,7 +19,7 @@ import torch
 from ..params import NeuronParams, surrogate_kind
 from ..torch import bn_neuron as torch_bn_neuron
 from . import bf16, build, ops
-from .build import is_bf16, ptr, threads
+from .build import f32, is_bf16, ptr, threads
 from .neuron import SURROGATES, Params, _like, _params, params
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -120,7 +120,7 @@ def train_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     up (QKFormer's last stage: 4 tokens). Returns ``(spikes, float32 weight, ab [2, C] = (a, b), chan [3, C] float64
     = (mean, biased variance, invstd))``, what :func:`train_backward` takes."""
     C = weight.shape[0]
-    w, b = _f32(weight), _f32(bias)
+    w, b = f32(weight), f32(bias)
     chan = torch.empty((3, C), dtype=torch.float64)
     ab = torch.empty((2, C), dtype=torch.float32)
     s = torch.empty_like(x)
@@ -139,12 +139,6 @@ def train_backward(grad_spikes, x: torch.Tensor, w: torch.Tensor, ab: torch.Tens
     build.library().sf_bn_train_backward(ctypes.byref(p), C, ptr(ab), ptr(chan), ptr(w), ptr(x), is_bf16(x),
                                          ptr(gs), ptr(gx), ptr(gwb))
     return gx, gwb[0].to(wdtype), gwb[1].to(wdtype)
-
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """A parameter's values as a contiguous float32 tensor (itself when it is one), detached."""
-    t = t.detach()
-    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
 class NativeBNNeuron:

@@ -210,6 +210,12 @@ def ptr(t: Optional[torch.Tensor]):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
+def f32(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values as a contiguous float32 tensor for a kernel's argument (itself when it is one), detached."""
+    t = t.detach()
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
 def is_bf16(t: torch.Tensor) -> int:
     """The kernels' dtype flag: 1 for bfloat16 data, 0 for float32."""
     return int(t.dtype == torch.bfloat16)

@@ -15,6 +15,18 @@ namespace {
 
 constexpr int LANES = 16;
 
+// f(l, c) for c = 0 .. C-1 with lane l = c % LANES: whole rows of LANES as one vector loop, then the tail. A reduction
+// over c kept in per-lane partials (the caller's arrays of LANES) vectorises without reassociating a float sum.
+template <typename F>
+inline void for_lanes(int64_t C, F&& f) {
+  int64_t c0 = 0;
+  for (; c0 + LANES <= C; c0 += LANES) {
+#pragma omp simd
+    for (int l = 0; l < LANES; ++l) f(l, c0 + l);
+  }
+  for (int l = 0; c0 + l < C; ++l) f(l, c0 + l);
+}
+
 template <typename X>
 void stats_fwd(int64_t N, int64_t P, int64_t C, const X* x, float* S, float* M, int32_t* I, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
@@ -76,24 +88,13 @@ void pool_fwd(int64_t N, int64_t P, int64_t C, const X* x, const float* w, float
         best[l] = -INFINITY;
         arg[l] = 0;
       }
-      int64_t c0 = 0;
-      for (; c0 + LANES <= C; c0 += LANES) {
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) {
-          const float y = ld(xp, c0 + l) * wn[c0 + l];
-          const bool take = (y > best[l]) || (y != y && best[l] == best[l]);
-          acc[l] += y;
-          best[l] = take ? y : best[l];
-          arg[l] = take ? static_cast<int32_t>(c0 + l) : arg[l];
-        }
-      }
-      for (int l = 0; c0 + l < C; ++l) {
-        const float y = ld(xp, c0 + l) * wn[c0 + l];
+      for_lanes(C, [&](int l, int64_t c) {
+        const float y = ld(xp, c) * wn[c];
         const bool take = (y > best[l]) || (y != y && best[l] == best[l]);
         acc[l] += y;
         best[l] = take ? y : best[l];
-        arg[l] = take ? static_cast<int32_t>(c0 + l) : arg[l];
-      }
+        arg[l] = take ? static_cast<int32_t>(c) : arg[l];
+      });
       float sum = 0.0f, b = -INFINITY;
       int32_t a = 0;
       for (int l = 0; l < LANES && l < C; ++l) {
@@ -167,28 +168,14 @@ void apply_bwd(int64_t N, int64_t P, int64_t C, const X* x, const float* w, cons
       const float sp = s[n * P + p];
       float acc[LANES];
       for (int l = 0; l < LANES; ++l) acc[l] = 0.0f;
-      int64_t c0 = 0;
-      for (; c0 + LANES <= C; c0 += LANES) {
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) {
-          const int64_t c = c0 + l;
-          const float v = ld(xp, c), xw = v * wn[c];
-          const float gv = xw * sp > 0.0f ? ld(gp, c) : 0.0f;
-          const float t = gv * sp;
-          st(g, c, t * wn[c]);
-          gwn[c] += t * v;
-          acc[l] += gv * xw;
-        }
-      }
-      for (int l = 0; c0 + l < C; ++l) {
-        const int64_t c = c0 + l;
+      for_lanes(C, [&](int l, int64_t c) {
         const float v = ld(xp, c), xw = v * wn[c];
         const float gv = xw * sp > 0.0f ? ld(gp, c) : 0.0f;
         const float t = gv * sp;
         st(g, c, t * wn[c]);
         gwn[c] += t * v;
         acc[l] += gv * xw;
-      }
+      });
       float sum = 0.0f;
       for (int l = 0; l < LANES; ++l) sum += acc[l];
       gs[n * P + p] = sum;

@@ -16,7 +16,7 @@ import torch
 
 from ..torch import gates as torch_gates
 from . import bf16, build
-from .build import is_bf16, ptr, threads
+from .build import f32, is_bf16, ptr, threads
 
 _i64x3 = [ctypes.c_int64] * 3
 _p, _i = ctypes.c_void_p, ctypes.c_int
@@ -29,10 +29,6 @@ build.declare(
     sf_gate_apply_bwd=(None, _i64x3 + [_p, _i, _p, _p, _p, _p, _p, _p, _i]),
 )
 _F32 = torch.float32
-
-
-def _small(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to(_F32).contiguous()
 
 
 class GateStats(torch.autograd.Function):
@@ -51,8 +47,8 @@ class GateStats(torch.autograd.Function):
     def backward(ctx, gS, gM):
         (idx,) = ctx.saved_tensors
         N, P, C = ctx.shape
-        gS = torch.zeros((N, C), dtype=_F32) if gS is None else _small(gS)
-        gM = torch.zeros((N, C), dtype=_F32) if gM is None else _small(gM)
+        gS = torch.zeros((N, C), dtype=_F32) if gS is None else f32(gS)
+        gM = torch.zeros((N, C), dtype=_F32) if gM is None else f32(gM)
         gx = torch.empty(ctx.shape, dtype=ctx.dtype)
         build.library().sf_gate_stats_bwd(N, P, C, ptr(gS), ptr(gM), ptr(idx), ptr(gx), is_bf16(gx), threads())
         return gx
@@ -62,7 +58,7 @@ class GatePool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w):
         N, P, C = x.shape
-        w = _small(w)
+        w = f32(w)
         A, X = torch.empty((N, P), dtype=_F32), torch.empty((N, P), dtype=_F32)
         idx = torch.empty((N, P), dtype=torch.int32)
         build.library().sf_gate_pool_fwd(N, P, C, ptr(x), is_bf16(x), ptr(w), ptr(A), ptr(X), ptr(idx), threads())
@@ -74,8 +70,8 @@ class GatePool(torch.autograd.Function):
     def backward(ctx, gA, gX):
         x, w, idx = ctx.saved_tensors
         N, P, C = x.shape
-        gA = torch.zeros((N, P), dtype=_F32) if gA is None else _small(gA)
-        gX = torch.zeros((N, P), dtype=_F32) if gX is None else _small(gX)
+        gA = torch.zeros((N, P), dtype=_F32) if gA is None else f32(gA)
+        gX = torch.zeros((N, P), dtype=_F32) if gX is None else f32(gX)
         gx, gw = torch.empty_like(x), torch.empty((N, C), dtype=_F32)
         build.library().sf_gate_pool_bwd(N, P, C, ptr(x), is_bf16(x), ptr(w), ptr(gA), ptr(gX), ptr(idx), ptr(gx),
                                          ptr(gw), threads())
@@ -86,7 +82,7 @@ class GateApply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, s):
         N, P, C = x.shape
-        w, s = _small(w), _small(s)
+        w, s = f32(w), f32(s)
         y = torch.empty_like(x)
         build.library().sf_gate_apply_fwd(N, P, C, ptr(x), is_bf16(x), ptr(w), ptr(s), ptr(y), threads())
         ctx.save_for_backward(x, w, s)

@@ -164,7 +164,7 @@ def bn_neuron_backward_op(grad_spikes: Tensor, x: Tensor, weight: Tensor, bias: 
     invstd64 = (var64 + eps).rsqrt()  # the forward's, bit for bit (1 / sqrt in the kernel)
     ab = torch.stack(bb.bn_scale_shift(weight, bias, mean64, invstd64))
     chan = torch.stack((mean64, var64, invstd64))
-    gx, gw, gb = bb.train_backward(grad_spikes, x, bb._f32(weight), ab, chan, bb._params_of(x, p), weight.dtype)
+    gx, gw, gb = bb.train_backward(grad_spikes, x, build.f32(weight), ab, chan, bb._params_of(x, p), weight.dtype)
     return gx, gw.clone(), gb.clone()  # views of one buffer: a custom operator's outputs may not alias
 
 

@@ -202,7 +202,7 @@ def _tiles(src: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], out
     v = torch.empty(36, chunk, Cs)
     m = torch.empty(36, chunk, Cd)
     nt = threads()
-    b = None if bias is None else bias.detach().float().contiguous()
+    b = None if bias is None else build.f32(bias)
     for p0 in range(0, P, chunk):
         n = min(chunk, P - p0)
         vv, mm = (v, m) if n == chunk else (torch.empty(36, n, Cs), torch.empty(36, n, Cd))
