@@ -8,7 +8,8 @@ between steps, the order reversed every other round, so load from elsewhere hits
     python benchmarks/bench_rule_ab.py --rule spikingresformer-bf16-layout --model spikingresformer_cifar --bf16
 
 Rules (``A``: the other setting, ``B``: what this CPU uses now):
-- ``winograd-limits``: ``kernels/cpu/winograd.py`` ``limits(avx512)``, A the AVX2 set, B the AVX512 set.
+- ``winograd-limits``: ``kernels/cpu/winograd.py`` ``limits(avx512)``, A the other CPU kind's set, B this CPU's
+  (the AVX512 set on a CPU with AVX512, else the AVX2 set).
 - ``spikingresformer-bf16-layout``: ``models/spikingresformer.py`` ``_BF16_PIXEL_WEIGHT``, A 1 (the fp32 rule), B 4.
 """
 
@@ -30,11 +31,11 @@ import _machine  # noqa: E402  (benchmarks/ is the script's folder)
 from bench_numerics import make_input  # noqa: E402
 
 
-def _winograd(avx512: bool):
+def _winograd(this_cpu: bool):
     from spikeformer.kernels.cpu import winograd
 
     def apply():
-        for name, value in winograd.limits(avx512).items():
+        for name, value in winograd.limits(winograd.AVX512 == this_cpu).items():
             setattr(winograd, name, value)
     return apply
 

@@ -46,10 +46,9 @@ double bwd_block(const SfParams& p, const X* x, const G* __restrict gs, const fl
   float* h = hbuf.data();
   for (int64_t i = 0; i < m; ++i) vstart[i] = v[i] = v0 ? v0[n0 + i] : p.vinit;
   run_block_any<X>(p, x, n0, m, v, h, BLOCK, nullptr);
-  for (int64_t i = 0; i < m; ++i) {
-    gv[i] = gv_last ? gv_last[n0 + i] : 0.0f;
-    acc[i] = 0.0f;
-  }
+  for (int64_t i = 0; i < m; ++i) gv[i] = gv_last ? gv_last[n0 + i] : 0.0f;
+  if (WANT_K)
+    for (int64_t i = 0; i < m; ++i) acc[i] = 0.0f;
   const float vth = p.vth, vr = p.vr, alpha = p.alpha, keep = p.keep, gain = p.in_gain, k = p.rate;
   const bool decay = p.charge == 3;
   const int64_t N = p.N;
@@ -82,11 +81,12 @@ double bwd_block(const SfParams& p, const X* x, const G* __restrict gs, const fl
       }
     }
   }
+  if (gv0)
+    for (int64_t i = 0; i < m; ++i) gv0[n0 + i] = gv[i];
+  // the parameter's sum only where it is asked for: a serial double sum per block costs a fifth of the backward
   double total = 0.0;
-  for (int64_t i = 0; i < m; ++i) {
-    if (gv0) gv0[n0 + i] = gv[i];
-    total += acc[i];
-  }
+  if (WANT_K)
+    for (int64_t i = 0; i < m; ++i) total += acc[i];
   return total;
 }
 
