@@ -93,6 +93,11 @@ MIN_FAST_UNFUSED_ELEMENTS = 2 ** 19
 # Space-time blocks over fewer tokens per frame than this take the official layout on the fast path too: one block
 # (D=512, 4 tokens, batch 4, T=2) measured 0.97x fast against official, 1.01-1.05x at 16-64 tokens.
 FAST_MIN_BLOCK_TOKENS = 16
+# ... and so do blocks over fewer token rows (T x B x tokens) per call than this. Whole training steps, fast blocks
+# against official ones on the fast path, one process alternating (AMD EPYC, AVX2, 2 threads): 128 rows
+# (spikeformer_dvs_digits and _dvs_cifar10, batch 4, T=2, 16 tokens) 0.96-0.97x; 256 rows 0.99x; 512 rows 1.04x;
+# 4096 rows (the title model's recipe, batch 32, T=8) 1.04x.
+FAST_MIN_BLOCK_ROWS = 256
 # The MLP's second Linear runs over the listed nonzero spikes from this many rows (tokens x frames) per call: at 128
 # rows (batch 4, T=2, 16 tokens) listing them cost more than the small dense GEMM (0.98x against 1.00x per step)
 FAST_MIN_FC2_ROWS = 512
@@ -258,9 +263,9 @@ class Block(NumericsAware, nn.Module):
         return self._drop(y, (1, B, N, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not wants_fast(self, x) or x.shape[2] < FAST_MIN_BLOCK_TOKENS:
-            return self.official(x)
         T, B, N, D = x.shape
+        if not wants_fast(self, x) or N < FAST_MIN_BLOCK_TOKENS or T * B * N < FAST_MIN_BLOCK_ROWS:
+            return self.official(x)
         x = x + self.temporal_fc(self.temporal(x))
         xs = self.attn(self.norm1(x.reshape(T * B, N, D))).reshape(T, B, N, D)
         x = x + self._drop(xs, (T, B, 1, 1))

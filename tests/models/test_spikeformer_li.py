@@ -519,13 +519,17 @@ def test_blocks_over_few_tokens_take_the_official_layout(monkeypatch):
     calls = collections.Counter()
     real = li.Block.official
     monkeypatch.setattr(li.Block, "official", lambda self, x: calls.update([x.shape[2]]) or real(self, x))
-    x = _frames(B=2)
-    for widths, strides, tokens in (((2, 32, 64, 64), (2, 2, 2), 16), ((2, 32, 64, 64, 64), (2, 2, 2, 2), 4)):
+    cases = (((2, 32, 64, 64), (2, 2, 2), 16, 2), ((2, 32, 64, 64, 64), (2, 2, 2, 2), 4, 2),
+             ((2, 32, 64, 64), (2, 2, 2), 16, 1))
+    for widths, strides, tokens, batch in cases:
+        x = _frames(B=batch)  # T=8: 256 token rows per block call at batch 2, 128 at batch 1
         m = spikeformer.create_model("spikeformer_dvs_digits", tokenizer_widths=widths, tokenizer_strides=strides)
         calls.clear()
         with torch.no_grad():
             m.eval()(x)
-        # fast numerics: the official layout below li.FAST_MIN_BLOCK_TOKENS tokens per frame, the fast one from it
+        # fast numerics: the official layout below li.FAST_MIN_BLOCK_TOKENS tokens per frame or below
+        # li.FAST_MIN_BLOCK_ROWS rows (T x B x tokens) per call, the fast one from there
         assert m.grid[0] * m.grid[1] == tokens
-        assert calls == (collections.Counter({4: len(m.blocks)}) if tokens < li.FAST_MIN_BLOCK_TOKENS
-                         else collections.Counter())
+        official = tokens < li.FAST_MIN_BLOCK_TOKENS or 8 * batch * tokens < li.FAST_MIN_BLOCK_ROWS
+        assert official == (batch == 1 or tokens == 4)  # the cases cover both rules and the fast path
+        assert calls == (collections.Counter({tokens: len(m.blocks)}) if official else collections.Counter())
