@@ -25,7 +25,10 @@ chromium:
 # Two pytest workers (pytest-xdist): much of the suite is single-threaded Python (torch.compile tracing, data
 # pipelines), so two processes use both cores (13 min -> 9 min on 2 cores). Each test still sees the same inputs.
 # One thread per worker: with two each the 2 cores were oversubscribed (572 s -> 483 s of tests, fresh clone).
+# The compiled CPU kernels are built (or found in the cache) first, once with both cores (about 25 s on a 2-core
+# AVX2 VM), instead of by both workers at once; without a compiler this prints the fallback warning and goes on.
 test: $(STAMP) chromium
+	$(PY) -c "from spikeformer.kernels.cpu import build; build.library()"
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests
 
 clean:

@@ -240,8 +240,10 @@ def test_inductor_compiles_to_eager_outputs():
     # inductor generates its own kernels for the ops between ours (fused, reordered sums): rounding only, which in
     # the zero-but-for-noise gradients of biases before a BatchNorm is up to about 1e-3 of the largest gradient.
     # Its own random numbers would give other dropout masks than eager's: fallback_random draws them as eager does.
+    # The default model (make run's): with an empty inductor cache, as on CI, its kernels compiled in 65 s against
+    # SDT-V2 digits' 115 s (164 s beside the other pytest worker) on a 2-core AVX2 VM.
     with torch._inductor.config.patch(fallback_random=True):
-        _check_family("sdt_v2_digits", "inductor", grad_rtol=1e-4, eval_exact=False, grad_noise=10.0)
+        _check_family("spikformer_digits_1_64", "inductor", grad_rtol=1e-4, eval_exact=False, grad_noise=10.0)
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
