@@ -43,19 +43,38 @@ def exact_then_fast(model, x, calls: list):
     return ref, exact_calls, model(x)
 
 
+def cpu_kind() -> str:
+    """The kind of CPU a float golden file is recorded on: ``""`` for an AMD (or other non-Intel) CPU with AVX2, the
+    base files; else PyTorch's capability, lower case, with ``_intel`` on Intel CPUs (``avx512``, ``avx512_intel``).
+
+    PyTorch's vectorised kernels differ between AVX2 and AVX512, and MKL, PyTorch's BLAS, runs its AVX2 kernels on
+    AMD CPUs and its AVX512 kernels on Intel's, which sum a GEMM in another order. The official code's outputs move
+    with them, as ours do."""
+    import torch
+
+    cap = torch.backends.cpu.get_cpu_capability().lower()
+    intel = False
+    try:
+        with open("/proc/cpuinfo") as f:
+            intel = any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        pass
+    if intel:
+        return f"{cap}_intel"
+    return "" if cap == "avx2" else cap
+
+
 def golden_for_this_cpu(path):
     """``(file, recorded_here)``: the golden ``path``, or its sibling recorded on a CPU of this machine's kind.
 
     A float network's outputs (the official code's and ours alike: same operations, same bits on one machine) change
-    in the last bits between PyTorch's AVX2 and AVX512 kernels, so the goldens of float models are recorded once per
-    kind: ``<name>.safetensors`` on AVX2, ``<name>_avx512.safetensors`` on AVX512 (the ``_make_golden.py`` script of
-    the file, run on such a machine, with ``--out``). ``recorded_here`` is False when this kind has none (then only
-    comparisons up to rounding can use the file)."""
-    import torch
-
+    in the last bits between CPU kinds (:func:`cpu_kind`), so the goldens of float models are recorded once per
+    kind: ``<name>.safetensors`` on an AMD AVX2 CPU, ``<name>_<kind>.safetensors`` elsewhere (the
+    ``_make_golden.py`` script of the file, run on such a machine, with ``--out``). ``recorded_here`` is False when
+    this kind has none (then only comparisons up to rounding can use the file)."""
     path = Path(path)
-    cap = torch.backends.cpu.get_cpu_capability()
-    if cap == "AVX2":
+    kind = cpu_kind()
+    if not kind:
         return path, True
-    other = path.with_name(f"{path.stem}_{cap.lower()}{path.suffix}")
+    other = path.with_name(f"{path.stem}_{kind}{path.suffix}")
     return (other, True) if other.exists() else (path, False)

@@ -49,11 +49,19 @@ def golden_input(spec: dict) -> torch.Tensor:
     return (((i * 7919) % 1001).float() / 500.0 - 1.0).reshape(B, C, S, S)
 
 
+def golden_path(family: str) -> tuple[Path, bool]:
+    """``(file, recorded_here)``: the family's golden file for this machine's kind of CPU
+    (:func:`helpers.golden_for_this_cpu`); ``recorded_here`` False: only comparisons up to rounding can use it."""
+    from helpers import golden_for_this_cpu
+
+    return golden_for_this_cpu(DATA / f"{family}_official_golden.safetensors")
+
+
 def load_golden(family: str) -> dict[str, tuple[dict, torch.Tensor]]:
-    """``{layout: (official state_dict in fp32, official logits)}``."""
+    """``{layout: (official state_dict in fp32, official logits)}``, from :func:`golden_path`."""
     from safetensors.torch import load_file
 
-    flat = load_file(str(DATA / f"{family}_official_golden.safetensors"))
+    flat = load_file(str(golden_path(family)[0]))
     out: dict[str, tuple[dict, torch.Tensor]] = {}
     for layout in LAYOUTS[family]:
         pre = f"{layout}/"

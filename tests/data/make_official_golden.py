@@ -8,7 +8,10 @@ Needs SpikingJelly 0.0.0.0.12, einops and timm, and checkouts of ZK-Zhou/spikfor
 zhouchenlin2096/Spikingformer:
 
     pip install --target SJ spikingjelly==0.0.0.0.12 einops
-    PYTHONPATH=SJ python tests/data/make_official_golden.py --spikformer PATH --spikingformer PATH
+    PYTHONPATH=SJ python tests/data/make_official_golden.py --spikformer PATH --spikingformer PATH [--out DIR --kind KIND]
+
+On a kind of CPU other than AMD AVX2 (tests/helpers.py ``cpu_kind``) pass ``--kind`` (e.g. ``avx512_intel``): the
+files are then named ``<family>_official_golden_<kind>.safetensors``, and the tests on such a machine take them.
 
 ``backend='cupy'`` is switched to ``'torch'`` in memory when the official model files are loaded.
 """
@@ -88,6 +91,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spikformer", type=Path, required=True, help="checkout of ZK-Zhou/spikformer")
     ap.add_argument("--spikingformer", type=Path, required=True, help="checkout of zhouchenlin2096/Spikingformer")
+    ap.add_argument("--out", type=Path, default=HERE, help="directory to write the files to")
+    ap.add_argument("--kind", default="", help="suffix of a CPU kind's files, e.g. avx512_intel (tests/helpers.py)")
     args = ap.parse_args()
     from safetensors.torch import save_file
     from spikingjelly.clock_driven import functional as sjf
@@ -111,7 +116,7 @@ def main() -> None:
                 tensors[f"{layout}/{k}"] = v.half() if v.is_floating_point() else v
             tensors[f"{layout}/logits"] = logits.float().contiguous()
             print(f"{family}/{layout}: logits {tuple(logits.shape)}, std {logits.std():.3f}")
-        out = HERE / f"{family}_official_golden.safetensors"
+        out = args.out / f"{family}_official_golden{'_' + args.kind if args.kind else ''}.safetensors"
         save_file(tensors, str(out), metadata=meta)
         print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
 

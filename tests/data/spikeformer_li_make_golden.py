@@ -21,9 +21,10 @@ input in our layout (frames ``[T, B, C, H, W]``, images ``[B, C, H, W]``), the l
 after ``torch.manual_seed(<case>.seed)`` (batch statistics, stochastic depth masks drawn by the official code), the
 BatchNorm running statistics that forward leaves (``<case>.train.<official key>``), and the eval-mode logits.
 
-The outputs differ in the last bits between PyTorch's AVX2 and AVX512 kernels (the official code's as ours), so the
-file is recorded once per kind of CPU: ``spikeformer_li_golden.safetensors`` on AVX2, ``spikeformer_li_golden_avx512.safetensors``
-on AVX512 (``--out``); the tests pick the one of the machine they run on (``tests/helpers.py``).
+The outputs differ in the last bits between kinds of CPU (the official code's as ours), so the file is recorded once per
+kind (``tests/helpers.py`` ``cpu_kind``): ``spikeformer_li_golden.safetensors`` on an AMD AVX2 CPU,
+``spikeformer_li_golden_<kind>.safetensors`` on the others (``--out``, e.g. ``_avx512`` on AMD with AVX512, ``_avx512_intel`` on
+Intel); the tests pick the one of the machine they run on.
 """
 
 from __future__ import annotations

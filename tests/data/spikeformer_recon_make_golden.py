@@ -27,9 +27,10 @@ Stored:
 * metadata ``published``: key -> shape of the published configuration (65 frames, dims 32-64-160-256, ...) and its
   parameter count, to check that official checkpoints load strictly.
 
-The outputs differ in the last bits between PyTorch's AVX2 and AVX512 kernels (the official code's as ours), so the
-file is recorded once per kind of CPU: ``spikeformer_recon_golden.safetensors`` on AVX2, ``spikeformer_recon_golden_avx512.safetensors``
-on AVX512 (``--out``); the tests pick the one of the machine they run on (``tests/helpers.py``).
+The outputs differ in the last bits between kinds of CPU (the official code's as ours), so the file is recorded once per
+kind (``tests/helpers.py`` ``cpu_kind``): ``spikeformer_recon_golden.safetensors`` on an AMD AVX2 CPU,
+``spikeformer_recon_golden_<kind>.safetensors`` on the others (``--out``, e.g. ``_avx512`` on AMD with AVX512, ``_avx512_intel`` on
+Intel); the tests pick the one of the machine they run on.
 """
 
 from __future__ import annotations

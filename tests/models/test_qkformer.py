@@ -16,9 +16,12 @@ from spikeformer.layers import set_numerics
 from spikeformer.models import get_model_info
 from spikeformer.models import qkformer as qk
 
+from helpers import golden_for_this_cpu
 from official_refs import one_thread
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+# recorded on a CPU of this machine's kind where one was (tests/helpers.py cpu_kind)
+GOLDEN, GOLDEN_HERE = golden_for_this_cpu(DATA / "qkformer_golden.safetensors")
 
 # (name, overrides, exact count, the paper's number in millions)
 COUNTS = [
@@ -64,7 +67,7 @@ def _make_golden_module():
 def golden():
     from safetensors import safe_open
 
-    with safe_open(str(DATA / "qkformer_golden.safetensors"), "pt") as f:
+    with safe_open(str(GOLDEN), "pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     return tensors, meta, _make_golden_module()
@@ -92,7 +95,10 @@ def test_logits_equal_official_code(golden, case):
     with torch.no_grad(), one_thread():  # the golden file ran on one thread
         # the official SSA couples the samples of a batch; the reference ran each sample alone
         alone = torch.cat([model(x[:, b:b + 1] if dvs else x[b:b + 1]) for b in range(ref.shape[0])])
-        assert torch.equal(alone, ref), (alone - ref).abs().max().item()
+        if GOLDEN_HERE:
+            assert torch.equal(alone, ref), (alone - ref).abs().max().item()
+        else:  # no golden recorded on this kind of CPU: rounding only
+            assert (alone - ref).abs().max().item() <= 1e-5
         batch = model(x)  # ours computes every sample on its own: the batch gives the per-sample logits
         assert (batch - ref).abs().max().item() <= 1e-5
         set_numerics(model, "fast")  # the fast blocks: rounding only

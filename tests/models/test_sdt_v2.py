@@ -20,7 +20,11 @@ from spikeformer.models import get_model_info
 from spikeformer.models.sdt_v2 import MetaSpikeFormer, checkpoint_filter_fn
 from spikeformer.neurons import LIF, IntegerLIF
 
+from helpers import golden_for_this_cpu
+
 DATA = Path(__file__).resolve().parents[1] / "data"
+# the golden file recorded on a CPU of this machine's kind where one was (tests/helpers.py cpu_kind)
+GOLDEN, GOLDEN_HERE = golden_for_this_cpu(DATA / "sdt_v2_golden.safetensors")
 
 # Derived from the official code (classification/models.py) in the reference notes, and measured here by building the
 # official model (tests/data/sdt_v2_make_golden.py builds metaspikformer_8_384 with and without kd).
@@ -50,7 +54,7 @@ def _golden_module():
 def _golden():
     from safetensors import safe_open
 
-    with safe_open(str(DATA / "sdt_v2_golden.safetensors"), framework="pt") as f:
+    with safe_open(str(GOLDEN), framework="pt") as f:
         return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
 
 
@@ -183,7 +187,10 @@ def test_logits_equal_official_generic_weights():
     set_numerics(model, "exact")
     with torch.no_grad():
         logits = model((t["input_random"].float() - 128) / 32)
-    assert torch.equal(logits, t["logits_random"]), (logits - t["logits_random"]).abs().max().item()
+    if GOLDEN_HERE:
+        assert torch.equal(logits, t["logits_random"]), (logits - t["logits_random"]).abs().max().item()
+    else:  # no golden recorded on this kind of CPU (tests/helpers.py cpu_kind): rounding only
+        assert (logits - t["logits_random"]).abs().max().item() <= 1e-4
 
 
 # ---------------------------------------------------------------------------------------------------------------

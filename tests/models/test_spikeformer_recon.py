@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import golden_for_this_cpu
+from helpers import cpu_kind, golden_for_this_cpu
 
 import spikeformer
 from spikeformer.errors import SpikeformerError
@@ -55,7 +55,7 @@ def _small(golden, numerics):
 
 def test_exact_equals_the_official_outputs_bit_for_bit(golden, one_thread):
     if not GOLDEN_HERE:
-        pytest.skip(f"no golden recorded on a {torch.backends.cpu.get_cpu_capability()} CPU: run "
+        pytest.skip(f"no golden recorded on this kind of CPU ({cpu_kind()}): run "
                     "tests/data/spikeformer_recon_make_golden.py on one")
     tensors, _ = golden
     model = _small(golden, "exact")

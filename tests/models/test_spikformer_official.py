@@ -13,7 +13,7 @@ from spikeformer.errors import SpikeformerError
 from spikeformer.models import get_model_info
 from spikeformer.models import spikformer as sf
 
-from official_refs import one_thread, LAYOUTS, bn_entries, golden_input, load_golden, random_state_dict
+from official_refs import one_thread, LAYOUTS, bn_entries, golden_input, golden_path, load_golden, random_state_dict
 
 
 def official_entries(layout: str, D: int, depth: int, num_classes: int, in_chans: int) -> list[tuple[str, tuple]]:
@@ -113,12 +113,13 @@ def test_truncated_and_other_config_files_are_refused(tmp_path):
         spikeformer.create_model("spikformer_cifar_4_256", checkpoint_path=str(truncated))
 
 
-GOLDEN = LAYOUTS["spikformer"]
+FAMILY = "spikformer"
+GOLDEN = LAYOUTS[FAMILY]
 
 
 @pytest.fixture(scope="module")
 def golden():
-    return load_golden("spikformer")
+    return load_golden(FAMILY)
 
 
 @pytest.mark.parametrize("layout", sorted(GOLDEN))
@@ -133,7 +134,10 @@ def test_logits_equal_official_code(golden, layout):
     set_numerics(model, "exact")  # the official operations: bit for bit (the golden file ran on this CPU kind)
     with torch.no_grad(), one_thread():
         out = model.eval()(golden_input(s))
-    assert torch.equal(out, ref), (out - ref).abs().max().item()
+    if golden_path(FAMILY)[1]:
+        assert torch.equal(out, ref), (out - ref).abs().max().item()
+    else:  # no golden recorded on this kind of CPU (tests/helpers.py cpu_kind): rounding only
+        assert (out - ref).abs().max().item() <= 1e-4
     set_numerics(model, "fast")  # the fast blocks: rounding only
     with torch.no_grad():
         fast = model(golden_input(s))

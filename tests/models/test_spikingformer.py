@@ -15,7 +15,7 @@ from spikeformer.models import get_model_info
 from spikeformer.models import spikingformer as sgf
 from spikeformer.neurons import LIF
 
-from official_refs import one_thread, LAYOUTS, bn_entries, golden_input, load_golden, random_state_dict
+from official_refs import one_thread, LAYOUTS, bn_entries, golden_input, golden_path, load_golden, random_state_dict
 
 # Parameters of the model we build. The published counts (README / paper) are these, not the official code's
 # sum(p.numel()), which also counts the two LayerNorms per block that forward never calls (4 * D * depth more).
@@ -183,12 +183,13 @@ def test_other_config_and_truncated_file_are_refused(tmp_path):
 
 # ---- logits equal to the official code's ----------------------------------------------------------------------
 
-GOLDEN = LAYOUTS["spikingformer"]
+FAMILY = "spikingformer"
+GOLDEN = LAYOUTS[FAMILY]
 
 
 @pytest.fixture(scope="module")
 def golden():
-    return load_golden("spikingformer")
+    return load_golden(FAMILY)
 
 
 @pytest.mark.parametrize("layout", sorted(GOLDEN))
@@ -203,7 +204,10 @@ def test_logits_equal_official_code(golden, layout):
     set_numerics(model, "exact")  # the official operations: bit for bit (the golden file ran on this CPU kind)
     with torch.no_grad(), one_thread():
         out = model.eval()(golden_input(s))
-    assert torch.equal(out, ref), (out - ref).abs().max().item()
+    if golden_path(FAMILY)[1]:
+        assert torch.equal(out, ref), (out - ref).abs().max().item()
+    else:  # no golden recorded on this kind of CPU (tests/helpers.py cpu_kind): rounding only
+        assert (out - ref).abs().max().item() <= 1e-4
     set_numerics(model, "fast")  # the fast blocks: rounding only
     with torch.no_grad():
         fast = model(golden_input(s))
