@@ -181,3 +181,21 @@ def test_node_forward_keeps_no_state_tensor():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         LIF(tau=2.0)(x)
     assert len(saved) == 1 and saved[0].shape == x.shape
+
+
+def test_vector_width_rule_reads_the_vendor(monkeypatch):
+    """512-bit vectors (-mprefer-vector-width=512) only on Intel CPUs with AVX512 (kernels/cpu/build.py)."""
+    import builtins
+    import io
+
+    from spikeformer.kernels.cpu import build
+
+    real_open = builtins.open
+    for cap, vendor, want in (("AVX512", "GenuineIntel", True), ("AVX512", "AuthenticAMD", False),
+                              ("AVX2", "GenuineIntel", False), ("DEFAULT", "", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda cap=cap: cap)
+        text = f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t: fpu\n" if vendor else "processor\t: 0\n"
+        monkeypatch.setattr(builtins, "open", lambda path, *a, text=text, **k: io.StringIO(text)
+                            if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+        assert build.cpu_vendor() == vendor
+        assert build._wide_vectors() is want, (cap, vendor)

