@@ -8,8 +8,9 @@ between steps, the order reversed every other round, so load from elsewhere hits
     python benchmarks/bench_rule_ab.py --rule spikingresformer-bf16-layout --model spikingresformer_cifar --bf16
 
 Rules (``A``: the other setting, ``B``: what this CPU uses now):
-- ``winograd-limits``: ``kernels/cpu/winograd.py`` ``limits(avx512)``, A the other CPU kind's set, B this CPU's
-  (the AVX512 set on a CPU with AVX512, else the AVX2 set).
+- ``winograd-limits``: ``kernels/cpu/winograd.py`` ``limits(kind)``, A another CPU kind's set (AVX2 CPUs: the AMD
+  AVX512 set; AMD AVX512 CPUs: the AVX2 set; Intel AVX512 CPUs: the AMD AVX512 set they used before they had their
+  own), B this CPU's (``winograd.cpu_kind()``).
 - ``spikingresformer-bf16-layout``: ``models/spikingresformer.py`` ``_BF16_PIXEL_WEIGHT``, A 1 (the fp32 rule), B 4.
 """
 
@@ -35,7 +36,10 @@ def _winograd(this_cpu: bool):
     from spikeformer.kernels.cpu import winograd
 
     def apply():
-        for name, value in winograd.limits(winograd.AVX512 == this_cpu).items():
+        kind = winograd.cpu_kind()
+        if not this_cpu:
+            kind = {"avx2": "avx512", "avx512": "avx2", "avx512_intel": "avx512"}[kind]
+        for name, value in winograd.limits(kind).items():
             setattr(winograd, name, value)
     return apply
 

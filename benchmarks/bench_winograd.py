@@ -78,8 +78,9 @@ def data_gradient(reps: int) -> None:
         w = torch.randn(cout, cin, 3, 3, generator=gen) / (3 * cin ** 0.5)
         shape = torch.Size((N, cin, side, side))
         used = winograd.applies(N, side, side, w, torch.float32)
-        saved = (winograd.MIN_TILES, winograd.MIN_CHANNELS, winograd.MIN_SIDE)
-        winograd.MIN_TILES, winograd.MIN_CHANNELS, winograd.MIN_SIDE = 1, 1, 1  # time it even where unused
+        saved = (winograd.MIN_TILES, winograd.MIN_CHANNELS, winograd.MIN_SIDE, winograd.FEW_TILES)
+        # time it even where unused
+        winograd.MIN_TILES, winograd.MIN_CHANNELS, winograd.MIN_SIDE, winograd.FEW_TILES = 1, 1, 1, 0
         try:
             td = _median_ms(lambda: direct(g, shape, w), reps)
             tw = _median_ms(lambda: winograd.conv3x3_input_grad(g, shape, w), reps)
@@ -87,7 +88,7 @@ def data_gradient(reps: int) -> None:
             ed = _rel(direct(g, shape, w), ref)
             ew = _rel(winograd.conv3x3_input_grad(g, shape, w), ref)
         finally:
-            winograd.MIN_TILES, winograd.MIN_CHANNELS, winograd.MIN_SIDE = saved
+            winograd.MIN_TILES, winograd.MIN_CHANNELS, winograd.MIN_SIDE, winograd.FEW_TILES = saved
         if N == 128:
             total_d, total_w = total_d + td, total_w + tw
         print(f"| {name} | {N} | {td:.2f} | {tw:.2f} | {td / tw:.2f}x | {ed:.1e} | {ew:.1e} | "

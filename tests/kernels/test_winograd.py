@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(not cpu.available(), reason="compiled CPU kernel
 REL_TOL = 4e-5
 
 
-def _use_limits(monkeypatch, avx512: bool) -> None:
-    for name, value in winograd.limits(avx512).items():
+def _use_limits(monkeypatch, kind: str) -> None:
+    for name, value in winograd.limits(kind).items():
         monkeypatch.setattr(winograd, name, value)
 
 
@@ -32,7 +32,7 @@ def _use_limits(monkeypatch, avx512: bool) -> None:
 def avx2_limits(monkeypatch):
     """The tests of the kernels and routes below use the AVX2 CPUs' limits, whatever this CPU is (the limits of both
     kinds are tested in test_limits_from_the_measured_shapes)."""
-    _use_limits(monkeypatch, False)
+    _use_limits(monkeypatch, "avx2")
 
 
 def _gen(seed):
@@ -191,7 +191,7 @@ def test_forward_chunks_cover_every_tile_once(monkeypatch):
 
 def test_limits_from_the_measured_shapes(monkeypatch):
     """The AVX512 limits (measured on a Zen 5): the data gradient keeps oneDNN's where Winograd measured slower."""
-    _use_limits(monkeypatch, True)
+    _use_limits(monkeypatch, "avx512")
 
     def data(N, H, cin, cout):
         return winograd.applies(N, H, H, torch.empty(cout, cin, 3, 3), torch.float32)
@@ -204,9 +204,26 @@ def test_limits_from_the_measured_shapes(monkeypatch):
     assert winograd.forward_pays(128, 32, 32, 128, 256, spikes=True)  # against the lookups from 128 channels
     assert not winograd.forward_pays(128, 32, 32, 96, 192, spikes=True)  # 0.72x
     assert not winograd.spike_weight_grad_pays(32, 32, 512, 512)  # the lookups' weight gradient everywhere
-    _use_limits(monkeypatch, False)  # AVX2 (a Zen 3): from 48 channels and 128 tiles
+    _use_limits(monkeypatch, "avx2")  # AVX2 (a Zen 3): from 48 channels and 128 tiles
     assert data(128, 32, 48, 96) and data(128, 8, 96, 192) and data(128, 4, 192, 384)
     assert winograd.spike_weight_grad_pays(16, 16, 96, 192) and not winograd.spike_weight_grad_pays(8, 8, 96, 192)
+    assert not winograd.forward_pays(128, 32, 32, 48, 96, spikes=True)  # the lookups from 48 to 95 channels
+    _use_limits(monkeypatch, "avx512_intel")  # an Intel Xeon: Winograd wherever measured from 48 channels
+    assert data(128, 32, 48, 96) and data(128, 16, 48, 96) and data(128, 4, 192, 384)  # 1.43x, 1.32x, 2.83x
+    assert winograd.forward_pays(128, 32, 32, 48, 96, spikes=True)  # 1.31x against the lookups
+    assert winograd.spike_weight_grad_pays(32, 32, 96, 192) and not winograd.spike_weight_grad_pays(32, 32, 48, 96)
+    with pytest.raises(ValueError, match="unknown CPU kind"):
+        winograd.limits("avx1024")
+
+
+def test_cpu_kind_reads_the_vendor(monkeypatch):
+    from spikeformer.kernels.cpu import build
+
+    for avx512, vendor, want in ((True, "GenuineIntel", "avx512_intel"), (True, "AuthenticAMD", "avx512"),
+                                 (False, "GenuineIntel", "avx2"), (False, "AuthenticAMD", "avx2")):
+        monkeypatch.setattr(winograd, "AVX512", avx512)
+        monkeypatch.setattr(build, "cpu_vendor", lambda vendor=vendor: vendor)
+        assert winograd.cpu_kind() == want
 
 
 def test_forward_pays_from_the_measured_shapes():

@@ -49,15 +49,36 @@ CHUNK_BYTES = 4 << 20  # transformed gradient per chunk of tiles: the transform'
 # Where Winograd pays depends on the CPU: its GEMMs and the direct convolution it replaces (oneDNN's) run AVX512 code
 # where the CPU has it, its transforms and the table lookups it competes with are this package's compiled code (the
 # lookups with 16-lane vectors there, 8-lane ones on AVX2). The limits below were measured with
-# ``python benchmarks/bench_winograd.py`` on an AMD EPYC Zen 3 (AVX2, the first set) and a Zen 5 (AVX512, the second),
-# 2 threads, at the stems of Spikformer, SDT and QKFormer (batch 32, T=4) and the small shapes around the limits;
-# whole training steps under either set: python benchmarks/bench_rule_ab.py --rule winograd-limits --model NAME.
+# ``python benchmarks/bench_winograd.py`` on an AMD EPYC Zen 3 (AVX2, ``"avx2"``), a Zen 5 (AVX512, ``"avx512"``) and an
+# Intel Xeon (AVX512 and AMX, ``"avx512_intel"``), 2 threads, at the stems of Spikformer, SDT and QKFormer (batch 32,
+# T=4) and the small shapes around the limits; whole training steps under two sets:
+# python benchmarks/bench_rule_ab.py --rule winograd-limits --model NAME.
 AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+KINDS = ("avx2", "avx512", "avx512_intel")
 
 
-def limits(avx512: bool) -> dict:
-    """The measured limits of this module (its upper-case names) for a CPU with AVX512 or with AVX2 only."""
-    if avx512:
+def cpu_kind() -> str:
+    """This CPU's kind of limits: ``"avx2"`` without AVX512; with it, ``"avx512_intel"`` on Intel CPUs (MKL runs
+    the 36 GEMMs with its AVX512 kernels there) and ``"avx512"`` elsewhere."""
+    if not AVX512:
+        return "avx2"
+    return "avx512_intel" if build.cpu_vendor() == "GenuineIntel" else "avx512"
+
+
+def limits(kind: str) -> dict:
+    """The measured limits of this module (its upper-case names) for a kind of CPU (:data:`KINDS`)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown CPU kind {kind!r}: one of {', '.join(KINDS)}")
+    if kind == "avx512_intel":
+        # Intel Xeon with AMX, 2 threads: Winograd pays at every stem shape measured. Data gradient against oneDNN's
+        # 1.3-2.8x, also at 48 -> 96 on 32x32 (1.43x) and on QKFormer's 16x16 to 4x4 stems (1.32-2.83x); small shapes
+        # 1.0-1.7x. Forward of dense inputs 1.4-3.6x from 48 channels. Forward of spikes against the lookups 1.12-2.75x
+        # from 48 channels (1.31x at 48 -> 96 on 32x32, 1.12x on 16x16). Weight gradient of spikes against the
+        # lookups: 1.5-1.75x from 96 channels on 16x16 and 32x32 maps, 1.20x at 48 -> 96 on 32x32 but 0.76x on 16x16,
+        # 0.96-1.48x on 8x8 maps.
+        return dict(MIN_TILES=128, MIN_CHANNELS=48, FEW_TILES=0, FEW_TILES_MIN_CHANNELS=0, FWD_MIN_CHANNELS=48,
+                    SPIKE_FWD_MIN_CHANNELS=48, SPIKE_WGRAD_MIN_CHANNELS=96)
+    if kind == "avx512":
         # Data gradient against oneDNN's, Zen 5: 1.2-1.5x from 64 channels on 32x32 maps of 128 frames (8192 tiles)
         # and Spikformer's 192 -> 384 on 16x16 (2048 tiles) and 384 -> 384 on 8x8 (512 tiles); 0.79x at 48 -> 96 on
         # 32x32; 0.62-0.77x on QKFormer's stem (48 -> 96 16x16, 96 -> 192 8x8, 192 -> 384 4x4). Forward of dense
@@ -81,7 +102,7 @@ def limits(avx512: bool) -> dict:
 # The data gradient keeps the direct convolution with fewer than MIN_TILES tiles per call, fewer than MIN_CHANNELS
 # input or output channels, maps under MIN_SIDE pixels (a 2x2 map pads its 6x6 tile nine-fold), and, with fewer
 # than FEW_TILES tiles, fewer than FEW_TILES_MIN_CHANNELS channels.
-_rules = limits(AVX512)
+_rules = limits(cpu_kind())
 MIN_TILES = _rules["MIN_TILES"]
 MIN_CHANNELS = _rules["MIN_CHANNELS"]
 FEW_TILES = _rules["FEW_TILES"]
@@ -163,7 +184,7 @@ def forward_pays(N: int, H: int, W: int, cin: int, cout: int, spikes: bool = Fal
 
 
 # Where Winograd's weight gradient replaces the lookups' for spikes (python benchmarks/bench_winograd.py --part
-# weight; on AVX512 CPUs nowhere, see :func:`limits`)
+# weight; on AMD's AVX512 CPUs nowhere, see :func:`limits`)
 SPIKE_WGRAD_MIN_CHANNELS = _rules["SPIKE_WGRAD_MIN_CHANNELS"]
 SPIKE_WGRAD_MIN_SIDE = 16
 
