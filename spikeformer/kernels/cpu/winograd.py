@@ -71,7 +71,7 @@ def limits(kind: str) -> dict:
         raise ValueError(f"unknown CPU kind {kind!r}: one of {', '.join(KINDS)}")
     if kind == "avx512_intel":
         # Intel Xeon with AMX, 2 threads: Winograd pays at every stem shape measured. Data gradient against oneDNN's
-        # 1.3-2.8x, also at 48 -> 96 on 32x32 (1.43x) and on QKFormer's 16x16 to 4x4 stems (1.32-2.83x); small shapes
+        # 1.3-2.8x, also at 48 -> 96 on 32x32 (1.41x) and on QKFormer's 16x16 to 4x4 stems (1.32-2.83x); small shapes
         # 1.0-1.7x. Forward of dense inputs 1.4-3.6x from 48 channels. Forward of spikes against the lookups 1.12-2.75x
         # from 48 channels (1.31x at 48 -> 96 on 32x32, 1.12x on 16x16). Weight gradient of spikes against the
         # lookups: 1.5-1.75x from 96 channels on 16x16 and 32x32 maps, 1.20x at 48 -> 96 on 32x32 but 0.76x on 16x16,
