@@ -52,14 +52,10 @@ def cpu_kind() -> str:
     with them, as ours do."""
     import torch
 
+    from spikeformer.kernels.cpu import build
+
     cap = torch.backends.cpu.get_cpu_capability().lower()
-    intel = False
-    try:
-        with open("/proc/cpuinfo") as f:
-            intel = any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
-    except OSError:
-        pass
-    if intel:
+    if build.cpu_vendor() == "GenuineIntel":
         return f"{cap}_intel"
     return "" if cap == "avx2" else cap
 

@@ -99,16 +99,22 @@ def _cpu_signature() -> str:
     return "\n".join(sig)
 
 
-def cpu_vendor() -> str:
-    """The ``vendor_id`` of /proc/cpuinfo (``GenuineIntel``, ``AuthenticAMD``), or ``""`` where there is none."""
+def cpuinfo(field: str) -> str:
+    """The first value of ``field`` in /proc/cpuinfo (``"vendor_id"``, ``"model name"``), or ``""`` where there is
+    none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU's ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``), or ``""`` where /proc/cpuinfo has none."""
+    return cpuinfo("vendor_id")
 
 
 def _wide_vectors() -> bool:
