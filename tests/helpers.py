@@ -60,6 +60,25 @@ def cpu_kind() -> str:
     return "" if cap == "avx2" else cap
 
 
+def assert_golden(got, ref, recorded_here: bool, tol: float) -> None:
+    """``got`` equals the golden ``ref`` bit for bit where the golden was recorded on this kind of CPU
+    (:func:`golden_for_this_cpu`), else within ``tol`` (rounding only)."""
+    import torch
+
+    if recorded_here:
+        assert torch.equal(got, ref), (got - ref).abs().max().item()
+    else:
+        assert (got - ref).abs().max().item() <= tol
+
+
+def skip_unless_recorded(recorded_here: bool, script: str) -> None:
+    """Skip a bit-for-bit golden test on a kind of CPU without its golden, naming the ``tests/data`` script to run."""
+    import pytest
+
+    if not recorded_here:
+        pytest.skip(f"no golden recorded on this kind of CPU ({cpu_kind()}): run tests/data/{script} on one")
+
+
 def golden_for_this_cpu(path):
     """``(file, recorded_here)``: the golden ``path``, or its sibling recorded on a CPU of this machine's kind.
 

@@ -14,7 +14,7 @@ from spikeformer.convert import QCFS, ann_to_snn, set_masking_ratio, simulate
 from spikeformer.errors import SpikeformerError
 from spikeformer.models.mst import checkpoint_filter_fn
 
-from helpers import cpu_kind, golden_for_this_cpu
+from helpers import assert_golden, golden_for_this_cpu, skip_unless_recorded
 
 # recorded on a CPU of this machine's kind (tests/helpers.py cpu_kind)
 GOLDEN, GOLDEN_HERE = golden_for_this_cpu(Path(__file__).resolve().parents[1] / "data" / "mst_golden.safetensors")
@@ -84,8 +84,7 @@ def test_configs():
 # ---------------------------------------------------------------------------------------- golden: the official code
 @pytest.mark.parametrize("case", ["imagenet", "cifar"])
 def test_golden_ann_and_snn(golden, case):
-    if not GOLDEN_HERE:
-        pytest.skip(f"no golden recorded on this kind of CPU ({cpu_kind()}): run tests/data/mst_make_golden.py on one")
+    skip_unless_recorded(GOLDEN_HERE, "mst_make_golden.py")
     c, sd, out = golden(case)
     x = out["input"].float()
     model = _small(c)
@@ -107,8 +106,7 @@ def test_golden_ann_and_snn(golden, case):
 
 
 def test_golden_masked_draws_the_official_masks(golden):
-    if not GOLDEN_HERE:
-        pytest.skip(f"no golden recorded on this kind of CPU ({cpu_kind()}): run tests/data/mst_make_golden.py on one")
+    skip_unless_recorded(GOLDEN_HERE, "mst_make_golden.py")
     c, sd, out = golden("masked")
     x = out["input"].double()
     model = _small(c)
@@ -131,10 +129,7 @@ def test_official_checkpoint_loads_strictly(golden, tmp_path):
                                      **SMALL).eval()
     with torch.no_grad():
         logits = model(out["input"].float())
-    if GOLDEN_HERE:
-        assert torch.equal(logits, out["ann32"])
-    else:  # no golden recorded on this kind of CPU: rounding only
-        assert (logits - out["ann32"]).abs().max().item() <= 1e-4 * max(1.0, out["ann32"].abs().max().item())
+    assert_golden(logits, out["ann32"], GOLDEN_HERE, 1e-4 * max(1.0, out["ann32"].abs().max().item()))
 
 
 def test_bad_checkpoints_give_one_clear_error(golden, tmp_path):

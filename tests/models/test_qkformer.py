@@ -16,7 +16,7 @@ from spikeformer.layers import set_numerics
 from spikeformer.models import get_model_info
 from spikeformer.models import qkformer as qk
 
-from helpers import golden_for_this_cpu
+from helpers import assert_golden, golden_for_this_cpu
 from official_refs import one_thread
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -95,10 +95,7 @@ def test_logits_equal_official_code(golden, case):
     with torch.no_grad(), one_thread():  # the golden file ran on one thread
         # the official SSA couples the samples of a batch; the reference ran each sample alone
         alone = torch.cat([model(x[:, b:b + 1] if dvs else x[b:b + 1]) for b in range(ref.shape[0])])
-        if GOLDEN_HERE:
-            assert torch.equal(alone, ref), (alone - ref).abs().max().item()
-        else:  # no golden recorded on this kind of CPU: rounding only
-            assert (alone - ref).abs().max().item() <= 1e-5
+        assert_golden(alone, ref, GOLDEN_HERE, 1e-5)
         batch = model(x)  # ours computes every sample on its own: the batch gives the per-sample logits
         assert (batch - ref).abs().max().item() <= 1e-5
         set_numerics(model, "fast")  # the fast blocks: rounding only

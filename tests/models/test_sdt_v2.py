@@ -20,7 +20,7 @@ from spikeformer.models import get_model_info
 from spikeformer.models.sdt_v2 import MetaSpikeFormer, checkpoint_filter_fn
 from spikeformer.neurons import LIF, IntegerLIF
 
-from helpers import golden_for_this_cpu
+from helpers import assert_golden, golden_for_this_cpu
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 # the golden file recorded on a CPU of this machine's kind where one was (tests/helpers.py cpu_kind)
@@ -187,10 +187,7 @@ def test_logits_equal_official_generic_weights():
     set_numerics(model, "exact")
     with torch.no_grad():
         logits = model((t["input_random"].float() - 128) / 32)
-    if GOLDEN_HERE:
-        assert torch.equal(logits, t["logits_random"]), (logits - t["logits_random"]).abs().max().item()
-    else:  # no golden recorded on this kind of CPU (tests/helpers.py cpu_kind): rounding only
-        assert (logits - t["logits_random"]).abs().max().item() <= 1e-4
+    assert_golden(logits, t["logits_random"], GOLDEN_HERE, 1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import cpu_kind, golden_for_this_cpu
+from helpers import golden_for_this_cpu, skip_unless_recorded
 
 import spikeformer
 from spikeformer.errors import SpikeformerError
@@ -394,9 +394,7 @@ def golden_case(case: str, numerics: str):
 
 @pytest.mark.parametrize("case", GOLDEN_CASES)
 def test_logits_equal_official_code_bit_for_bit(case):
-    if not GOLDEN_HERE:
-        pytest.skip(f"no golden recorded on this kind of CPU ({cpu_kind()}): run "
-                    "tests/data/spikeformer_li_make_golden.py on one")
+    skip_unless_recorded(GOLDEN_HERE, "spikeformer_li_make_golden.py")
     model, data, c = golden_case(case, "exact")
     x = data["input"].float()  # frames [T, B, C, H, W] or images [B, C, H, W] (repeated over T by the model)
     model.train()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cpu_kind, golden_for_this_cpu
+from helpers import golden_for_this_cpu, skip_unless_recorded
 
 import spikeformer
 from spikeformer.errors import SpikeformerError
@@ -54,9 +54,7 @@ def _small(golden, numerics):
 
 
 def test_exact_equals_the_official_outputs_bit_for_bit(golden, one_thread):
-    if not GOLDEN_HERE:
-        pytest.skip(f"no golden recorded on this kind of CPU ({cpu_kind()}): run "
-                    "tests/data/spikeformer_recon_make_golden.py on one")
+    skip_unless_recorded(GOLDEN_HERE, "spikeformer_recon_make_golden.py")
     tensors, _ = golden
     model = _small(golden, "exact")
     x, pad = prepare_spikes(tensors["spikes"])

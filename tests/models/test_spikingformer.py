@@ -15,6 +15,7 @@ from spikeformer.models import get_model_info
 from spikeformer.models import spikingformer as sgf
 from spikeformer.neurons import LIF
 
+from helpers import assert_golden
 from official_refs import one_thread, LAYOUTS, bn_entries, golden_input, golden_path, load_golden, random_state_dict
 
 # Parameters of the model we build. The published counts (README / paper) are these, not the official code's
@@ -204,10 +205,7 @@ def test_logits_equal_official_code(golden, layout):
     set_numerics(model, "exact")  # the official operations: bit for bit (the golden file ran on this CPU kind)
     with torch.no_grad(), one_thread():
         out = model.eval()(golden_input(s))
-    if golden_path(FAMILY)[1]:
-        assert torch.equal(out, ref), (out - ref).abs().max().item()
-    else:  # no golden recorded on this kind of CPU (tests/helpers.py cpu_kind): rounding only
-        assert (out - ref).abs().max().item() <= 1e-4
+    assert_golden(out, ref, golden_path(FAMILY)[1], 1e-4)
     set_numerics(model, "fast")  # the fast blocks: rounding only
     with torch.no_grad():
         fast = model(golden_input(s))

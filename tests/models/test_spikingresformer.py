@@ -16,7 +16,7 @@ from spikeformer.layers import set_numerics
 from spikeformer.models import spikingresformer as srf
 from spikeformer.models._base import SpikingClassifier
 
-from helpers import cpu_kind, golden_for_this_cpu
+from helpers import golden_for_this_cpu, skip_unless_recorded
 
 # recorded on a CPU of this machine's kind (tests/helpers.py cpu_kind)
 GOLDEN, GOLDEN_HERE = golden_for_this_cpu(Path(__file__).resolve().parents[1] / "data" /
@@ -250,9 +250,7 @@ def test_logits_equal_official_code_bit_for_bit(case):
     """Exact numerics run the official operations: the official logits, firing-rate and BatchNorm buffers to the
     last bit (the golden file was made with one thread, as this module pins)."""
     assert torch.get_num_threads() == 1
-    if not GOLDEN_HERE:
-        pytest.skip(f"no golden recorded on this kind of CPU ({cpu_kind()}): run "
-                    "tests/data/spikingresformer_make_golden.py on one")
+    skip_unless_recorded(GOLDEN_HERE, "spikingresformer_make_golden.py")
     model, data = golden_case(case, "exact")
     x = data["input"].float()
 
@@ -279,9 +277,7 @@ def test_logits_equal_official_code_bit_for_bit(case):
 
 def test_exact_after_fast_is_still_bit_exact():
     """Numerics switch back and forth on a live model: a fast forward leaves nothing (layouts, state) behind."""
-    if not GOLDEN_HERE:
-        pytest.skip(f"no golden recorded on this kind of CPU ({cpu_kind()}): run "
-                    "tests/data/spikingresformer_make_golden.py on one")
+    skip_unless_recorded(GOLDEN_HERE, "spikingresformer_make_golden.py")
     model, data = golden_case("lif_imagenet_stem", "fast")
     x = data["input"].float()
     model.eval()

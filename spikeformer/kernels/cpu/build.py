@@ -120,7 +120,7 @@ def cpu_vendor() -> str:
 def _wide_vectors() -> bool:
     """Whether the loops are vectorised with 512-bit registers (``-mprefer-vector-width=512``): on Intel CPUs with
     AVX512, where GCC's tuning otherwise keeps them at 256 bits. Measured on an Intel Xeon with AMX (2 cores,
-    ``benchmarks/RESULTS.md``): the BatchNorm + neuron kernels of a Spikformer step 1.14x faster in bf16 and 1.13x
+    ``benchmarks/RESULTS.md``): the BatchNorm + neuron kernels of a Spikformer step 1.16x faster in bf16 and 1.13x
     in fp32, the whole training step 1.09x in bf16 and 1.02x in fp32. Not measured on AMD's AVX512 CPUs, which keep
     the default. Most kernels sum per lane, in the same order at either width; the one float sum reduced across lanes
     (the attention backward's dot products over few tokens, ``attention.cpp`` ``row_dots``) adds in another order.
