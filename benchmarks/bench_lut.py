@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_sparse import _median_ms  # noqa: E402  (benchmarks/ is the script's folder)
 from spikeformer.engine.runtime import reuse_freed_memory  # noqa: E402
-from spikeformer.kernels.cpu import build, lut, sparse  # noqa: E402
+from spikeformer.kernels.cpu import build, lut, sparse, weights  # noqa: E402
 
 LINEAR = [("SDT q/k/v 512->512", 8192, 512, 512), ("SDT MLP 512->2048", 8192, 512, 2048),
           ("Spikformer MLP 384->1536", 8192, 384, 1536)]
@@ -44,6 +44,7 @@ def linear(R: int, K: int, N: int, density: float, reps: int) -> tuple[float, fl
     lib, ptr, th = build.library(), build.ptr, build.threads()
     dense = _median_ms(lambda: (x.mm(w.t()), g.t().mm(x)), reps)
     wt = w.t().contiguous()
+    wtiles = weights.make(w, torch.float32, "linear_tiles")
     out = torch.empty(R, N)
     gw = torch.empty(N, K)
 
@@ -55,7 +56,7 @@ def linear(R: int, K: int, N: int, density: float, reps: int) -> tuple[float, fl
 
     def lookups():
         codes, codes_t = lut.pack(x)
-        lut._products(R, K, codes, wt, None, out)
+        lut._products(R, K, codes, wtiles, None, out)
         lut._wgrad(R, K, codes_t, g)
 
     return dense, _median_ms(listed, reps), _median_ms(lookups, reps)
@@ -84,7 +85,7 @@ def conv(M: int, C: int, HW: int, Cout: int, density: float, reps: int) -> tuple
         lib.sf_sparse_conv3x3(M, HW, HW, C, Cout, *p, ptr(wt9), None, ptr(out), 0, th)
         lib.sf_sparse_conv3x3_wgrad(M, HW, HW, C, Cout, *p, ptr(g), 0, ptr(gw), th)
 
-    wt = wt9.reshape(9 * C, Cout)
+    wt = weights.make(w, torch.float32, "conv3x3_tiles")
 
     def lookups():
         codes, codes_t = lut.pack_conv3x3(x)

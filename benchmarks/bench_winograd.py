@@ -108,7 +108,7 @@ def forward(reps: int) -> None:
         with torch.no_grad():
             td = _median_ms(lambda: torch.nn.functional.conv2d(x, w, padding=1), reps)
             codes = lut.pack_conv3x3(x, transposed=False)
-            wt = weights.make(w, torch.float32, "conv3x3")
+            wt = weights.make(w, torch.float32, "conv3x3_tiles")
             tl = _median_ms(lambda: lut.NativeLutConv3x3.apply(x, w, None, codes, wt, None), reps)
             tw = _median_ms(lambda: winograd.conv3x3_forward(x, u, None), reps)
             ew = _rel(winograd.conv3x3_forward(x, u, None), torch.nn.functional.conv2d(x.double(), w.double(),

@@ -61,6 +61,16 @@ def test_linear_forward_and_gradients_exact_on_integers(R, K, N, bias):
         assert torch.equal(grads[2].double(), g.double().sum(0))
 
 
+@pytest.mark.parametrize("R,K,N", [(64, 64, 16), (300, 129, 48), (513, 40, 32)])
+def test_inference_forward_exact_on_integers(R, K, N):
+    """Without gradients the output is written past the caches (non-temporal stores): same values, counts too."""
+    x = _spikes((R, K), 0.3, 60) * torch.where(torch.rand(R, K, generator=_gen(61)) < 0.05, 2.0, 1.0)
+    w, b = _ints((N, K), -4, 4, 62), _ints((N,), -8, 8, 63)
+    with torch.no_grad():
+        y = lut.lut_linear(x, w, b, torch.float32)
+    assert torch.equal(y.double(), F.linear(x.double(), w.double(), b.double()))
+
+
 def test_spike_counts_split_into_indicator_and_listed_rest():
     """Summed spikes (Spikformer's residual stream): the 0/1 indicator by lookups, the counts above 1 listed."""
     x0 = _spikes((96, 40), 0.3, 5) * torch.where(torch.rand(96, 40, generator=_gen(6)) < 0.1, 3.0, 1.0)

@@ -84,3 +84,22 @@ def test_compiled_reorder_equals_torch_permute(dtype, kind, shape):
     wn = torch.randn(tuple(reversed(shape))).to(dtype).permute(*reversed(range(len(shape))))  # strided view
     want = wn.t().contiguous() if kind == "linear" else wn.permute(2, 3, 1, 0).contiguous()
     assert torch.equal(weights.make(wn, dtype, kind), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind,shape", [("linear", (48, 37)), ("linear", (16, 1)), ("conv3x3", (32, 5, 3, 3))])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_tiled_layouts_are_runs_of_16_outputs(dtype, kind, shape, compiled, monkeypatch):
+    # the lookup products' layout: [N / 16, K, 16] / [Cout / 16, 3, 3, Cin, 16], by the compiled reorder and by torch
+    if not compiled:
+        monkeypatch.setattr(weights.build, "available", lambda: False)
+    w = torch.randn(shape).to(dtype)
+    flat = w.t().contiguous() if kind == "linear" else w.permute(2, 3, 1, 0).contiguous()
+    got = weights.make(w, dtype, kind + "_tiles")
+    want = flat.view(*flat.shape[:-1], shape[0] // 16, 16).movedim(-2, 0)
+    assert got.is_contiguous() and got.shape == want.shape and torch.equal(got, want)
+
+
+def test_tiled_layout_needs_whole_tiles():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        weights.make(torch.randn(40, 8), torch.float32, "linear_tiles")

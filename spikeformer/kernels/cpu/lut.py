@@ -30,7 +30,7 @@ build.declare(
     sf_lut_pack=(_ci, [_i64, _i64, _vp, _ci, _vp, _vp, _ci]),
     sf_lut_pack_counts=(_i64, [_i64, _i64, _vp, _i64] + [_vp] * 6 + [_ci]),
     sf_lut_pack_conv3x3=(_ci, [_i64] * 4 + [_vp, _ci, _vp, _vp, _vp, _ci]),
-    sf_lut_linear=(None, [_i64, _i64, _i64] + [_vp] * 8 + [_ci]),
+    sf_lut_linear=(None, [_i64, _i64, _i64] + [_vp] * 8 + [_ci, _ci]),
     sf_lut_linear_wgrad=(None, [_i64, _i64, _i64] + [_vp] * 7 + [_ci, _ci]),
 )
 TILE = 16  # output columns per table entry: the number of outputs must be a multiple
@@ -86,10 +86,12 @@ def _rest_ptrs(rest) -> list:
 
 
 def _products(R: int, K: int, codes: torch.Tensor, wt: torch.Tensor, bias: Optional[torch.Tensor],
-              out: torch.Tensor, rest=None) -> None:
-    """``out = bias + x @ wt`` for ``x`` given as its codes plus the listed ``rest`` (or ``None``)."""
-    build.library().sf_lut_linear(R, K, wt.shape[1], ptr(codes), ptr(wt), None if bias is None else ptr(bias),
-                                  *_rest_ptrs(rest), ptr(out), threads())
+              out: torch.Tensor, rest=None, stream: bool = False) -> None:
+    """``out = bias + x @ W^T`` for ``x`` given as its codes plus the listed ``rest`` (or ``None``), the weights
+    ``wt`` tiled (``weights.layout`` ``"linear_tiles"`` / ``"conv3x3_tiles"``: ``[N / 16, ..., 16]``). ``stream``:
+    write ``out`` past the caches (``lut.cpp`` ``lut_fwd``: it pays in inference only)."""
+    build.library().sf_lut_linear(R, K, wt.shape[0] * wt.shape[-1], ptr(codes), ptr(wt), None if bias is None else ptr(bias),
+                                  *_rest_ptrs(rest), ptr(out), int(stream), threads())
 
 
 def _wgrad(R: int, K: int, codes_t: torch.Tensor, g: torch.Tensor, rest=None, nk: bool = False) -> torch.Tensor:
@@ -109,12 +111,15 @@ class NativeLutLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2d, weight, bias, packed, rest, wt):
-        # wt: weights.layout(weight, torch.float32, "linear") [K, N], made by the caller (kept in inference)
+        # wt: weights.layout(weight, torch.float32, "linear_tiles") [N / 16, K, 16], made by the caller (kept in
+        # inference)
         R, K = x2d.shape
         codes, codes_t = packed
         w = weight.detach()
         out = torch.empty(R, w.shape[0], dtype=torch.float32)
-        _products(R, K, codes, wt, None if bias is None else bias.detach().contiguous(), out, rest)
+        # no weight gradient to form (inference): the output written past the caches
+        _products(R, K, codes, wt, None if bias is None else bias.detach().contiguous(), out, rest,
+                  stream=codes_t is None)
         ctx.codes_t, ctx.rest, ctx.shape, ctx.has_bias = codes_t, rest, x2d.shape, bias is not None
         ctx.save_for_backward(w)
         return out
@@ -143,8 +148,8 @@ class NativeLutConv3x3(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, packed, wt, u):
-        # wt: weights.layout(weight, torch.float32, "conv3x3") [3, 3, Cin, Cout], made by the caller (or u:
-        # weights.layout(weight, torch.float32, "winograd"))
+        # wt: weights.layout(weight, torch.float32, "conv3x3_tiles") [Cout / 16, 3, 3, Cin, 16], made by the caller
+        # (or u: weights.layout(weight, torch.float32, "winograd"))
         M, Cin, H, W = x.shape
         codes, codes_t = packed
         w = weight.detach()
@@ -154,7 +159,7 @@ class NativeLutConv3x3(torch.autograd.Function):
             out = winograd.conv3x3_forward(x, u, b)
         else:
             out = torch.empty((M, Cout, H, W), dtype=torch.float32, memory_format=torch.channels_last)
-            _products(M * H * W, 9 * Cin, codes, wt.view(9 * Cin, Cout), b, out)
+            _products(M * H * W, 9 * Cin, codes, wt, b, out)
         ctx.codes_t, ctx.shape, ctx.has_bias = codes_t, x.shape, bias is not None
         ctx.save_for_backward(w)
         return out
@@ -202,7 +207,8 @@ def lut_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if found is None:
         return None
     packed, rest = found
-    return NativeLutLinear.apply(x2d, weight, bias, packed, rest, weights.layout(weight, torch.float32, "linear"))
+    wt = weights.layout(weight, torch.float32, "linear_tiles")
+    return NativeLutLinear.apply(x2d, weight, bias, packed, rest, wt)
 
 
 # The codes of the last Linear input (a strong reference keeps its memory from being reused while it is the key):
@@ -244,5 +250,5 @@ def lut_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     packed = pack_conv3x3(x, wgrad, forward=u is None)
     if packed is None:
         return None
-    wt = weights.layout(weight, torch.float32, "conv3x3") if u is None else None
+    wt = weights.layout(weight, torch.float32, "conv3x3_tiles") if u is None else None
     return NativeLutConv3x3.apply(x, weight, bias, packed, wt, u)

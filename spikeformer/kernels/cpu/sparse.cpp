@@ -244,10 +244,11 @@ void spmm_fwd(int64_t R, int64_t Nout, const int64_t* rs, const int64_t* re, con
   const int64_t nchunks = nthreads > 1 && R >= nthreads ? nthreads : 1;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 1)
   for (int64_t k = 0; k < nchunks; ++k) {
-    const int64_t r0 = R * k / nchunks, r1 = R * (k + 1) / nchunks;
-    // rows in slabs of 64 so each slab's entries stay in cache across the column tiles
-    for (int64_t a = r0; a < r1; a += 64) {
-      const int64_t b = a + 64 < r1 ? a + 64 : r1;
+    // rows in slabs of 64 so each slab's entries stay in cache across the column tiles; chunk k takes the slabs k,
+    // k + nchunks, ...: the first time steps of a spiking layer fire less than the last, and halves of the rows
+    // left one thread waiting for the other
+    for (int64_t a = 64 * k; a < R; a += 64 * nchunks) {
+      const int64_t b = a + 64 < R ? a + 64 : R;
       int64_t t0 = 0;
       for (; t0 + SP_TILE <= Nout; t0 += SP_TILE) spmm_tile<O, SP_NV>(a, b, Nout, t0, rs, re, col, val, Wt, bias, out);
       if (t0 < Nout) spmm_tail<O>(a, b, Nout, t0, Nout - t0, rs, re, col, val, Wt, bias, out);
@@ -380,7 +381,8 @@ void sconv_col(int64_t m, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64
 template <typename O>
 void sconv_fwd(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, const int64_t* rs, const int64_t* re,
                const int32_t* col, const float* val, const O* Wt, const float* bias, O* out, int nthreads) {
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && M > 1)
+  // frames dealt out in turn (schedule static, 1): the first time steps fire less than the last
+#pragma omp parallel for schedule(static, 1) num_threads(nthreads) if (nthreads > 1 && M > 1)
   for (int64_t m = 0; m < M; ++m) {
     int64_t t0 = 0;
     while (t0 + 16 <= Cout) {  // as few passes over the frame as the registers allow: up to NV_MAX vectors of 16
@@ -483,7 +485,7 @@ void sconv_wgrad(int64_t M, int64_t H, int64_t W, int64_t Cin, int64_t Cout, con
   for (int64_t k = 0; k < nchunks; ++k) {
     float* acc = accs.data() + k * KC * Cout;
     FrameColumns fc;
-    for (int64_t m = M * k / nchunks; m < M * (k + 1) / nchunks; ++m) {
+    for (int64_t m = k; m < M; m += nchunks) {  // frames in turn: the first time steps fire less than the last
       fc.build(m * H * W, H, W, Cin, rs, re, col, val);
       int64_t t0 = 0;
       while (t0 + 16 <= Cout) {

@@ -21,8 +21,9 @@ from . import build
 from .build import ptr, threads
 
 _vp, _i64, _ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-build.declare(sf_permute_cba=(None, [_i64, _i64, _i64, _vp, _vp, _ci, _ci]))
+build.declare(sf_permute_cba=(None, [_i64, _i64, _i64, _vp, _vp, _ci, _ci, _ci]))
 
+TILE = 16  # outputs per tile of the tiled layouts (the lookup products', kernels/cpu/lut.cpp)
 _cache: dict[tuple, tuple] = {}  # (id(weight), kind) -> (weakref, key, layout)
 
 
@@ -35,24 +36,36 @@ def _make(w: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "winograd":  # [Cout, Cin, 3, 3] -> the transformed filters [36, Cin, Cout] (fp32)
         from .winograd import forward_filters
         return forward_filters(_make(w.float(), "conv3x3"))
-    if kind == "linear":  # [N, K] -> [K, N]
+    base, tiled = (kind[:-len("_tiles")], True) if kind.endswith("_tiles") else (kind, False)
+    if base == "linear":  # [N, K] -> [K, N]
         A, B, C = w.shape[0], 1, w.shape[1]
-    elif kind == "conv3x3":  # [Cout, Cin, 3, 3] -> [3, 3, Cin, Cout]
+    elif base == "conv3x3":  # [Cout, Cin, 3, 3] -> [3, 3, Cin, Cout]
         A, B, C = w.shape[0], w.shape[1], w.shape[2] * w.shape[3]
     else:
-        raise ValueError(f"unknown weight layout {kind!r}: 'linear', 'conv3x3' or 'winograd'")
-    shape = (C, A) if kind == "linear" else (*w.shape[2:], B, A)
+        raise ValueError(f"unknown weight layout {kind!r}: 'linear', 'conv3x3', 'winograd', 'linear_tiles' or "
+                         "'conv3x3_tiles'")
+    if tiled and A % TILE:
+        raise ValueError(f"layout {kind!r} needs a multiple of {TILE} outputs, got {A}")
+    shape = (C, A) if base == "linear" else (*w.shape[2:], B, A)
+    if tiled:  # the same with each run of TILE outputs contiguous: [A / TILE, ..., TILE]
+        shape = (A // TILE, *shape[:-1], TILE)
     if w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu" and build.available():
         src = w.contiguous()  # kept referenced across the call
         out = torch.empty(shape, dtype=w.dtype)
-        build.library().sf_permute_cba(A, B, C, ptr(src), ptr(out), int(w.dtype == torch.bfloat16), threads())
+        build.library().sf_permute_cba(A, B, C, ptr(src), ptr(out), int(w.dtype == torch.bfloat16), int(tiled),
+                                       threads())
         return out
-    return w.t().contiguous() if kind == "linear" else w.permute(2, 3, 1, 0).contiguous()
+    out = w.t().contiguous() if base == "linear" else w.permute(2, 3, 1, 0).contiguous()
+    if tiled:
+        out = out.view(*out.shape[:-1], A // TILE, TILE).movedim(-2, 0).contiguous()
+    return out
 
 
 def layout(weight: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
     """``weight`` (detached, in ``dtype``) in the layout ``kind`` (``"linear"``: ``W^T``; ``"conv3x3"``:
-    ``[3, 3, Cin, Cout]``; ``"winograd"``: a 3x3 convolution's transformed filters ``[36, Cin, Cout]``, fp32),
+    ``[3, 3, Cin, Cout]``; ``"winograd"``: a 3x3 convolution's transformed filters ``[36, Cin, Cout]``, fp32;
+    ``"linear_tiles"`` / ``"conv3x3_tiles"``: the first two with each run of 16 outputs contiguous, ``[N / 16, K,
+    16]`` / ``[Cout / 16, 3, 3, Cin, 16]``, the lookup products' layout),
     contiguous; the same tensor again on later calls in inference while ``weight`` is unchanged (one entry per
     weight and kind: a convolution whose input density moves across the listing / Winograd boundary keeps both).
     Call it where the caller's gradient mode holds (not inside an autograd Function's forward, which always runs
