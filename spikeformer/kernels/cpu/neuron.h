@@ -4,8 +4,8 @@
 // Numerics: the forward performs the same float operations, in the same order and with the same rounding, as the
 // pure-PyTorch kernel (spikeformer/kernels/torch/neuron.py) and the reference loop in spikeformer/neurons/
 // functional.py, so spikes and the final membrane are bit-identical. The backward computes the same expressions;
-// the exponential of the sigmoid surrogate is a polynomial (relative error about 2e-7), so gradients agree within
-// fp32 rounding, not bit for bit.
+// the exponential of the sigmoid surrogate is a polynomial (relative error about 2e-7) and its reciprocal takes
+// Newton steps (up to 2 ulp), so gradients agree within fp32 rounding, not bit for bit.
 //
 // Layout: every tensor is contiguous [T, N] (N = everything after time); the membrane state is float32; the
 // input x, the spikes and dL/dx are float32 or bfloat16 (bf16: upper 16 bits of a float32, round to nearest even).
@@ -39,6 +39,21 @@ inline float exp_approx(float x) {
   float scale;
   std::memcpy(&scale, &bits, 4);
   return y * scale;
+}
+
+// 1 / d for d in [1, 2^126): an integer first guess (relative error under 6 %) and three Newton steps, each
+// doubling the correct bits (relative error under 2e-7, 2 ulp, over that range). Branch-free, it vectorises into
+// multiply-adds; a vector division (vdivps) was a fifth of the bf16 BatchNorm + neuron backward on an Intel Xeon.
+inline float recip_approx(float d) {
+  uint32_t bits;
+  std::memcpy(&bits, &d, 4);
+  bits = 0x7EF311C3u - bits;
+  float r;
+  std::memcpy(&r, &bits, 4);
+  r = madd(r, madd(-d, r, 1.0f), r);  // r + r (1 - d r), both fused (written out: a loop here stopped the callers'
+  r = madd(r, madd(-d, r, 1.0f), r);  // loops from vectorising)
+  r = madd(r, madd(-d, r, 1.0f), r);
+  return r;
 }
 
 }  // namespace
@@ -138,7 +153,7 @@ void run_block_any(const SfParams& p, const X* x, int64_t n0, int64_t m, float* 
 template <int KIND>
 inline float surrogate_grad(float alpha, float z) {
   if (KIND == 1) {  // Sigmoid: alpha * s * (1 - s), s = sigmoid(alpha z)
-    float sg = 1.0f / (1.0f + exp_approx(-alpha * z));
+    float sg = recip_approx(1.0f + exp_approx(-alpha * z));
     return alpha * sg * (1.0f - sg);
   }
   // ATan: alpha / 2 / (1 + (pi / 2 * alpha * z)^2)
