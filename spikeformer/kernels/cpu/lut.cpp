@@ -108,8 +108,8 @@ constexpr int64_t FWD_PF = 8;     // output rows written ahead of their prefetch
 // out [R, N] = bias + codes [R, KG] x W^T (fp32), the weights tiled: Wt [N / NT, K, NT], N a multiple of NT (each
 // tile's weights contiguous, read in order; rows of W^T [K, N] are N floats apart, which aliases in the cache).
 // stream: write out with non-temporal stores (AVX512, out 64-byte aligned; each tile of a row is one cache line, not
-// read before it is written, which otherwise comes from memory first). In inference the whole step ran 1.10x faster so
-// on an Intel Xeon (Spikformer CIFAR 4-384), in training 0.97-0.99x: there the caller asks for it only in inference.
+// read before it is written, which otherwise comes from memory first). In inference the whole step ran 1.10x faster
+// so on an Intel Xeon (Spikformer CIFAR 4-384), in training 0.97-0.99x: the caller asks for it only in inference.
 void lut_fwd(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float* Wt, const float* bias, const Rest& rest,
              float* out, int stream_out, int nthreads) {
   const int64_t KG = (K + 3) / 4, ntiles = N / NT, nblocks = (R + FWD_RB - 1) / FWD_RB;
@@ -189,8 +189,9 @@ void lut_fwd(int64_t R, int64_t K, int64_t N, const uint8_t* codes, const float*
   }
 }
 
-constexpr int64_t WG_PF = 24;
-constexpr int64_t WG_CH = 32;  // 4-row groups per chunk: 16 tables of 1 KB
+constexpr int64_t WG_PF = 24;  // 4-row groups between a gradient row's prefetch and its table's build (rows N floats
+                               // apart: no hardware prefetch across pages)
+constexpr int64_t WG_CH = 32;  // 4-row groups per chunk: 32 tables of 1 KB (16 and 32 measured alike)
 
 // dWt [K, N] = codesT [RG, K] x G [R, N] summed over the rows (fp32 G), N a multiple of NT; out_nk: written as
 // dW [N, K] instead (a Linear's own layout: each tile's [K, 16] block is transposed in cache, 64 columns at a time)

@@ -90,7 +90,8 @@ def _products(R: int, K: int, codes: torch.Tensor, wt: torch.Tensor, bias: Optio
     """``out = bias + x @ W^T`` for ``x`` given as its codes plus the listed ``rest`` (or ``None``), the weights
     ``wt`` tiled (``weights.layout`` ``"linear_tiles"`` / ``"conv3x3_tiles"``: ``[N / 16, ..., 16]``). ``stream``:
     write ``out`` past the caches (``lut.cpp`` ``lut_fwd``: it pays in inference only)."""
-    build.library().sf_lut_linear(R, K, wt.shape[0] * wt.shape[-1], ptr(codes), ptr(wt), None if bias is None else ptr(bias),
+    N = wt.shape[0] * wt.shape[-1]
+    build.library().sf_lut_linear(R, K, N, ptr(codes), ptr(wt), None if bias is None else ptr(bias),
                                   *_rest_ptrs(rest), ptr(out), int(stream), threads())
 
 
