@@ -34,7 +34,7 @@ from .linear import TokenLinear
 from .norm import TokenBN
 from .numerics import NumericsAware, wants_fast
 from ..kernels.cpu import bf16, winograd
-from .sparse import spike_conv3x3, spike_linear
+from .sparse import may_list, spike_conv3x3, spike_linear
 from .time import seq_apply, shared_step, time_invariant
 
 
@@ -242,6 +242,35 @@ def linear_bn_neuron(linear: nn.Module, bn: nn.Module, neuron: nn.Module, x: tor
         return neuron(_official_linear_bn(linear, bn, x, grid)).transpose(-1, -2)
     return fused_bn.linear_bn_neuron(linear, bn, neuron, x, fuse=True if _fast(x, linear, bn) else False,
                                      sparse=sparse)
+
+
+def linear_bn_neurons(branches, x: torch.Tensor, sparse: bool = False, grid: Optional[tuple[int, int]] = None,
+                      keep_input: bool = False) -> list:
+    """:func:`linear_bn_neuron` for several ``(linear, bn, neuron)`` branches reading the same tokens ``x`` (q, k and
+    v of an attention block). With ``keep_input`` the list ends with ``x`` itself, or an alias of it whose gradient
+    the branches' products take in: add the residual branch to that last entry, not to ``x``
+    (``x = outs[-1] + branch(outs)``). On the fast path under bf16 autocast the branches run as one autograd
+    Function (:func:`spikeformer.layers.fused_bn.linear_bn_neurons`) where their products are dense (``sparse``
+    inputs too dense to list); elsewhere one by one."""
+    if (_fast(x, *(m for b in branches for m in b[:2])) and x.dim() >= 2
+            and not (sparse and may_list(x, branches[0][0].weight))
+            and not any(_exact_official(linear, x) for linear, _, _ in branches)):
+        out = fused_bn.linear_bn_neurons(branches, x, keep_input)
+        if out is not None:
+            return out
+    outs = [linear_bn_neuron(linear, bn, neuron, x, sparse, grid) for linear, bn, neuron in branches]
+    return outs + ([x] if keep_input else [])
+
+
+def add_residual(module: nn.Module, x: torch.Tensor, grid, branch) -> torch.Tensor:
+    """``x + module(x, grid)`` for a module whose ``branch(x, grid, keep_input=True)`` returns ``(kept, out)``, ``kept``
+    being the last entry of :func:`linear_bn_neurons` with ``keep_input`` (``x`` or its alias) and ``out`` the
+    module's output: the sum is taken on ``kept``. A module with hooks is called as usual, so that they see its
+    call."""
+    if _hooked(module):
+        return x + module(x, grid)
+    kept, out = branch(x, grid, keep_input=True)
+    return kept + out
 
 
 class ConvBNNeuron(NumericsAware, nn.Module):

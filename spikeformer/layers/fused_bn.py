@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn.modules import module as M
 
 from .. import kernels
+from ..kernels.cpu import bf16 as _bf16
+from ..kernels.cpu import linear_bn as _linear_bn
 from ..neurons import _kernels, _kernels_linear, _native
 from ..neurons.nodes import IF, LIF
 from ..neurons.surrogate import ATan, Sigmoid
@@ -238,6 +240,9 @@ def linear_bn_neuron(linear: nn.Linear, bn: nn.Module, neuron: nn.Module, x: tor
         return bn_neuron(bn, neuron, linear(x) if z is None else z, fuse)
     z = spike_linear(linear, x, with_bias=False) if sparse else None
     if z is None:
+        fused = linear_bn_neurons([(linear, bn, neuron)], x)
+        if fused is not None:
+            return fused[0]
         if type(linear) is OneDNNLinear or (type(linear) is TokenLinear and linear.fast):
             z = _kernels_linear.token_linear(linear, x, with_bias=False)
         else:
@@ -245,3 +250,33 @@ def linear_bn_neuron(linear: nn.Linear, bn: nn.Module, neuron: nn.Module, x: tor
     if can_fuse(bn, neuron, z):
         return _fused(bn, neuron, z, linear.bias)
     return _unfused(bn, neuron, z + linear.bias.to(z.dtype))  # e.g. fp16 tokens: the bias added after all
+
+
+def _branch_ok(linear: nn.Module, bn: nn.Module, neuron: nn.Module) -> bool:
+    return (type(linear) in (nn.Linear, OneDNNLinear, TokenLinear) and not _hooked(linear) and type(bn) is TokenBN
+            and _batch_stats(bn) and _static_ok(bn, neuron))
+
+
+def linear_bn_neurons(branches, x: torch.Tensor, keep_input: bool = False) -> Optional[list]:
+    """``[neuron(bn(linear(x))) for (linear, bn, neuron) in branches]`` on tokens ``x [..., K]`` as one autograd
+    Function (:mod:`spikeformer.kernels.cpu.linear_bn`): the dense bf16 products under bf16 autocast on a CPU with
+    native bf16 GEMMs, training-mode BatchNorms fused with their neurons, the Linear biases left out (as
+    :func:`linear_bn_neuron`). With ``keep_input`` the list ends with ``x`` itself, to which the caller adds its
+    residual branch: the residual's gradient then joins the branches' input gradients inside their GEMMs. ``None``
+    where that does not apply (other devices, dtypes or precisions, no gradients, eval-mode statistics, hooks,
+    other module types, ``torch.compile`` tracing); the caller then runs the branches one by one."""
+    if not (torch.is_grad_enabled() and _bf16.native_autocast(x) and not torch.compiler.is_compiling()
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and _kernels.select_kernel(x) is _kernels.default_kernel
+            and all(_branch_ok(*b) for b in branches)
+            and _linear_bn.supports(x, [linear.weight for linear, _, _ in branches])):
+        return None
+    specs = [(neuron.spec(), neuron.surrogate, bn.eps) for _, bn, neuron in branches]
+    tensors = [t for linear, bn, _ in branches for t in (linear.weight, linear.bias, bn.weight, bn.bias)]
+    out = _linear_bn.apply(x, specs, tensors, keep_input)
+    n, rows = len(branches), x.numel() // x.shape[-1]
+    for i, (linear, bn, _) in enumerate(branches):
+        # the statistics of the input with the bias left out, as the unfused layers see it (_fused)
+        shift = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16).double()
+        _update_running_stats(bn, out[n + 2 * i], out[n + 2 * i + 1], rows, shift)
+    return list(out[:n]) + ([out[-1]] if keep_input else [])

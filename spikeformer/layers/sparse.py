@@ -153,6 +153,20 @@ def _nonzeros(x2d: torch.Tensor, weight: torch.Tensor, density: Optional[float],
     return rows, dtype
 
 
+def may_list(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`spike_linear` might run ``x`` over its nonzeros rather than give up for the dense product, by
+    :func:`_nonzeros`' first test (the sampled density against 1.25 times :func:`max_density`). Callers that can do
+    the dense product better than one Linear at a time (:func:`spikeformer.layers.blocks.linear_bn_neurons`) ask."""
+    x2d = x.reshape(-1, x.shape[-1])
+    dtype = _compute_dtype(x2d, weight)
+    if dtype is None or torch.compiler.is_compiling() or _native.library() is None or not x.is_contiguous():
+        return False
+    if dtype == torch.float32 or _bf16.active(x) or x2d.shape[0] < 1024:
+        return True
+    forward_only = not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    return _sampled_density(x2d) <= 1.25 * max_density(dtype, forward_only)
+
+
 def spike_linear(linear: nn.Linear, x: torch.Tensor, with_bias: bool = True,
                  max_density: Optional[float] = None) -> Optional[torch.Tensor]:
     """``linear(x)`` (without its bias if ``with_bias=False``) over the nonzeros of ``x [..., in]``, or ``None``

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from ..layers import NumericsAware, TokenBN, TokenLinear, expand_time, wants_fast
 from ..layers.attention import token_spike_attention
-from ..layers.blocks import linear_bn_neuron
+from ..layers.blocks import add_residual, linear_bn_neuron, linear_bn_neurons
 from ..layers.init import trunc_normal_
 from ..layers.stems import SpikingPatchStem
 from ..neurons import neuron_factory
@@ -72,11 +72,19 @@ class SSA(NumericsAware, nn.Module):
         self.proj_lif = neuron()
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
-        q = linear_bn_neuron(self.q_linear, self.q_bn, self.q_lif, x, sparse=True)
-        k = linear_bn_neuron(self.k_linear, self.k_bn, self.k_lif, x, sparse=True)
-        v = linear_bn_neuron(self.v_linear, self.v_bn, self.v_lif, x, sparse=True)
-        x = self.attn_lif(token_spike_attention(q, k, v, self.num_heads, self.scale, fast=wants_fast(self, q)))
-        return linear_bn_neuron(self.proj_linear, self.proj_bn, self.proj_lif, x, sparse=True)
+        return self._attend(x, grid)[1]
+
+    def residual(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        """``x + self(x)``, the sum taken on the alias of ``x`` that q/k/v return on the fast bf16 path
+        (:func:`~spikeformer.layers.blocks.linear_bn_neurons`), so its gradient joins theirs inside their GEMMs."""
+        return add_residual(self, x, grid, self._attend)
+
+    def _attend(self, x: torch.Tensor, grid=None, keep_input: bool = False):
+        q, k, v, *kept = linear_bn_neurons([(self.q_linear, self.q_bn, self.q_lif), (self.k_linear, self.k_bn,
+                                            self.k_lif), (self.v_linear, self.v_bn, self.v_lif)], x, sparse=True,
+                                           keep_input=keep_input)
+        a = self.attn_lif(token_spike_attention(q, k, v, self.num_heads, self.scale, fast=wants_fast(self, q)))
+        return (kept[0] if kept else x), linear_bn_neuron(self.proj_linear, self.proj_bn, self.proj_lif, a, sparse=True)
 
 
 class MLP(NumericsAware, nn.Module):
@@ -92,8 +100,17 @@ class MLP(NumericsAware, nn.Module):
         self.fc2_lif = neuron()
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
-        x = linear_bn_neuron(self.fc1_linear, self.fc1_bn, self.fc1_lif, x, sparse=True, grid=grid)
-        return linear_bn_neuron(self.fc2_linear, self.fc2_bn, self.fc2_lif, x, sparse=True, grid=grid)
+        return self._mlp(x, grid)[1]
+
+    def residual(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        """``x + self(x)`` (see :meth:`SSA.residual`)."""
+        return add_residual(self, x, grid, self._mlp)
+
+    def _mlp(self, x: torch.Tensor, grid, keep_input: bool = False):
+        h, *kept = linear_bn_neurons([(self.fc1_linear, self.fc1_bn, self.fc1_lif)], x, sparse=True, grid=grid,
+                                     keep_input=keep_input)
+        return (kept[0] if kept else x), linear_bn_neuron(self.fc2_linear, self.fc2_bn, self.fc2_lif, h, sparse=True,
+                                                          grid=grid)
 
 
 class Block(nn.Module):
@@ -104,8 +121,8 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio), neuron, bn_transposed, mlp_op)
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
-        x = x + self.attn(x, grid)
-        return x + self.mlp(x, grid)
+        x = self.attn.residual(x, grid)  # x + attn(x)
+        return self.mlp.residual(x, grid)  # x + mlp(x)
 
 
 @contextlib.contextmanager
