@@ -54,11 +54,32 @@ void channel_stats(int64_t R, int64_t C, const X* x, double* mean, double* var, 
       const int64_t re = r + 32 < r1 ? r + 32 : r1;
       float* __restrict sp = s.data();
       float* __restrict qp = q.data();
-      for (int64_t c = 0; c < C; ++c) sp[c] = qp[c] = 0.0f;
-      for (int64_t i = r; i < re; ++i) {
+      int64_t c0 = 0;
+      // strips of 64 channels: their sums stay in registers over the 32 rows (the rows' block is in cache)
+      for (; c0 + 64 <= C; c0 += 64) {
+        float s64[64], q64[64];
+#pragma omp simd
+        for (int j = 0; j < 64; ++j) s64[j] = q64[j] = 0.0f;
+        for (int64_t i = r; i < re; ++i) {
+          const X* xr = x + i * C + c0;
+#pragma omp simd
+          for (int j = 0; j < 64; ++j) {
+            const float d = ld(xr, j) - sh[c0 + j];
+            s64[j] += d;
+            q64[j] += d * d;
+          }
+        }
+#pragma omp simd
+        for (int j = 0; j < 64; ++j) {
+          sp[c0 + j] = s64[j];
+          qp[c0 + j] = q64[j];
+        }
+      }
+      for (int64_t c = c0; c < C; ++c) sp[c] = qp[c] = 0.0f;
+      for (int64_t i = r; i < re && c0 < C; ++i) {
         const X* xr = x + i * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
+        for (int64_t c = c0; c < C; ++c) {
           const float d = ld(xr, c) - sh[c];
           sp[c] += d;
           qp[c] += d * d;
@@ -128,7 +149,7 @@ void bn_bwd_block(const SfParams& p, int64_t C, const float* a, const float* b, 
     for (int64_t i = 0; i < m; ++i) {
       const float g = grad_h<KIND, HARD, DETACH>(ht[i], ld(gst, i), gv[i], vth, vr, alpha);
       const float d = rnd(gyt, g * gain);
-      st(gyt, i, d);
+      st_exact(gyt, i, d);
       gv[i] = g * keep;
       sg[i] += d;
       sgx[i] += d * (ld(xt, i) - mu[i]);

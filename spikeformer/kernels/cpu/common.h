@@ -38,6 +38,13 @@ inline float ld(const float* p, int64_t i) { return p[i]; }
 inline float ld(const bf16* p, int64_t i) { return bf2f(p[i]); }
 inline void st(float* p, int64_t i, float v) { p[i] = v; }
 inline void st(bf16* p, int64_t i, float v) { p[i] = f2bf(v); }
+// Stores a v that the dtype represents exactly (a spike, or a value rnd() has rounded): no second rounding.
+inline void st_exact(float* p, int64_t i, float v) { p[i] = v; }
+inline void st_exact(bf16* p, int64_t i, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  p[i] = static_cast<bf16>(u >> 16);
+}
 // v rounded to the precision of the pointer's dtype (what storing and reloading it gives)
 inline float rnd(const float*, float v) { return v; }
 inline float rnd(const bf16*, float v) { return bf2f(f2bf(v)); }

@@ -23,10 +23,11 @@ constexpr int64_t BLOCK = 1024;
 // loops vectorise. Relative error about 2e-7 on the range used (|x| <= 87).
 inline float exp_approx(float x) {
   x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
-  // round to nearest integer: adding and subtracting 1.5 * 2^23 (exact without fast-math, vectorises everywhere)
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
+  // round to nearest integer: adding and subtracting 1.5 * 2^23 (exact without fast-math, vectorises everywhere);
+  // n * 0.693359375 is exact (few bits in each), so the fused reduction equals the separate one's
+  float n = madd(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+  float r = madd(n, -0.693359375f, x);
+  r = madd(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
   p = madd(p, r, 1.3981999507e-3f);
   p = madd(p, r, 8.3334519073e-3f);
@@ -131,7 +132,7 @@ void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, f
       float hv = charge(q, xin, v[i]);
       if (ht) ht[i] = hv;
       const bool fire = hv >= vth;
-      if (stt) st(stt, i, fire ? 1.0f : 0.0f);
+      if (stt) st_exact(stt, i, fire ? 1.0f : 0.0f);
       v[i] = fire ? (hard ? vr : hv - vth) : hv;
     }
   }
