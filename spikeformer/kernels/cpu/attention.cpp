@@ -122,6 +122,22 @@ inline int64_t load_head(int64_t N, int64_t C, int64_t d, const X* src, float* d
   return nnz;
 }
 
+// Requests into cache the N rows of one head's d channels (C apart) of a task to come. A task reads its head's rows
+// at a stride of C channels, which the hardware prefetchers did not follow: half of the backward's samples were its
+// first loads of the q, k and v rows (Spikformer 4-384, bf16, Intel Xeon). With the next task's rows requested,
+// [4, 32, 64, 384] bf16 spikes at 10-15 %: forward 5.7 -> 3.9 ms, backward 13.5 -> 9.9 ms.
+template <typename T>
+inline void prefetch_head(int64_t N, int64_t C, int64_t d, const T* src, bool write = false) {
+  const int64_t bytes = d * static_cast<int64_t>(sizeof(T));
+  for (int64_t n = 0; n < N; ++n) {
+    const char* row = reinterpret_cast<const char*>(src + n * C);
+    for (int64_t b = 0; b < bytes; b += 64) {
+      if (write) __builtin_prefetch(row + b, 1, 3);
+      else __builtin_prefetch(row + b, 0, 3);
+    }
+  }
+}
+
 template <typename X>
 inline void store_head(int64_t N, int64_t C, int64_t d, const float* src, X* dst) {
   for (int64_t n = 0; n < N; ++n)
@@ -260,6 +276,13 @@ void attn_fwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < M * H; ++task) {
       const int64_t off = (task / H) * N * C + (task % H) * D;
+      if (task + 1 < M * H) {
+        const int64_t next = ((task + 1) / H) * N * C + ((task + 1) % H) * D;
+        prefetch_head(N, C, D, q + next);
+        prefetch_head(N, C, D, k + next);
+        prefetch_head(N, C, D, v + next);
+        prefetch_head(N, C, D, out + next, true);  // its rows for writing: 4.8 -> 3.9 ms
+      }
       load_head_kv<X, D>(N, C, off, q, k, v, h, mode);
       gemm<D>(N, D, h.q.data(), D, 1, h.kv.data(), o.data(), h.nq, mode);  // Q (K^T V)
       store_scaled<D>(N, C, o.data(), scale, out + off);
@@ -279,6 +302,13 @@ void attn_bwd(int64_t M, int64_t N, int64_t C, int64_t H, const X* q, const X* k
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < M * H; ++task) {
       const int64_t off = (task / H) * N * C + (task % H) * D;
+      if (task + 1 < M * H) {
+        const int64_t next = ((task + 1) / H) * N * C + ((task + 1) % H) * D;
+        prefetch_head(N, C, D, q + next);
+        prefetch_head(N, C, D, k + next);
+        prefetch_head(N, C, D, v + next);
+        prefetch_head(N, C, D, go + next);  // (prefetching gq, gk, gv for writing: 1.1-1.2x slower)
+      }
       load_head_kv<X, D>(N, C, off, q, k, v, h, mode);
       for (int64_t n = 0; n < N; ++n)
         for (int j = 0; j < D; ++j) g[n * D + j] = go[off + n * C + j] * scale;  // dL/d(Q K^T V)
