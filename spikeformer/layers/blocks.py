@@ -33,7 +33,7 @@ from .fused_bn import _hooked, bn_neuron
 from .linear import TokenLinear
 from .norm import TokenBN
 from .numerics import NumericsAware, wants_fast
-from ..kernels.cpu import bf16, winograd
+from ..kernels.cpu import bf16, im2col, winograd
 from .sparse import may_list, spike_conv3x3, spike_linear
 from .time import seq_apply, shared_step, time_invariant
 
@@ -128,6 +128,8 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
             out = None if lin is None else lin.permute(0, 1, 4, 2, 3).flatten(0, 1)
         if out is not None:
             return channels_last(out.unflatten(0, x.shape[:2]))
+    if not _hooked(conv) and im2col.supports(conv, x.flatten(0, 1)):  # bf16 on AMX, small maps
+        return channels_last(im2col.conv3x3(conv, x.flatten(0, 1)).unflatten(0, x.shape[:2]))
     if not _hooked(conv):
         out = winograd.conv3x3(conv, x.flatten(0, 1))  # a dense input's gradient: Winograd, where it pays
         if out is not None:
