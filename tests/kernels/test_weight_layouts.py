@@ -72,6 +72,24 @@ def test_inference_reuses_the_layout_and_follows_a_weight_update():
         torch.testing.assert_close(y1, nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_inference_follows_an_optimizer_step(fused):
+    """A fused optimizer step does not bump the weights' version counters (torch 2.14): the kept layouts go at every
+    optimizer step, or an evaluation after training would read the previous evaluation's copies."""
+    from spikeformer.layers.sparse import spike_linear
+
+    lin = nn.Linear(64, 32)
+    x = (torch.rand(2048, 64, generator=torch.Generator().manual_seed(0)) < 0.05).float()
+    opt = torch.optim.AdamW(lin.parameters(), lr=0.1, fused=fused, foreach=None if fused else False)
+    with torch.no_grad():
+        spike_linear(lin, x)  # kept
+    lin(x).square().mean().backward()
+    opt.step()
+    with torch.no_grad():
+        y = spike_linear(lin, x)
+        torch.testing.assert_close(y, nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind,shape", [("linear", (37, 50)), ("linear", (1, 7)), ("conv3x3", (17, 5, 3, 3)),
                                         ("conv3x3", (48, 96, 3, 3))])

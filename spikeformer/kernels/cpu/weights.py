@@ -3,10 +3,13 @@
 The listed products read a Linear weight as ``W^T [K, N]``, and the listed and lookup 3x3 convolutions read theirs
 as ``[3, 3, Cin, Cout]``, in the compute dtype: a copy per call, made by ``weights.cpp`` (PyTorch's strided copy of
 these permutations took 0.2-1.8 ms per weight here, 4 % of a QKFormer 10-384 training step at 32x32). In inference
-(gradients off) that copy is kept for the weight until its memory, version counter (bumped by every in-place change:
-an optimizer step, ``load_state_dict``, an EMA update), shape or dtype changes; the entry goes with the weight. With
-gradients on, nothing is kept (a training step changes every weight) and a stale entry is dropped, so training holds
-no second copy of the weights.
+(gradients off) that copy is kept for the weight until its memory, version counter (bumped by in-place changes:
+``load_state_dict``, an EMA update, a foreach optimizer step), shape or dtype changes, and until the next step of any
+``torch.optim`` optimizer: the fused optimizers (``AdamW(fused=True)``, the engine's default) write the weights
+without bumping their version counters (torch 2.14), and an evaluation after such a step had read the previous
+evaluation's copies. Changes through ``weight.data`` are not seen either (``.data`` has a version counter of its
+own): call :func:`clear` after them. The entry goes with the weight. With gradients on, nothing is kept (a training
+step changes every weight) and a stale entry is dropped, so training holds no second copy of the weights.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import weakref
 import ctypes
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import build
 from .build import ptr, threads
@@ -25,6 +29,18 @@ build.declare(sf_permute_cba=(None, [_i64, _i64, _i64, _vp, _vp, _ci, _ci, _ci])
 
 TILE = 16  # outputs per tile of the tiled layouts (the lookup products', kernels/cpu/lut.cpp)
 _cache: dict[tuple, tuple] = {}  # (id(weight), kind) -> (weakref, key, layout)
+
+
+def clear() -> None:
+    """Drops every kept layout (after changing weights in a way their version counters do not record)."""
+    _cache.clear()
+
+
+def _after_optimizer_step(optimizer, args, kwargs) -> None:
+    _cache.clear()
+
+
+register_optimizer_step_post_hook(_after_optimizer_step)
 
 
 def make(weight: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
