@@ -79,9 +79,10 @@ def _rel(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("n,K,C,keep", [(3, 32, 32, True), (1, 32, 96, True), (1, 96, 32, False), (2, 48, 40, False)])
-def test_function_matches_composed_path(n, K, C, keep):
-    branches = _branches(n, K, C, seed=n + K)
+@pytest.mark.parametrize("n,K,C,keep,bias", [(3, 32, 32, True, True), (1, 32, 96, True, True), (1, 96, 32, False, True),
+                                            (2, 48, 40, False, True), (3, 32, 32, True, False)])
+def test_function_matches_composed_path(n, K, C, keep, bias):
+    branches = _branches(n, K, C, seed=n + K, bias=bias)
     x0 = _tokens((4, 3, 20, K), seed=C)
     s_f, gx_f, br_f = _run(branches, x0, True, keep)
     s_c, gx_c, br_c = _run(branches, x0, False, keep)
@@ -93,7 +94,8 @@ def test_function_matches_composed_path(n, K, C, keep):
         assert lf.weight.grad.dtype == torch.float32 and lf.weight.grad.is_contiguous()
         assert _rel(lf.weight.grad, lc.weight.grad) < 1e-2
         assert _rel(bf_.weight.grad, bc.weight.grad) < 1e-3 and _rel(bf_.bias.grad, bc.bias.grad) < 1e-3
-        assert torch.count_nonzero(lf.bias.grad) == 0 and torch.count_nonzero(lc.bias.grad) == 0
+        if bias:
+            assert torch.count_nonzero(lf.bias.grad) == 0 and torch.count_nonzero(lc.bias.grad) == 0
         assert torch.equal(bf_.running_mean, bc.running_mean) and torch.equal(bf_.running_var, bc.running_var)
         assert int(bf_.num_batches_tracked) == int(bc.num_batches_tracked) == 1
 
