@@ -28,7 +28,7 @@ chromium:
 # The compiled CPU kernels are built (or found in the cache) first, once with both cores (about 25 s on a 2-core
 # AVX2 VM), instead of by both workers at once; without a compiler this prints the fallback warning and goes on.
 test: $(STAMP) chromium
-	$(PY) -c "from spikeformer.kernels.cpu import build; build.library()"
+	$(PY) -c "from spikeformer.kernels.cpu import build; build.require()"
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests
 
 clean:

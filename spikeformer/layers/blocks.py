@@ -177,13 +177,14 @@ def frames_bn(bn: nn.Module, z: torch.Tensor, fast: bool) -> torch.Tensor:
 
 
 def conv_bn_neuron(conv: nn.Conv2d, bn: nn.Module, neuron: nn.Module, x: torch.Tensor, spikes_in: bool = False,
-                   fast: Optional[bool] = None) -> torch.Tensor:
-    """``neuron(bn(conv(x)))`` on frames ``[T, B, C, H, W]``; see the module docstring for the two paths."""
+                   fast: Optional[bool] = None, spikes_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``neuron(bn(conv(x)))`` on frames ``[T, B, C, H, W]``; see the module docstring for the two paths.
+    ``spikes_dtype``: see :func:`~spikeformer.layers.fused_bn.bn_neuron`."""
     fast = _fast(x, conv, bn, neuron) if fast is None else fast
     if fast and small_nchw_block(conv, x):
         fast = False
     z = conv_frames(conv, x, fast, spikes_in)
-    return bn_neuron(bn, neuron, z, fuse=fast)
+    return bn_neuron(bn, neuron, z, fuse=fast, spikes_dtype=spikes_dtype)
 
 
 def _exact_official(linear: nn.Module, x: torch.Tensor) -> bool:

@@ -108,10 +108,13 @@ def _want_fuse(bn: nn.Module, x: torch.Tensor, fuse: Optional[bool]) -> bool:
     return fuse
 
 
-def bn_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, fuse: Optional[bool] = None) -> torch.Tensor:
+def bn_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, fuse: Optional[bool] = None,
+              spikes_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``neuron(bn(x))`` for tokens ``[T, ..., C]`` (``TokenBN``) or frames ``[T, B, C, H, W]`` (``BatchNorm2d``,
     channels-last frames for the fused kernel). ``fuse=None`` fuses when ``bn.fast`` is set
-    (:func:`spikeformer.layers.use_fast_kernels`) or ``x`` is not fp32 (autocast); ``fuse=False`` never does."""
+    (:func:`spikeformer.layers.use_fast_kernels`) or ``x`` is not fp32 (autocast); ``fuse=False`` never does.
+    ``spikes_dtype=torch.bfloat16``: the fused training kernel may return the spikes of an fp32 ``x`` in bf16 (exact;
+    for a bf16 consumer, which then needs no cast); other paths return ``x``'s dtype."""
     gpu = kernels.registered(kernels.BN_NEURON, x)  # a device's own kernel (Triton on CUDA) wins where it applies
     if gpu is not None and fuse is not False and _static_ok(bn, neuron) and _channel_innermost(bn, x):
         s, mean, var = gpu(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, _batch_stats(bn),
@@ -128,7 +131,7 @@ def bn_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, fuse: Optional[
         x = materialize(x)
     if not (want and can_fuse(bn, neuron, x)):
         return _unfused(bn, neuron, x)
-    return _fused(bn, neuron, x)
+    return _fused(bn, neuron, x, spikes_dtype=spikes_dtype)
 
 
 def _shared_over_time(bn: nn.Module, x: torch.Tensor) -> bool:
@@ -207,14 +210,16 @@ def _update_running_stats(bn: nn.Module, mean: torch.Tensor, var: torch.Tensor, 
         bn.running_var.mul_(1.0 - f).add_((var * (n / (n - 1))).to(bn.running_var.dtype), alpha=f)
 
 
-def _fused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, bias_left_out: Optional[torch.Tensor] = None):
+def _fused(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, bias_left_out: Optional[torch.Tensor] = None,
+           spikes_dtype: Optional[torch.dtype] = None):
     C = bn.num_features
     spec, sur = neuron.spec(), neuron.surrogate
     if not _batch_stats(bn):
         a, b = _native.bn_scale_shift(bn.weight, bn.bias, bn.running_mean.double(),
                                       (bn.running_var.double() + bn.eps).rsqrt())
         return _native.bn_inference(x, C, a, b, spec, sur)
-    s, mean, var = _native.NativeBNNeuron.apply(x, bn.weight, bn.bias, bias_left_out, C, bn.eps, spec, sur)
+    s, mean, var = _native.NativeBNNeuron.apply(x, bn.weight, bn.bias, bias_left_out, C, bn.eps, spec, sur,
+                                                spikes_dtype)
     # the statistics of the input with the bias left out, as the unfused layers see it
     shift = None if bias_left_out is None else bias_left_out.detach().to(x.dtype).double()
     _update_running_stats(bn, mean.detach(), var.detach(), x.numel() // C, shift)

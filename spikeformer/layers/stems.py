@@ -132,7 +132,11 @@ class SpikingPatchStem(NumericsAware, nn.Module):
                 if lif is None or (i == last and self.rpe == "membrane"):  # the neuron comes after the pool
                     x = conv_bn(conv, bn, x, spikes_in=i > 0, fast=fast)
                 else:
-                    x = conv_bn_neuron(conv, bn, lif, x, spikes_in=i > 0, fast=fast)
+                    # the last fp32 stage hands its spikes to a bf16 stage: bf16 from the kernel, no cast pass
+                    handoff = (fp32 and i == self.fp32_stages - 1
+                               and torch.get_autocast_dtype(x.device.type) == torch.bfloat16)
+                    x = conv_bn_neuron(conv, bn, lif, x, spikes_in=i > 0, fast=fast,
+                                       spikes_dtype=torch.bfloat16 if handoff else None)
             if i in self.pool_stages:
                 x = seq_apply(pool, x)
         if self.rpe == "spikes":

@@ -199,3 +199,23 @@ def test_vector_width_rule_reads_the_vendor(monkeypatch):
                             if path == "/proc/cpuinfo" else real_open(path, *a, **k))
         assert build.cpu_vendor() == vendor
         assert build._wide_vectors() is want, (cap, vendor)
+
+
+def test_require_fails_when_the_build_fails(monkeypatch):
+    """``make test`` starts with ``build.require()``: a kernel source that does not compile fails the suite instead of
+    letting every compiled-kernel test skip."""
+    from spikeformer.kernels.cpu import build
+
+    for name, value in (("_tried", False), ("_lib", None), ("_error", None)):
+        monkeypatch.setattr(build, name, value)
+
+    def broken():
+        raise RuntimeError("c++ failed: neuron.cpp:48: error")
+
+    monkeypatch.setattr(build, "_build", broken)
+    monkeypatch.setattr(build, "_compiler", lambda: "/usr/bin/c++")
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        with pytest.raises(RuntimeError, match="did not build: RuntimeError: c.. failed: neuron.cpp:48"):
+            build.require()
+    monkeypatch.setattr(build, "_compiler", lambda: None)  # no compiler: the PyTorch kernels, no failure
+    build.require()

@@ -462,3 +462,32 @@ def test_bn_frames_gets_its_gradient_in_the_frames_layout(frames, dtype):
     grad_out, inp = seen[1]
     assert grad_out.stride() == inp.stride() and torch.equal(grad_out, other.flatten(0, 1))
     assert torch.equal(bn.running_mean, ref_bn.running_mean) and torch.equal(bn.running_var, ref_bn.running_var)
+
+
+def test_bf16_spikes_of_fp32_input():
+    """The training kernel's bf16 spikes of an fp32 input (the last fp32 stem stage handing its spikes to a bf16 one):
+    the fp32 spikes' values, and the gradient read in bf16 gives the gradients of the same values read in fp32, bit
+    for bit."""
+    from spikeformer.kernels.cpu import bn_neuron as K
+    from spikeformer.kernels.cpu.neuron import _params
+
+    bn, neuron = _make("frames", 16), LIF(tau=2.0, detach_reset=True)
+    x = _input("frames", SHAPES["frames"], torch.float32, seed=5)
+    p = _params(x, None, neuron.spec(), neuron.surrogate)
+    s32, w, ab, chan = K.train_forward(x, bn.weight, bn.bias, bn.eps, p)
+    s16, w2, ab2, chan2 = K.train_forward(x, bn.weight, bn.bias, bn.eps, p, torch.bfloat16)
+    assert s16.dtype == torch.bfloat16 and s16.stride() == x.stride() and torch.equal(s16.float(), s32)
+    assert 0.0 < s32.mean().item() < 1.0 and torch.equal(ab, ab2) and torch.equal(chan, chan2)
+    g16 = _input("frames", SHAPES["frames"], torch.bfloat16, seed=6)
+    got = K.train_backward(g16, x, w, ab, chan, p, torch.float32)
+    ref = K.train_backward(g16.float(), x, w, ab, chan, p, torch.float32)
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    # through the module path: bn_neuron hands back bf16 spikes only where the fused training kernel runs
+    xr = x.clone().requires_grad_()
+    out = bn_neuron(copy.deepcopy(bn), neuron, xr, fuse=True, spikes_dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and torch.equal(out.float(), s32)
+    (out.float() * g16.float()).sum().backward()
+    assert xr.grad.dtype == torch.float32 and torch.equal(xr.grad, ref[0])
+    with torch.no_grad():
+        assert bn_neuron(copy.deepcopy(bn).eval(), neuron, x, fuse=True, spikes_dtype=torch.bfloat16).dtype == torch.float32

@@ -105,8 +105,8 @@ void channel_stats(int64_t R, int64_t C, const X* x, double* mean, double* var, 
   }
 }
 
-template <typename X>
-void bn_fwd_all(const SfParams& p, int64_t C, const float* a, const float* b, const X* x, X* s) {
+template <typename X, typename S = X>
+void bn_fwd_all(const SfParams& p, int64_t C, const float* a, const float* b, const X* x, S* s) {
   const int64_t nblocks = (p.N + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(p.nthreads) if (nblocks > 1 && p.nthreads > 1)
   for (int64_t blk = 0; blk < nblocks; ++blk) {
@@ -116,15 +116,15 @@ void bn_fwd_all(const SfParams& p, int64_t C, const float* a, const float* b, co
     for (int64_t i = 0; i < m; ++i) v[i] = p.vinit;
     gather_channels(n0, m, C, a, sc);
     gather_channels(n0, m, C, b, sh);
-    run_block_any<X, true>(p, x, n0, m, v, nullptr, 0, s, sc, sh);
+    run_block_any<X, true, S>(p, x, n0, m, v, nullptr, 0, s, sc, sh);
   }
 }
 
 // BPTT of the neurons [n0, n1) from the resting membrane; writes dL/dy to gy and adds sum_t dL/dy and
 // sum_t dL/dy (x - mean) of every neuron into its channel's entry of tg / tgx.
-template <typename X, int KIND, bool HARD, bool DETACH>
+template <typename X, typename G, int KIND, bool HARD, bool DETACH>
 void bn_bwd_block(const SfParams& p, int64_t C, const float* a, const float* b, const float* mean, const X* x,
-                  const X* __restrict gs, X* __restrict gy, int64_t n0, int64_t n1, double* tg, double* tgx) {
+                  const G* __restrict gs, X* __restrict gy, int64_t n0, int64_t n1, double* tg, double* tgx) {
   float gv[BLOCK], v[BLOCK], sc[BLOCK], sh[BLOCK], mu[BLOCK], sg[BLOCK], sgx[BLOCK];
   const int64_t m = n1 - n0;
   thread_local std::vector<float> hbuf;
@@ -142,7 +142,7 @@ void bn_bwd_block(const SfParams& p, int64_t C, const float* a, const float* b, 
   for (int64_t t = p.T - 1; t >= 0; --t) {
     const int64_t base = t * p.N + n0;
     const float* __restrict ht = h + t * BLOCK;
-    const X* __restrict gst = gs + base;
+    const G* __restrict gst = gs + base;
     const X* __restrict xt = x + base;
     X* __restrict gyt = gy + base;
 #pragma omp simd
@@ -159,25 +159,25 @@ void bn_bwd_block(const SfParams& p, int64_t C, const float* a, const float* b, 
   scatter_add_channels(n0, m, C, sgx, tgx);
 }
 
-template <typename X, int KIND, bool HARD, bool DETACH>
+template <typename X, typename G, int KIND, bool HARD, bool DETACH>
 void bn_bwd_all(const SfParams& p, int64_t C, const float* a, const float* b, const float* mean, const X* x,
-                const X* gs, X* gy, double* sum_g, double* sum_gx) {
+                const G* gs, X* gy, double* sum_g, double* sum_gx) {
   const int64_t nblocks = (p.N + BLOCK - 1) / BLOCK;
   const int64_t nchunks = p.nthreads > 1 && nblocks > 1 ? p.nthreads : 1;
-  std::vector<double> G(nchunks * C, 0.0), GX(nchunks * C, 0.0);
+  std::vector<double> GS(nchunks * C, 0.0), GX(nchunks * C, 0.0);
 #pragma omp parallel for schedule(static) num_threads(p.nthreads) if (nchunks > 1)
   for (int64_t k = 0; k < nchunks; ++k) {
     for (int64_t blk = nblocks * k / nchunks; blk < nblocks * (k + 1) / nchunks; ++blk) {
       const int64_t n0 = blk * BLOCK;
       const int64_t n1 = n0 + BLOCK < p.N ? n0 + BLOCK : p.N;
-      bn_bwd_block<X, KIND, HARD, DETACH>(p, C, a, b, mean, x, gs, gy, n0, n1, G.data() + k * C,
-                                          GX.data() + k * C);
+      bn_bwd_block<X, G, KIND, HARD, DETACH>(p, C, a, b, mean, x, gs, gy, n0, n1, GS.data() + k * C,
+                                             GX.data() + k * C);
     }
   }
   for (int64_t c = 0; c < C; ++c) {
     double g = 0.0, gx = 0.0;
     for (int64_t k = 0; k < nchunks; ++k) {
-      g += G[k * C + c];
+      g += GS[k * C + c];
       gx += GX[k * C + c];
     }
     sum_g[c] = g;
@@ -185,23 +185,24 @@ void bn_bwd_all(const SfParams& p, int64_t C, const float* a, const float* b, co
   }
 }
 
-template <typename X, int KIND>
+template <typename X, typename G, int KIND>
 void bn_bwd_reset(const SfParams& p, int64_t C, const float* a, const float* b, const float* mean, const X* x,
-                  const X* gs, X* gy, double* sum_g, double* sum_gx) {
+                  const G* gs, X* gy, double* sum_g, double* sum_gx) {
   if (p.hard) {
-    if (p.detach) bn_bwd_all<X, KIND, true, true>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
-    else bn_bwd_all<X, KIND, true, false>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+    if (p.detach) bn_bwd_all<X, G, KIND, true, true>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+    else bn_bwd_all<X, G, KIND, true, false>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
   } else {
-    if (p.detach) bn_bwd_all<X, KIND, false, true>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
-    else bn_bwd_all<X, KIND, false, false>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+    if (p.detach) bn_bwd_all<X, G, KIND, false, true>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+    else bn_bwd_all<X, G, KIND, false, false>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
   }
 }
 
-template <typename X>
+// G: the spikes' gradient's dtype (X's, or bf16 for the bf16 spikes of fp32 inputs, see sf_bn_train_forward)
+template <typename X, typename G = X>
 void bn_bwd_dispatch(const SfParams& p, int64_t C, const float* a, const float* b, const float* mean, const X* x,
-                     const X* gs, X* gy, double* sum_g, double* sum_gx) {
-  if (p.surrogate == 1) bn_bwd_reset<X, 1>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
-  else bn_bwd_reset<X, 2>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+                     const G* gs, X* gy, double* sum_g, double* sum_gx) {
+  if (p.surrogate == 1) bn_bwd_reset<X, G, 1>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
+  else bn_bwd_reset<X, G, 2>(p, C, a, b, mean, x, gs, gy, sum_g, sum_gx);
 }
 
 // g [R, C] in place: g = g * A[c] + x * B[c] + D[c] (BatchNorm's input gradient from dL/dy)
@@ -228,24 +229,24 @@ inline void scale_shift(int64_t C, const float* w, const float* bias, const doub
   }
 }
 
-template <typename X>
+template <typename X, typename S = X>
 void train_forward(const SfParams& p, int64_t C, const X* x, const float* w, const float* bias, double eps,
-                   double* chan, float* ab, X* s) {
+                   double* chan, float* ab, S* s) {
   double *mean = chan, *var = chan + C, *invstd = chan + 2 * C;
   channel_stats<X>(p.T * p.N / C, C, x, mean, var, p.nthreads);
   for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
   scale_shift(C, w, bias, mean, invstd, ab, ab + C);
-  bn_fwd_all<X>(p, C, ab, ab + C, x, s);
+  bn_fwd_all<X, S>(p, C, ab, ab + C, x, s);
 }
 
-template <typename X>
+template <typename X, typename G = X>
 void train_backward(const SfParams& p, int64_t C, const float* ab, const double* chan, const float* w, const X* x,
-                    const X* gs, X* gx, float* gwb) {
+                    const G* gs, X* gx, float* gwb) {
   const double *mean64 = chan, *invstd = chan + 2 * C;
   std::vector<float> mean(C), A(C), B(C), D(C);
   std::vector<double> sum_g(C), sum_gx(C);
   for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(mean64[c]);
-  bn_bwd_dispatch<X>(p, C, ab, ab + C, mean.data(), x, gs, gx, sum_g.data(), sum_gx.data());
+  bn_bwd_dispatch<X, G>(p, C, ab, ab + C, mean.data(), x, gs, gx, sum_g.data(), sum_gx.data());
   const double R = static_cast<double>(p.T * p.N / C);
   for (int64_t c = 0; c < C; ++c) {
     // dL/dx = w invstd (g - mean(g) - xhat mean(g xhat)) = g A + x B + D (bn_neuron.py's order of operations)
@@ -267,11 +268,13 @@ extern "C" {
 
 // Training-mode forward in one call: the per-channel statistics of x, BatchNorm's scale and shift, the spikes s.
 // chan: [3, C] double out (mean, biased variance, invstd = 1 / sqrt(var + eps)); ab: [2, C] float out (a, b);
-// w, bias: [C] float.
+// w, bias: [C] float. s_bf16: bf16 spikes of an fp32 x (for a bf16 consumer: no cast pass); else x's dtype.
 void sf_bn_train_forward(const SfParams* p, int64_t C, const void* x, int x_bf16, const float* w, const float* bias,
-                         double eps, double* chan, float* ab, void* s) {
+                         double eps, double* chan, float* ab, void* s, int s_bf16) {
   if (x_bf16)
     train_forward<bf16>(*p, C, static_cast<const bf16*>(x), w, bias, eps, chan, ab, static_cast<bf16*>(s));
+  else if (s_bf16)
+    train_forward<float, bf16>(*p, C, static_cast<const float*>(x), w, bias, eps, chan, ab, static_cast<bf16*>(s));
   else
     train_forward<float>(*p, C, static_cast<const float*>(x), w, bias, eps, chan, ab, static_cast<float*>(s));
 }
@@ -292,10 +295,13 @@ void sf_bn_running_update(int64_t C, float* rmean, float* rvar, const double* me
 // Its backward in one call: dL/dx into gx (x's dtype) from the spikes' gradient gs, and dL/dweight, dL/dbias into
 // gwb ([2, C] float); ab, chan as sf_bn_train_forward wrote them.
 void sf_bn_train_backward(const SfParams* p, int64_t C, const float* ab, const double* chan, const float* w,
-                          const void* x, int x_bf16, const void* gs, void* gx, float* gwb) {
+                          const void* x, int x_bf16, const void* gs, int gs_bf16, void* gx, float* gwb) {
   if (x_bf16)
     train_backward<bf16>(*p, C, ab, chan, w, static_cast<const bf16*>(x), static_cast<const bf16*>(gs),
                          static_cast<bf16*>(gx), gwb);
+  else if (gs_bf16)  // the gradient of bf16 spikes of an fp32 x, read as it comes
+    train_backward<float, bf16>(*p, C, ab, chan, w, static_cast<const float*>(x), static_cast<const bf16*>(gs),
+                                static_cast<float*>(gx), gwb);
   else
     train_backward<float>(*p, C, ab, chan, w, static_cast<const float*>(x), static_cast<const float*>(gs),
                           static_cast<float*>(gx), gwb);

@@ -28,8 +28,9 @@ build.declare(
     sf_bn_forward=(None, [ctypes.POINTER(Params), _i64, _vp, _vp, _vp, _ci, _vp]),
     sf_bn_backward=(None, [ctypes.POINTER(Params), _i64, _vp, _vp, _vp, _vp, _ci, _vp, _vp, _vp, _vp]),
     sf_bn_input_grad=(None, [_i64, _i64, _vp, _ci, _vp, _vp, _vp, _vp, _ci]),
-    sf_bn_train_forward=(None, [ctypes.POINTER(Params), _i64, _vp, _ci, _vp, _vp, ctypes.c_double, _vp, _vp, _vp]),
-    sf_bn_train_backward=(None, [ctypes.POINTER(Params), _i64, _vp, _vp, _vp, _vp, _ci, _vp, _vp, _vp]),
+    sf_bn_train_forward=(None, [ctypes.POINTER(Params), _i64, _vp, _ci, _vp, _vp, ctypes.c_double, _vp, _vp, _vp,
+                                _ci]),
+    sf_bn_train_backward=(None, [ctypes.POINTER(Params), _i64, _vp, _vp, _vp, _vp, _ci, _vp, _ci, _vp, _vp]),
     sf_bn_running_update=(None, [_i64, _vp, _vp, _vp, _vp, _vp, ctypes.c_double, ctypes.c_double]),
 )
 
@@ -90,11 +91,12 @@ class BNNeuronFunction(torch.autograd.Function):
     ``mean`` and ``var``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bias_left_out, C, eps, spec, surrogate):
+    def forward(ctx, x, weight, bias, bias_left_out, C, eps, spec, surrogate, spikes_dtype=None):
         # bias_left_out: a bias the producer of x did not add (layers/fused_bn.py: linear_bn_neuron). The batch
         # mean absorbs it, so the output does not depend on it and its gradient is exactly zero.
+        # spikes_dtype: torch.bfloat16 for bf16 spikes of an fp32 x (a bf16 consumer), else None (x's dtype)
         p = _params(x, None, spec, surrogate)
-        s, w, ab, chan = train_forward(x, weight, bias, eps, p)
+        s, w, ab, chan = train_forward(x, weight, bias, eps, p, spikes_dtype)
         ctx.save_for_backward(x, w, ab, chan)
         ctx.params, ctx.wdtype = p, weight.dtype
         mean64, var64 = chan[0].clone(), chan[1].clone()
@@ -111,21 +113,24 @@ class BNNeuronFunction(torch.autograd.Function):
         gw = gw if ctx.needs_input_grad[1] else None
         gb = gb if ctx.needs_input_grad[2] else None
         g_left = torch.zeros(w.shape[0], dtype=ctx.wdtype) if ctx.needs_input_grad[3] else None
-        return gx, gw, gb, g_left, None, None, None, None
+        return gx, gw, gb, g_left, None, None, None, None, None
 
 
-def train_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, p: Params):
+def train_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, p: Params,
+                  spikes_dtype: Optional[torch.dtype] = None):
     """The training-mode forward in one call (statistics, scale and shift with :func:`bn_scale_shift`'s arithmetic,
     spikes): at a few hundred calls per training step the per-call cost of separate small tensor operations added
     up (QKFormer's last stage: 4 tokens). Returns ``(spikes, float32 weight, ab [2, C] = (a, b), chan [3, C] float64
-    = (mean, biased variance, invstd))``, what :func:`train_backward` takes."""
+    = (mean, biased variance, invstd))``, what :func:`train_backward` takes. ``spikes_dtype=torch.bfloat16`` with an
+    fp32 ``x``: the spikes in bf16 (exact), for a bf16 consumer, with no cast pass over them."""
     C = weight.shape[0]
     w, b = f32(weight), f32(bias)
     chan = torch.empty((3, C), dtype=torch.float64)
     ab = torch.empty((2, C), dtype=torch.float32)
-    s = torch.empty_like(x)
+    s_bf16 = int(spikes_dtype == torch.bfloat16 and x.dtype == torch.float32)
+    s = torch.empty_like(x, dtype=torch.bfloat16) if s_bf16 else torch.empty_like(x)
     build.library().sf_bn_train_forward(ctypes.byref(p), C, ptr(x), is_bf16(x), ptr(w), ptr(b), float(eps),
-                                        ptr(chan), ptr(ab), ptr(s))
+                                        ptr(chan), ptr(ab), ptr(s), s_bf16)
     return s, w, ab, chan
 
 
@@ -133,11 +138,14 @@ def train_backward(grad_spikes, x: torch.Tensor, w: torch.Tensor, ab: torch.Tens
                    wdtype: torch.dtype):
     """``(dL/dx, dL/dweight, dL/dbias)`` of :func:`train_forward` in one call, from what it returned."""
     C = w.shape[0]
-    gs = torch.zeros_like(x) if grad_spikes is None else _like(grad_spikes, x, x.dtype)
+    # the gradient of bf16 spikes of an fp32 x (train_forward's spikes_dtype) is read in bf16, as it comes
+    gs_dtype = torch.bfloat16 if (grad_spikes is not None and grad_spikes.dtype == torch.bfloat16
+                                  and x.dtype == torch.float32) else x.dtype
+    gs = torch.zeros_like(x) if grad_spikes is None else _like(grad_spikes, x, gs_dtype)
     gx = torch.empty_like(x)
     gwb = torch.empty((2, C), dtype=torch.float32)
     build.library().sf_bn_train_backward(ctypes.byref(p), C, ptr(ab), ptr(chan), ptr(w), ptr(x), is_bf16(x),
-                                         ptr(gs), ptr(gx), ptr(gwb))
+                                         ptr(gs), is_bf16(gs), ptr(gx), ptr(gwb))
     return gx, gwb[0].to(wdtype), gwb[1].to(wdtype)
 
 
@@ -147,11 +155,11 @@ class NativeBNNeuron:
     ``torch.compile``."""
 
     @staticmethod
-    def apply(x, weight, bias, bias_left_out, C, eps, spec, surrogate):
-        if torch.compiler.is_compiling():
+    def apply(x, weight, bias, bias_left_out, C, eps, spec, surrogate, spikes_dtype=None):
+        if torch.compiler.is_compiling():  # spikes in x's dtype
             return ops.bn_neuron_op(x, weight, bias, bias_left_out, float(eps),
                                     *ops.neuron_args(NeuronParams.from_spec(spec, surrogate)))
-        return BNNeuronFunction.apply(x, weight, bias, bias_left_out, C, eps, spec, surrogate)
+        return BNNeuronFunction.apply(x, weight, bias, bias_left_out, C, eps, spec, surrogate, spikes_dtype)
 
 
 def bn_backward(grad_spikes, x, weight, a, b, mean64, invstd64, p: Params):

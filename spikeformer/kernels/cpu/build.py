@@ -228,6 +228,13 @@ def available() -> bool:
     return library() is not None
 
 
+def require() -> None:
+    """Builds the kernels and raises if that failed where a C++ compiler is present and they are enabled (``make
+    test`` calls it first: a kernel that does not compile must fail the suite, not skip the kernel tests)."""
+    if library() is None and enabled() and _compiler() is not None:
+        raise RuntimeError(f"the compiled CPU kernels did not build: {_error}")
+
+
 def build_error() -> Optional[str]:
     """Why the kernels are unavailable (after a failed :func:`library` call), else ``None``."""
     return _error

@@ -114,8 +114,8 @@ inline float charge(const SfParams& p, float x, float v) {
 // h_stride) and the spikes to s (row stride N) when they are not null. With AFF the input of neuron i is first
 // mapped to x * sc[i] + sh[i], rounded to X's precision (a BatchNorm with its per-channel scale and shift; the
 // rounding is that of a BatchNorm output stored in X, so the recursion sees what an unfused BN -> LIF sees).
-template <typename X, int CHARGE, bool AFF>
-void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, float* h, int64_t h_stride, X* s,
+template <typename X, int CHARGE, bool AFF, typename S>
+void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, float* h, int64_t h_stride, S* s,
                const float* sc, const float* sh) {
   SfParams q = p;
   q.charge = CHARGE;
@@ -124,7 +124,7 @@ void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, f
   for (int64_t t = 0; t < p.T; ++t) {
     const X* xt = x + t * p.N + n0;
     float* ht = h ? h + t * h_stride : nullptr;
-    X* stt = s ? s + t * p.N + n0 : nullptr;
+    S* stt = s ? s + t * p.N + n0 : nullptr;
 #pragma omp simd
     for (int64_t i = 0; i < m; ++i) {
       float xin = ld(xt, i);
@@ -138,16 +138,22 @@ void run_block(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, f
   }
 }
 
-template <typename X, bool AFF = false>
+template <typename T>
+struct Named {  // T as written by the caller: a parameter of type Named<T>::type* does not deduce T (nullptr)
+  using type = T;
+};
+
+// S: the spikes' dtype (X's unless a caller asks for bf16 spikes of fp32 inputs: 0 and 1 are exact in both)
+template <typename X, bool AFF = false, typename S = X>
 void run_block_any(const SfParams& p, const X* x, int64_t n0, int64_t m, float* v, float* h, int64_t h_stride,
-                   X* s, const float* sc = nullptr, const float* sh = nullptr) {
+                   typename Named<S>::type* s, const float* sc = nullptr, const float* sh = nullptr) {
   switch (p.charge) {
-    case 0: run_block<X, 0, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
-    case 1: run_block<X, 1, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
-    case 2: run_block<X, 2, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
-    case 3: run_block<X, 3, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
-    case 4: run_block<X, 4, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
-    default: run_block<X, 5, AFF>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    case 0: run_block<X, 0, AFF, S>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    case 1: run_block<X, 1, AFF, S>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    case 2: run_block<X, 2, AFF, S>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    case 3: run_block<X, 3, AFF, S>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    case 4: run_block<X, 4, AFF, S>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
+    default: run_block<X, 5, AFF, S>(p, x, n0, m, v, h, h_stride, s, sc, sh); break;
   }
 }
 
