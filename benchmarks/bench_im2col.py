@@ -8,11 +8,11 @@ of spikes (20 % nonzero) and a random output gradient. Prints medians and ratios
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from _machine import describe
+from bench_sparse import _median_ms  # (benchmarks/ is the script's folder)
 from spikeformer.engine.runtime import reuse_freed_memory
 from spikeformer.kernels.cpu.im2col import unfold3x3
 
@@ -20,17 +20,6 @@ SHAPES = [  # frames, in channels, map side, out channels
     (128, 384, 8, 384), (128, 192, 8, 384), (128, 256, 8, 256), (128, 512, 4, 512), (128, 128, 8, 128),
     (128, 192, 16, 384),
 ]
-
-
-def _median(f, rounds: int) -> float:
-    f()
-    f()
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[rounds // 2] * 1e3
 
 
 def main() -> None:
@@ -56,7 +45,7 @@ def main() -> None:
             out = torch.mm(unfold3x3(x).t(), gy.permute(0, 2, 3, 1).reshape(-1, co))
             return out.view(3, 3, c, co).permute(3, 2, 0, 1)
 
-        a, b = _median(onednn, args.rounds), _median(gemm, args.rounds)
+        a, b = _median_ms(onednn, args.rounds), _median_ms(gemm, args.rounds)
         ref, got = onednn().float(), gemm().float()
         diff = ((ref - got).abs().max() / ref.abs().max()).item()
         print(f"| {n} x {c} x {h} x {h} -> {co} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {diff:.1e} |")

@@ -33,7 +33,7 @@ build.declare(
     sf_lut_linear=(None, [_i64, _i64, _i64] + [_vp] * 8 + [_ci, _ci]),
     sf_lut_linear_wgrad=(None, [_i64, _i64, _i64] + [_vp] * 7 + [_ci, _ci]),
 )
-TILE = 16  # output columns per table entry: the number of outputs must be a multiple
+TILE = weights.TILE  # output columns per table entry (the tiled weights'): the number of outputs must be a multiple
 REST_MAX_DENSITY = 0.1  # the counts above 1 of a Linear input, listed; denser: give up
 
 

@@ -37,7 +37,7 @@ def clear() -> None:
 
 
 def _after_optimizer_step(optimizer, args, kwargs) -> None:
-    _cache.clear()
+    clear()
 
 
 register_optimizer_step_post_hook(_after_optimizer_step)
