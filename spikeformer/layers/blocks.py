@@ -48,7 +48,19 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def _is_channels_last_frames(x: torch.Tensor) -> bool:
-    return x.dim() == 5 and x.stride(0) == x[0].numel() and x[0].is_contiguous(memory_format=torch.channels_last)
+    """Whether frames ``[T, B, C, H, W]`` are one contiguous block of channels-last frames: PyTorch's channels-last
+    contiguity rule (dims of size 1 take any stride) over the order C, W, H, B, T, from the strides alone (indexing a
+    frame to ask ``is_contiguous`` costs a view per call, a few microseconds on the small models' path)."""
+    if x.dim() != 5:
+        return False
+    T, B, C, H, W = x.shape
+    st = x.stride()
+    expected = 1
+    for size, stride in ((C, st[2]), (W, st[4]), (H, st[3]), (B, st[1]), (T, st[0])):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _fast(x: torch.Tensor, *modules: nn.Module) -> bool:
@@ -100,7 +112,8 @@ def small_nchw_block(conv: nn.Conv2d, x: torch.Tensor, max_elements: Optional[in
     output): there a Conv-BN-neuron block runs the exact operations on the fast path too. A block fed channels-last
     frames by a fast block keeps the fast path, where switching layouts back and forth costs more."""
     limit = MIN_FAST_BLOCK_ELEMENTS if max_elements is None else max_elements
-    return (_fp32_conv_frames(conv, x) and _out_pixels(conv, x) * conv.out_channels < limit
+    # the cheapest tests first: this runs on every call of every small block
+    return (x.dim() == 5 and _out_pixels(conv, x) * conv.out_channels < limit and _fp32_conv_frames(conv, x)
             and not (x.shape[2] > 1 and _is_channels_last_frames(x)))
 
 
@@ -115,6 +128,9 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
         return bf16.call_module(lambda c, xr: conv_frames(c, xr, fast, spikes_in), conv, x)
     if not fast:
         return seq_apply(conv, x)
+    if (x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4] <= POINTWISE_GEMM_MAX_ROWS and _pointwise(conv)
+            and x.device.type == "cpu" and not _hooked(conv)):
+        return _pointwise_frames(conv, channels_last(x), spikes_in)
     if _small_map(conv, x):
         return seq_apply(conv, x.contiguous())
     x = channels_last(x)
@@ -137,6 +153,27 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
     y = seq_apply(conv, x)
     # a 1-channel input is both NCHW- and channels-last-contiguous, and oneDNN then returns NCHW: fix the layout once
     return channels_last(y)
+
+
+# A 1x1 convolution over frames of at most this many pixels in all (T x B x H x W) runs on the fast path as one GEMM
+# over the channel-last view of its channels-last frames, ``F.linear`` with the kernel seen as ``[out, in]``: oneDNN's
+# convolution primitive has a fixed cost per call (weight reorders, a few hundred microseconds) that so few rows do not
+# amortise. One training step of the convolution, forward and backward (python benchmarks/bench_blocks.py --pointwise
+# [--bf16]): fp32 2.1-2.2x at 32 rows (SDT 8-384's blocks at batch 4, T=2, 32x32: 384 -> 384 on 2x2 maps), 1.1-1.5x
+# at 128-512, 1.07x at 1024, 0.96-1.13x at 2048-8192, 0.86x at 131072 rows of 64 channels; bf16 1.2-2.2x up to 1024
+# rows, 0.97-1.08x at 4096-8192. Spikes take the products over their nonzeros first where those apply (spikes_in).
+POINTWISE_GEMM_MAX_ROWS = 1024
+
+
+def _pointwise_frames(conv: nn.Conv2d, x: torch.Tensor, spikes_in: bool) -> torch.Tensor:
+    """A 1x1 convolution of channels-last frames ``x [T, B, C, H, W]`` as a product on their ``[T, B, H, W, C]``
+    view: over the nonzero inputs where ``spikes_in`` and that applies, else ``F.linear``. Returns channels-last
+    frames (a permuted view of the product's output, no copy)."""
+    tokens = x.permute(0, 1, 3, 4, 2)
+    out = spike_linear(_LinearView(conv), tokens) if spikes_in else None
+    if out is None:
+        out = F.linear(tokens, conv.weight.flatten(1), conv.bias)
+    return out.permute(0, 1, 4, 2, 3)
 
 
 def module_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -119,8 +119,11 @@ class ConvBNNeuron(NumericsAware, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = wants_fast(self, x)
-        if fast and not fusable(self.bn, self.neuron) and small_nchw_block(self.conv, x, MIN_FAST_UNFUSED_ELEMENTS):
-            fast = False  # a PLIF/PLIAF block on small NCHW frames: see MIN_FAST_UNFUSED_ELEMENTS
+        if fast and small_nchw_block(self.conv, x, MIN_FAST_UNFUSED_ELEMENTS) and (
+                not fusable(self.bn, self.neuron) or small_nchw_block(self.conv, x)):
+            # a PLIF/PLIAF block on small NCHW frames (MIN_FAST_UNFUSED_ELEMENTS), or any block on smaller ones
+            # (conv_bn_neuron's own rule, decided here once)
+            fast = False
         return conv_bn_neuron(self.conv, self.bn, self.neuron, x, self.spikes_in, fast)
 
 

@@ -377,3 +377,34 @@ def test_stem_keeps_a_hooked_convolution_dense(monkeypatch):
         assert torch.equal(BLK.conv_frames(conv, x, fast=True, spikes_in=True), out) and calls == [1]
     finally:
         h.remove()
+
+
+@pytest.mark.parametrize("spikes_in", [False, True])
+def test_small_pointwise_convolutions_run_as_one_gemm(monkeypatch, spikes_in):
+    """A 1x1 convolution over frames of at most POINTWISE_GEMM_MAX_ROWS pixels runs on the fast path as a product on
+    the channel-last view (no convolution primitive: its fixed cost loses there); values and gradients equal the
+    convolution's within fp32 rounding, the output is channels-last frames. Larger dense frames keep the
+    convolution."""
+    from spikeformer.layers import blocks as BLK
+
+    convs = []
+    real = nn.Conv2d._conv_forward
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, *a: convs.append(1) or real(self, *a))
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 40, 1)
+    for side, gemm in ((4, True), (16, False)):
+        T, B = 2, 4
+        assert (T * B * side * side <= BLK.POINTWISE_GEMM_MAX_ROWS) == gemm
+        x = _spikes((T, B, 24, side, side), 0.1, 3) if spikes_in else torch.randn(T, B, 24, side, side)
+        xf, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+        convs.clear()
+        y = BLK.conv_frames(conv, xf, fast=True, spikes_in=spikes_in)
+        assert bool(convs) == (not gemm and not spikes_in)  # larger spikes: listed (1x1 over nonzeros) as before
+        assert BLK._is_channels_last_frames(y) and y.shape == (T, B, 40, side, side)
+        ref = conv(xe.flatten(0, 1)).unflatten(0, (T, B))
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(ref)
+        gx, gw, gb = torch.autograd.grad(y, (xf, conv.weight, conv.bias), g)
+        rx, rw, rb = torch.autograd.grad(ref, (xe, conv.weight, conv.bias), g)
+        for a, b in ((gx, rx), (gw, rw), (gb, rb)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

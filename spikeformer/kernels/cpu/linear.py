@@ -180,6 +180,8 @@ def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for ``x [..., in]``, through oneDNN when that applies."""
+    if not torch.is_autocast_enabled("cpu") and not onednn_pays():
+        return F.linear(x, weight, bias)  # neither applies (the first test: this runs on every Linear of a model)
     if bf16.active(x):
         return bf16.call(linear, x, weight, bias)
     if not _usable(x, weight):
