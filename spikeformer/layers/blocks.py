@@ -129,7 +129,7 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
     if not fast:
         return seq_apply(conv, x)
     if (x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4] <= POINTWISE_GEMM_MAX_ROWS and _pointwise(conv)
-            and x.device.type == "cpu" and not _hooked(conv)):
+            and x.device.type == "cpu" and not _hooked(conv) and not torch.compiler.is_compiling()):
         return _pointwise_frames(conv, channels_last(x), spikes_in)
     if _small_map(conv, x):
         return seq_apply(conv, x.contiguous())
@@ -162,6 +162,7 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
 # [--bf16]): fp32 2.1-2.2x at 32 rows (SDT 8-384's blocks at batch 4, T=2, 32x32: 384 -> 384 on 2x2 maps), 1.1-1.5x
 # at 128-512, 1.07x at 1024, 0.96-1.13x at 2048-8192, 0.86x at 131072 rows of 64 channels; bf16 1.2-2.2x up to 1024
 # rows, 0.97-1.08x at 4096-8192. Spikes take the products over their nonzeros first where those apply (spikes_in).
+# Graphs traced by torch.compile keep the convolution (the compiler chooses its own lowering of it).
 POINTWISE_GEMM_MAX_ROWS = 1024
 
 

@@ -106,6 +106,27 @@ LUT_MIN_DENSITY = 0.12
 LUT_MIN_ROWS = 512
 
 
+# Listing the nonzeros has a fixed cost per call (the list, its autograd Function, the kept weight layout) that a small
+# product does not amortise: below these sizes the dense GEMM is faster whatever the density (the caller's
+# ``max_density`` overrides). fp32 (python benchmarks/bench_sparse.py --small; forward and weight gradient against the
+# dense pair, inputs 2 % and 10 % nonzero): 0.5-0.7x at 32 rows, 0.6-1.1x at 128, 0.7-0.8x at 256-512 rows of 128
+# channels; from 256 rows and 2^25 multiply-adds 1.0-1.7x. bf16 on AMX tiles: 0.6-0.97x up to 2048 rows at 2 %,
+# 0.9-1.3x at 4096.
+MIN_LIST_ROWS = 256
+MIN_LIST_MACS = 2 ** 25
+MIN_LIST_ROWS_AMX = 4096
+
+
+def _worth_listing(x2d: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a product of ``x2d [R, K]`` and ``weight [N, K]`` is large enough for the listing to pay
+    (:data:`MIN_LIST_ROWS`, :data:`MIN_LIST_MACS`; :data:`MIN_LIST_ROWS_AMX` for bf16 products on AMX tiles)."""
+    rows = x2d.shape[0]
+    if (rows < MIN_LIST_ROWS or rows * x2d.shape[1] * weight.shape[0] < MIN_LIST_MACS
+            or torch.compiler.is_compiling()):  # traced graphs take the dense product (see _nonzeros)
+        return False
+    return not (rows < MIN_LIST_ROWS_AMX and _bf16.amx() and torch.is_autocast_enabled("cpu") and not _bf16.active(x2d))
+
+
 def _density(x2d: torch.Tensor) -> float:
     if x2d.shape[0] >= 1024:
         return _sampled_density(x2d)
@@ -161,6 +182,9 @@ def may_list(x: torch.Tensor, weight: torch.Tensor) -> bool:
     dtype = _compute_dtype(x2d, weight)
     if dtype is None or torch.compiler.is_compiling() or _native.library() is None or not x.is_contiguous():
         return False
+    if not _worth_listing(x2d, weight):
+        # the table lookups may still run (fp32 products, directly or for emulated bf16)
+        return x2d.shape[0] >= LUT_MIN_ROWS and (dtype == torch.float32 or _bf16.active(x))
     if dtype == torch.float32 or _bf16.active(x) or x2d.shape[0] < 1024:
         return True
     forward_only = not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
@@ -190,6 +214,8 @@ def _spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         out = _lut.lut_linear(x2d, weight, bias, torch.float32)
         if out is not None:
             return out.view(*x.shape[:-1], weight.shape[0])
+    if max_density is None and not _worth_listing(x2d, weight):
+        return None
     found = _nonzeros(x2d, weight, max_density, sampled=d)
     if found is None:
         return None

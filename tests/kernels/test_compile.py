@@ -3,10 +3,11 @@
 
 The kernels trace without a graph break (``fullgraph=True`` raises on one) and give eager's bits, forward and
 backward. Every family compiles to the same logits as eager in eval and in a training step, and the same
-gradients. The compiled graph runs the same operations as the eager model but two, which differ from eager's by
+gradients. The compiled graph runs the same operations as the eager model but three, which differ from eager's by
 the order of fp32 sums only: the products over nonzero spikes (``layers/sparse.py``), whose use depends on the
 input's density, become the dense product, and the token Linears run ``F.linear`` instead of oneDNN
-(``kernels/cpu/sparse.py``, ``kernels/cpu/linear.py``). The eager reference here runs those two operations as the
+(``kernels/cpu/sparse.py``, ``kernels/cpu/linear.py``); small 1x1 convolutions stay convolutions
+(``layers/blocks.py``). The eager reference here runs those two operations as the
 compiled graph does (:func:`_compiled_graph_ops`), so compiled and eager must agree bit for bit in eval; gradients
 are held to 1e-5 of each parameter's largest gradient (AOT autograd may add the contributions of a tensor used
 twice in another order than the eager autograd engine; in practice they have been equal).
@@ -67,7 +68,11 @@ def _compiled_graph_ops(monkeypatch):
     within 1e-5 of the gradient's scale, wider than this test's tolerance), MA-SNN attention's PyTorch operations
     where it would call the gate kernels (``MultiDimAttention.fused``, which declines while compiling), and BatchNorm
     given its output gradient in the layout it arrives in (``fused_bn._grad_in_layout`` relays it out in eager mode
-    only; the two layouts' BatchNorm backward kernels round differently)."""
+    only; the two layouts' BatchNorm backward kernels round differently), and the 1x1 convolution where it would run
+    small frames as one GEMM (``blocks.POINTWISE_GEMM_MAX_ROWS``)."""
+    from spikeformer.layers import blocks
+
+    monkeypatch.setattr(blocks, "POINTWISE_GEMM_MAX_ROWS", 0)
     monkeypatch.setattr(_native, "sparse_rows", lambda x2d, max_density: None)
     monkeypatch.setattr(cpu.lut, "lut_linear", lambda *a, **k: None)
     monkeypatch.setattr(cpu.lut, "lut_conv3x3", lambda *a, **k: None)

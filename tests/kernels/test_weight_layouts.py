@@ -61,8 +61,8 @@ def test_inference_reuses_the_layout_and_follows_a_weight_update():
     # a Linear on spikes through the listed product: outputs follow an in-place weight change between calls
     from spikeformer.layers.sparse import spike_linear
 
-    lin = nn.Linear(64, 32)
-    x = (torch.rand(2048, 64, generator=torch.Generator().manual_seed(0)) < 0.05).float()
+    lin = nn.Linear(256, 128)  # large enough to be listed (layers/sparse.py: MIN_LIST_MACS)
+    x = (torch.rand(2048, 256, generator=torch.Generator().manual_seed(0)) < 0.05).float()
     with torch.no_grad():
         y0 = spike_linear(lin, x)
         assert y0 is not None
@@ -78,8 +78,8 @@ def test_inference_follows_an_optimizer_step(fused):
     optimizer step, or an evaluation after training would read the previous evaluation's copies."""
     from spikeformer.layers.sparse import spike_linear
 
-    lin = nn.Linear(64, 32)
-    x = (torch.rand(2048, 64, generator=torch.Generator().manual_seed(0)) < 0.05).float()
+    lin = nn.Linear(256, 128)  # large enough to be listed (layers/sparse.py: MIN_LIST_MACS)
+    x = (torch.rand(2048, 256, generator=torch.Generator().manual_seed(0)) < 0.05).float()
     opt = torch.optim.AdamW(lin.parameters(), lr=0.1, fused=fused, foreach=None if fused else False)
     with torch.no_grad():
         spike_linear(lin, x)  # kept

@@ -20,6 +20,15 @@ from spikeformer.neurons.nodes import LIF
 pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C++ compiler: the compiled kernel is off")
 
 
+@pytest.fixture(autouse=True)
+def _list_at_any_size(request, monkeypatch):
+    """These tests check the kernels on small inputs: the size below which the dense product is used
+    (``MIN_LIST_*``) is off, except in the test of that rule."""
+    if "keep_size_rule" not in request.keywords:
+        for name in ("MIN_LIST_ROWS", "MIN_LIST_MACS", "MIN_LIST_ROWS_AMX"):
+            monkeypatch.setattr(SL, name, 0)
+
+
 def _spikes(shape, density, seed, dtype=torch.float32, counts=False):
     g = torch.Generator().manual_seed(seed)
     s = (torch.rand(shape, generator=g) < density).float()
@@ -408,3 +417,20 @@ def test_small_pointwise_convolutions_run_as_one_gemm(monkeypatch, spikes_in):
         rx, rw, rb = torch.autograd.grad(ref, (xe, conv.weight, conv.bias), g)
         for a, b in ((gx, rx), (gw, rw), (gb, rb)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.keep_size_rule
+def test_small_products_stay_dense():
+    """Below MIN_LIST_ROWS rows or MIN_LIST_MACS multiply-adds spike_linear leaves the product to the dense GEMM (its
+    fixed costs lose there), and may_list says so; at the threshold it lists; an explicit max_density still lists."""
+    lin = nn.Linear(384, 384)
+    rows = max(SL.MIN_LIST_ROWS, -(-SL.MIN_LIST_MACS // (384 * 384)))
+    x = _spikes((rows, 384), 0.02, 5)
+    assert SL.spike_linear(lin, x) is not None and SL.may_list(x, lin.weight)
+    small = x[: rows // 2].contiguous()
+    assert SL.spike_linear(lin, small) is None and not SL.may_list(small, lin.weight)
+    narrow = nn.Linear(64, 64)  # enough rows, too few multiply-adds
+    xn = _spikes((SL.MIN_LIST_ROWS * 2, 64), 0.02, 6)
+    assert SL.spike_linear(narrow, xn) is None
+    torch.testing.assert_close(SL.spike_linear(lin, small, max_density=0.5), F.linear(small, lin.weight, lin.bias),
+                               rtol=1e-5, atol=1e-5)
