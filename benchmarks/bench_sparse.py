@@ -16,6 +16,11 @@ allocator setting of ``spikeformer train`` (``reuse_memory``) is applied, so tha
 are not page-faulted in at every call (the sparse kernels write into buffers made once).
 
     python benchmarks/bench_sparse.py --threads 2
+    python benchmarks/bench_sparse.py --small          # where listing stops paying (layers/sparse.py: MIN_LIST_*)
+
+``--small`` times one training step (forward and backward) of :func:`spike_linear`, its size rule switched off, against
+``F.linear`` on small products (32-8192 rows), fp32 (2 % and 10 % nonzero inputs) and bf16 autocast (1 % and 2 %): the
+measurements behind ``MIN_LIST_ROWS``, ``MIN_LIST_MACS`` and ``MIN_LIST_ROWS_AMX``.
 """
 
 from __future__ import annotations
@@ -95,6 +100,51 @@ def run_conv(M: int, Cin: int, Cout: int, H: int, density: float, bf16: bool, re
     return dict(dense_f=dense_f, dense_w=dense_w, rows=rows_ms, sp_f=sp_f, sp_w=sp_w)
 
 
+SMALL_ROWS = (32, 128, 256, 512, 1024, 2048, 4096, 8192)
+SMALL_SHAPES = ((384, 384), (384, 1536), (1536, 384), (128, 128))
+
+
+def run_small(a) -> None:
+    import torch.nn.functional as F
+    from torch import nn
+
+    from spikeformer.layers import sparse as SL
+
+    for name in ("MIN_LIST_ROWS", "MIN_LIST_MACS", "MIN_LIST_ROWS_AMX"):
+        setattr(SL, name, 0)  # list at every size: what the rule decides between
+    print(f"threads {a.threads}; one forward + backward, medians of {a.reps} (ms); ratio dense / listed (> 1: listing "
+          f"pays)")
+    print("| dtype | rows | in -> out | density | listed ms | dense ms | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for dt in a.dtypes:
+        bf = dt == "bf16"
+        for R in SMALL_ROWS:
+            if bf and R < 1024 and R != 128:
+                continue
+            for K, N in SMALL_SHAPES:
+                for d in ((0.01, 0.02) if bf else (0.02, 0.1)):  # bf16 on AMX lists from 2.5 % down
+                    torch.manual_seed(0)
+                    lin = nn.Linear(K, N)
+                    x = (torch.rand(R, K) < d).float().requires_grad_()
+
+                    def listed():
+                        with torch.autocast("cpu", torch.bfloat16, enabled=bf):
+                            y = SL.spike_linear(lin, x)
+                        if y is None:
+                            raise SystemExit(f"spike_linear declined [{R}, {K}] at {d}: the density bound")
+                        y.float().sum().backward()
+
+                    def dense():
+                        with torch.autocast("cpu", torch.bfloat16, enabled=bf):
+                            y = F.linear(x, lin.weight, lin.bias)
+                        y.float().sum().backward()
+
+                    t_l = min(_median_ms(listed, a.reps) for _ in range(2))
+                    t_d = min(_median_ms(dense, a.reps) for _ in range(2))
+                    print(f"| {dt} | {R} | {K} -> {N} | {d:.2f} | {t_l:.3f} | {t_d:.3f} | {t_d / t_l:.2f}x |",
+                          flush=True)
+
+
 def _row(name: str, d: float, r: dict) -> str:
     spf = r["rows"] + r["sp_f"]
     both = (r["dense_f"] + r["dense_w"]) / (spf + r["sp_w"])
@@ -110,11 +160,14 @@ def main(argv=None) -> None:
     ap.add_argument("--dtypes", nargs="+", choices=("bf16", "fp32"), default=["bf16", "fp32"],
                     help="precisions of the linear and 3x3 convolution rows (conv rows run at --densities too)")
     ap.add_argument("--no-conv", action="store_true", help="linear rows only")
+    ap.add_argument("--small", action="store_true", help="small products: listing against the dense GEMM (see above)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     reuse_freed_memory()
     if _native.library() is None:
         raise SystemExit("the compiled kernels are unavailable: " + str(_native.build_error()))
+    if a.small:
+        return run_small(a)
     print(f"threads {a.threads}, medians of {a.reps} (ms); sparse forward = nonzero listing + products")
     print(f"{'layer':>26s} {'density':>7s} | {'dense fwd':>9s} {'sparse fwd':>10s} {'ratio':>5s} | "
           f"{'dense dW':>8s} {'sparse dW':>9s} {'ratio':>5s} | {'fwd+dW ratio':>12s}")

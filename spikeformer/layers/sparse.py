@@ -108,23 +108,30 @@ LUT_MIN_ROWS = 512
 
 # Listing the nonzeros has a fixed cost per call (the list, its autograd Function, the kept weight layout) that a small
 # product does not amortise: below these sizes the dense GEMM is faster whatever the density (the caller's
-# ``max_density`` overrides). fp32 (python benchmarks/bench_sparse.py --small; forward and weight gradient against the
-# dense pair, inputs 2 % and 10 % nonzero): 0.5-0.7x at 32 rows, 0.6-1.1x at 128, 0.7-0.8x at 256-512 rows of 128
-# channels; from 256 rows and 2^25 multiply-adds 1.0-1.7x. bf16 on AMX tiles: 0.6-0.97x up to 2048 rows at 2 %,
-# 0.9-1.3x at 4096.
+# ``max_density`` overrides). One training step of the layer, listed against dense (python benchmarks/bench_sparse.py
+# --small): fp32 at 2 % and 10 % nonzero 0.46-0.65x at 32 rows, 0.58-1.08x at 128, 0.68-0.83x for 128 -> 128 up to
+# 512 rows and 0.84-1.02x at 1024; from 256 rows and 2^25 multiply-adds 0.99-1.88x. bf16 on AMX tiles at 1 % and 2 %:
+# 0.67-0.78x at 128 rows, 0.81-1.24x at 1024, and from 4096 rows 1.03-1.33x where the layer narrows or keeps its
+# width from 384 inputs (384 -> 384, 1536 -> 384), 0.75-0.91x where it widens (384 -> 1536) and 0.86-0.98x at 128
+# channels: the dense bf16 GEMM on AMX is fast, and listing pays only for a large input side.
 MIN_LIST_ROWS = 256
 MIN_LIST_MACS = 2 ** 25
 MIN_LIST_ROWS_AMX = 4096
+MIN_LIST_IN_AMX = 256
+MAX_LIST_WIDENING_AMX = 1.0  # out / in features
 
 
 def _worth_listing(x2d: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a product of ``x2d [R, K]`` and ``weight [N, K]`` is large enough for the listing to pay
-    (:data:`MIN_LIST_ROWS`, :data:`MIN_LIST_MACS`; :data:`MIN_LIST_ROWS_AMX` for bf16 products on AMX tiles)."""
-    rows = x2d.shape[0]
-    if (rows < MIN_LIST_ROWS or rows * x2d.shape[1] * weight.shape[0] < MIN_LIST_MACS
-            or torch.compiler.is_compiling()):  # traced graphs take the dense product (see _nonzeros)
-        return False
-    return not (rows < MIN_LIST_ROWS_AMX and _bf16.amx() and torch.is_autocast_enabled("cpu") and not _bf16.active(x2d))
+    (:data:`MIN_LIST_ROWS`, :data:`MIN_LIST_MACS`; for bf16 products on AMX tiles :data:`MIN_LIST_ROWS_AMX` rows,
+    :data:`MIN_LIST_IN_AMX` inputs and at most :data:`MAX_LIST_WIDENING_AMX` outputs per input)."""
+    rows, k = x2d.shape
+    n = weight.shape[0]
+    if rows < MIN_LIST_ROWS or rows * k * n < MIN_LIST_MACS or torch.compiler.is_compiling():
+        return False  # (traced graphs take the dense product, see _nonzeros)
+    if torch.is_autocast_enabled("cpu") and _bf16.amx() and not _bf16.active(x2d):
+        return rows >= MIN_LIST_ROWS_AMX and k >= MIN_LIST_IN_AMX and n <= MAX_LIST_WIDENING_AMX * k
+    return True
 
 
 def _density(x2d: torch.Tensor) -> float:

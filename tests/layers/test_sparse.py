@@ -25,8 +25,9 @@ def _list_at_any_size(request, monkeypatch):
     """These tests check the kernels on small inputs: the size below which the dense product is used
     (``MIN_LIST_*``) is off, except in the test of that rule."""
     if "keep_size_rule" not in request.keywords:
-        for name in ("MIN_LIST_ROWS", "MIN_LIST_MACS", "MIN_LIST_ROWS_AMX"):
+        for name in ("MIN_LIST_ROWS", "MIN_LIST_MACS", "MIN_LIST_ROWS_AMX", "MIN_LIST_IN_AMX"):
             monkeypatch.setattr(SL, name, 0)
+        monkeypatch.setattr(SL, "MAX_LIST_WIDENING_AMX", float("inf"))
 
 
 def _spikes(shape, density, seed, dtype=torch.float32, counts=False):
@@ -434,3 +435,10 @@ def test_small_products_stay_dense():
     assert SL.spike_linear(narrow, xn) is None
     torch.testing.assert_close(SL.spike_linear(lin, small, max_density=0.5), F.linear(small, lin.weight, lin.bias),
                                rtol=1e-5, atol=1e-5)
+    # bf16 on AMX tiles: from MIN_LIST_ROWS_AMX rows, and only layers that do not widen from MIN_LIST_IN_AMX inputs
+    if bf16.amx():
+        xa = _spikes((SL.MIN_LIST_ROWS_AMX, 384), 0.01, 7)
+        with torch.autocast("cpu", dtype=torch.bfloat16), bf16.emulation(False):
+            assert SL.spike_linear(lin, xa) is not None
+            assert SL.spike_linear(lin, xa[: SL.MIN_LIST_ROWS_AMX // 2].contiguous()) is None
+            assert SL.spike_linear(nn.Linear(384, 1536), xa) is None
