@@ -177,6 +177,21 @@ def _pointwise_frames(conv: nn.Conv2d, x: torch.Tensor, spikes_in: bool) -> torc
     return out.permute(0, 1, 4, 2, 3)
 
 
+def pointwise_gemm(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``conv(x)`` for a 1x1 convolution over frames ``x [T, B, C, H, W]`` of at most
+    :data:`POINTWISE_GEMM_MAX_ROWS` pixels in all, as one GEMM in ``x``'s layout (channels-last frames give
+    channels-last frames without a copy; NCHW frames are copied to and from the channel-last view, which costs less
+    than the convolution's fixed overhead at these sizes); ``None`` where that does not apply (another kernel, more
+    pixels, hooks, another device, emulated bf16, a traced graph). For blocks on the fast numerics that keep NCHW
+    frames (SpikingResformer's small maps)."""
+    if not (type(conv) is nn.Conv2d and x.dim() == 5 and _pointwise(conv) and x.device.type == "cpu"
+            and x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4] <= POINTWISE_GEMM_MAX_ROWS
+            and not _hooked(conv) and not bf16.active(x) and not torch.compiler.is_compiling()):
+        return None
+    y = F.linear(x.permute(0, 1, 3, 4, 2), conv.weight.flatten(1), conv.bias).permute(0, 1, 4, 2, 3)
+    return y if _is_channels_last_frames(x) else y.contiguous()
+
+
 def module_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``m(x)`` for a convolution or Linear a family calls directly; under bf16 autocast where bf16 products are
     emulated (``kernels/cpu/bf16.py``) and nothing hooks ``m``, its fp32 forward on the bf16-rounded input and

@@ -54,7 +54,7 @@ from torch import nn
 
 from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
 from ..kernels.cpu import bf16
-from ..layers.blocks import channels_last, conv_bn
+from ..layers.blocks import channels_last, conv_bn, pointwise_gemm
 from ..neurons import ATan, neuron_factory
 from ._base import SpikingClassifier
 from .registry import IMAGENET_MEAN, IMAGENET_STD, cfg, register_model
@@ -97,8 +97,15 @@ def _sparse_pays(conv: nn.Conv2d, s: torch.Tensor) -> bool:
     return int(torch.count_nonzero(s)) <= _FP32_SPARSE_DENSITY * s.numel()
 
 
-def _conv_bn_spikes(conv: nn.Conv2d, bn: nn.BatchNorm2d, s: torch.Tensor, fast: bool) -> torch.Tensor:
-    """``bn(conv(s))`` for spikes ``s``: over the nonzero spikes on the fast path where that pays."""
+def _conv_bn_spikes(conv: nn.Conv2d, bn: nn.BatchNorm2d, s: torch.Tensor, fast: bool,
+                    gemm: bool = False) -> torch.Tensor:
+    """``bn(conv(s))`` for spikes ``s``: over the nonzero spikes on the fast path where that pays. ``gemm``: a block
+    on the fast numerics that keeps NCHW frames (``fast`` False, see :func:`_block_frames`) may run a small 1x1
+    convolution as one GEMM (:func:`~spikeformer.layers.blocks.pointwise_gemm`), BatchNorm as the exact path."""
+    if gemm and not fast:
+        z = pointwise_gemm(conv, s)
+        if z is not None:
+            return seq_apply(bn, z)
     return conv_bn(conv, bn, s, spikes_in=fast and _sparse_pays(conv, s), fast=fast)
 
 
@@ -109,9 +116,10 @@ class SNConvBN(NumericsAware, nn.Sequential):
     def __init__(self, neuron: nn.Module, conv: nn.Conv2d, bn: nn.BatchNorm2d):
         super().__init__(neuron, conv, bn)
 
-    def forward(self, x: torch.Tensor, fast: Optional[bool] = None) -> torch.Tensor:
-        """``fast``: the path its block chose (default: this module's numerics)."""
-        return _conv_bn_spikes(self[1], self[2], self[0](x), wants_fast(self, x) if fast is None else fast)
+    def forward(self, x: torch.Tensor, fast: Optional[bool] = None, gemm: bool = False) -> torch.Tensor:
+        """``fast``: the path its block chose (default: this module's numerics); ``gemm``: see
+        :func:`_conv_bn_spikes`."""
+        return _conv_bn_spikes(self[1], self[2], self[0](x), wants_fast(self, x) if fast is None else fast, gemm)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -143,17 +151,20 @@ class _Relayout(torch.autograd.Function):
 _BF16_PIXEL_WEIGHT = 4
 
 
-def _block_frames(block: nn.Module, x: torch.Tensor, channels: int) -> tuple[torch.Tensor, bool]:
+def _block_frames(block: nn.Module, x: torch.Tensor, channels: int) -> tuple[torch.Tensor, bool, bool]:
     """``(x, fast)`` for a block whose widest convolution has ``channels`` output channels. Fast numerics keep the
     frames channels-last where the maps have at least as many pixels as that; oneDNN reorders a channels-last
     convolution's weight and weight gradient at every call, which costs more than the layout saves once the
     weights outweigh the feature maps (on an AVX2 CPU: 512 channels on 7x7 maps, 1536 on 8x8), and there the
-    block runs the NCHW path (under native bf16 autocast from a quarter of those pixels: :data:`_BF16_PIXEL_WEIGHT`)."""
+    block runs the NCHW path (under native bf16 autocast from a quarter of those pixels: :data:`_BF16_PIXEL_WEIGHT`).
+    The third value says the block is on the fast numerics but keeps NCHW frames: its small 1x1 convolutions may run
+    as GEMMs there (:func:`_conv_bn_spikes`)."""
     pixels = x.shape[-2] * x.shape[-1] * (_BF16_PIXEL_WEIGHT if bf16.native_autocast(x) else 1)
-    fast = wants_fast(block, x) and pixels >= channels
+    wanted = wants_fast(block, x)
+    fast = wanted and pixels >= channels
     if fast != _is_channels_last(x) and (fast or not x.is_contiguous()):
         x = _Relayout.apply(x, fast)
-    return x, fast
+    return x, fast, wanted and not fast
 
 
 def _inv_sqrt(r: torch.Tensor) -> torch.Tensor:
@@ -204,10 +215,10 @@ class DSSA(NumericsAware, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, B, C, H, W]
         T, B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
-        x, fast = _block_frames(self, x, 2 * C)
+        x, fast, gemm = _block_frames(self, x, 2 * C)
         shortcut = x
         x = self.activation_in(x)
-        y = _conv_bn_spikes(self.W, self.norm, x, fast)  # [T, B, 2C, H/p, W/p]
+        y = _conv_bn_spikes(self.W, self.norm, x, fast, gemm)  # [T, B, 2C, H/p, W/p]
         if fast:
             # The heads as views of channels-last frames ([T, B, pixels, channels] in memory): the gradients of
             # y and x then come back channels-last too, where BatchNorm's backward is fast (mixed layouts are not)
@@ -228,7 +239,7 @@ class DSSA(NumericsAware, nn.Module):
         else:
             out = (bf16.matmul(y2, attn) * scale2).reshape(T, B, C, H, W)
         out = self.activation_out(out)
-        return _conv_bn_spikes(self.Wproj, self.norm_proj, out, fast) + shortcut
+        return _conv_bn_spikes(self.Wproj, self.norm_proj, out, fast, gemm) + shortcut
 
 
 class GWFFN(NumericsAware, nn.Module):
@@ -247,14 +258,14 @@ class GWFFN(NumericsAware, nn.Module):
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, fast = _block_frames(self, x, self.inner)
+        x, fast, gemm = _block_frames(self, x, self.inner)
         shortcut_out = x
-        x = self.up(x, fast)
+        x = self.up(x, fast, gemm)
         shortcut_in = x
         for m in self.conv:
             x = m(x, fast)
         x = x + shortcut_in
-        return self.down(x, fast) + shortcut_out
+        return self.down(x, fast, gemm) + shortcut_out
 
 
 class DownsampleLayer(NumericsAware, nn.Module):
@@ -267,7 +278,7 @@ class DownsampleLayer(NumericsAware, nn.Module):
         self.activation = neuron()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, fast = _block_frames(self, x, self.conv.out_channels)
+        x, fast, _ = _block_frames(self, x, self.conv.out_channels)
         return _conv_bn_spikes(self.conv, self.norm, self.activation(x), fast)
 
 

@@ -442,3 +442,31 @@ def test_small_products_stay_dense():
             assert SL.spike_linear(lin, xa) is not None
             assert SL.spike_linear(lin, xa[: SL.MIN_LIST_ROWS_AMX // 2].contiguous()) is None
             assert SL.spike_linear(nn.Linear(384, 1536), xa) is None
+
+
+def test_pointwise_gemm_keeps_the_frames_layout():
+    """blocks.pointwise_gemm (fast blocks that keep NCHW frames): a small 1x1 convolution as one GEMM, NCHW frames in
+    and out (channels-last in, channels-last out), values and gradients the convolution's within rounding; None for
+    another kernel, too many pixels or a hooked module."""
+    from spikeformer.layers import blocks as BLK
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 1, bias=False)
+    x = _spikes((2, 3, 16, 4, 4), 0.2, 8)
+    for frames, contiguous in ((x, True), (BLK.channels_last(x), False)):
+        xf, xe = frames.clone().requires_grad_(), x.clone().requires_grad_()
+        y = BLK.pointwise_gemm(conv, xf)
+        assert y.is_contiguous() == contiguous and BLK._is_channels_last_frames(y) != contiguous
+        ref = conv(xe.flatten(0, 1)).unflatten(0, (2, 3))
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(ref)
+        for a, b in zip(torch.autograd.grad(y, (xf, conv.weight), g), torch.autograd.grad(ref, (xe, conv.weight), g)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert BLK.pointwise_gemm(nn.Conv2d(16, 24, 3, padding=1), x) is None
+    side = int((BLK.POINTWISE_GEMM_MAX_ROWS // 6) ** 0.5) + 1
+    assert BLK.pointwise_gemm(conv, torch.zeros(2, 3, 16, side, side)) is None
+    h = conv.register_forward_hook(lambda *a: None)
+    try:
+        assert BLK.pointwise_gemm(conv, x) is None
+    finally:
+        h.remove()

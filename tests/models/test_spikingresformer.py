@@ -505,10 +505,35 @@ def test_block_layout_under_native_bf16():
     model = spikeformer.create_model("spikingresformer_cifar", T=1, numerics="fast")
     block = next(m for m in model.modules() if getattr(m, "inner", None) == 768)  # the 192-wide stage's MLP
     x = torch.randn(1, 2, 192, 16, 16)  # 256 pixels against 768 channels
-    assert srf._block_frames(block, x, 768)[1] is False
+    assert srf._block_frames(block, x, 768)[1:] == (False, True)  # NCHW, small 1x1 convolutions may be GEMMs
     with cpu_bf16.emulation(False), torch.autocast("cpu", dtype=torch.bfloat16):
-        y, fast = srf._block_frames(block, x, 768)
-        assert fast and srf._is_channels_last(y)
+        y, fast, gemm = srf._block_frames(block, x, 768)
+        assert fast and not gemm and srf._is_channels_last(y)
         assert srf._block_frames(block, torch.randn(1, 2, 192, 8, 8), 768)[1] is False  # 256 < 768
     with cpu_bf16.emulation(True), torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 products: the fp32 rule
         assert srf._block_frames(block, x, 768)[1] is False
+
+
+def test_small_nchw_blocks_run_their_pointwise_convolutions_as_gemms(monkeypatch):
+    """On the fast numerics a block that keeps NCHW frames (maps with fewer pixels than its widest convolution has
+    channels) runs its 1x1 convolutions of at most POINTWISE_GEMM_MAX_ROWS pixels as GEMMs (layers/blocks.py:
+    pointwise_gemm); the exact numerics run every convolution. The logits agree to rounding (no spike flips here)."""
+    from torch import nn
+
+    from spikeformer.layers import blocks
+
+    convs = []
+    real = nn.Conv2d._conv_forward
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, *a: convs.append(self.kernel_size) or real(self, *a))
+    torch.manual_seed(0)
+    exact = spikeformer.create_model("spikingresformer_ti", T=2, numerics="exact").train()
+    fast = copy.deepcopy(exact)
+    spikeformer.layers.set_numerics(fast, "fast")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    ye = exact(x)
+    n_exact = convs.count((1, 1))
+    convs.clear()
+    yf = fast(x)
+    assert n_exact > 0 and convs.count((1, 1)) < n_exact  # the small stages' 1x1 convolutions became GEMMs
+    torch.testing.assert_close(yf, ye, rtol=1e-4, atol=1e-5)
+    assert blocks.POINTWISE_GEMM_MAX_ROWS >= 2 * 2 * 8 * 8  # the second stage's maps at this input qualify
