@@ -182,14 +182,22 @@ def pointwise_gemm(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
     :data:`POINTWISE_GEMM_MAX_ROWS` pixels in all, as one GEMM in ``x``'s layout (channels-last frames give
     channels-last frames without a copy; NCHW frames are copied to and from the channel-last view, which costs less
     than the convolution's fixed overhead at these sizes); ``None`` where that does not apply (another kernel, more
-    pixels, hooks, another device, emulated bf16, a traced graph). For blocks on the fast numerics that keep NCHW
-    frames (SpikingResformer's small maps)."""
+    pixels, hooks, another device, a traced graph). For blocks on the fast numerics that run the exact operations by
+    their own size or layout rules (:func:`conv_bn` ``gemm=True``, :func:`conv_bn_neuron`). Emulated bf16 autocast
+    (``kernels/cpu/bf16.py``): the fp32 GEMM on the bf16-rounded operands, as the blocks' convolutions there."""
     if not (type(conv) is nn.Conv2d and x.dim() == 5 and _pointwise(conv) and x.device.type == "cpu"
             and x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4] <= POINTWISE_GEMM_MAX_ROWS
-            and not _hooked(conv) and not bf16.active(x) and not torch.compiler.is_compiling()):
+            and not _hooked(conv) and not torch.compiler.is_compiling()):
         return None
-    y = F.linear(x.permute(0, 1, 3, 4, 2), conv.weight.flatten(1), conv.bias).permute(0, 1, 4, 2, 3)
-    return y if _is_channels_last_frames(x) else y.contiguous()
+    layout = _is_channels_last_frames(x)
+
+    def gemm(xs: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        y = F.linear(xs.permute(0, 1, 3, 4, 2), weight, bias).permute(0, 1, 4, 2, 3)
+        return y if layout else y.contiguous()
+
+    if bf16.active(x):
+        return bf16.call(gemm, x, conv.weight.flatten(1), conv.bias)
+    return gemm(x, conv.weight.flatten(1), conv.bias)
 
 
 def module_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -216,9 +224,15 @@ class _LinearView:
 
 
 def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, spikes_in: bool = False,
-            fast: Optional[bool] = None) -> torch.Tensor:
-    """``bn(conv(x))`` on frames ``[T, B, C, H, W]`` (BatchNorm over the merged T*B batch)."""
+            fast: Optional[bool] = None, gemm: bool = False) -> torch.Tensor:
+    """``bn(conv(x))`` on frames ``[T, B, C, H, W]`` (BatchNorm over the merged T*B batch). ``gemm=True`` with
+    ``fast=False``: a block on the fast numerics that runs the exact operations (its own size or layout rule) still
+    runs a small 1x1 convolution as one GEMM (:func:`pointwise_gemm`)."""
     fast = _fast(x, conv, bn) if fast is None else fast
+    if gemm and not fast:
+        z = pointwise_gemm(conv, x)
+        if z is not None:
+            return seq_apply(bn, z)
     return frames_bn(bn, conv_frames(conv, x, fast, spikes_in), fast)
 
 
@@ -235,6 +249,9 @@ def conv_bn_neuron(conv: nn.Conv2d, bn: nn.Module, neuron: nn.Module, x: torch.T
     ``spikes_dtype``: see :func:`~spikeformer.layers.fused_bn.bn_neuron`."""
     fast = _fast(x, conv, bn, neuron) if fast is None else fast
     if fast and small_nchw_block(conv, x):
+        z = pointwise_gemm(conv, x)  # the exact operations, but a small 1x1 convolution as one GEMM
+        if z is not None:
+            return bn_neuron(bn, neuron, z, fuse=False, spikes_dtype=spikes_dtype)
         fast = False
     z = conv_frames(conv, x, fast, spikes_in)
     return bn_neuron(bn, neuron, z, fuse=fast, spikes_dtype=spikes_dtype)

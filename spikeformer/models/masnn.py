@@ -235,14 +235,16 @@ class AttResBlock(NumericsAware, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = _resnet_fast(self, x)
-        out = conv_bn(self.conv1, self.bn1, _fire(self.lif1, x, fast), spikes_in=True, fast=fast)
-        out = conv_bn(self.conv2, self.bn2, _fire(self.lif2, out, fast), spikes_in=True, fast=fast)
+        gemm = not fast and wants_fast(self, x)  # fp32 fast numerics: small 1x1 convolutions as GEMMs
+        out = conv_bn(self.conv1, self.bn1, _fire(self.lif1, x, fast), spikes_in=True, fast=fast, gemm=gemm)
+        out = conv_bn(self.conv2, self.bn2, _fire(self.lif2, out, fast), spikes_in=True, fast=fast, gemm=gemm)
         if self.attn is not None:
             out = self.attn(out)
         if self.shortcut is None:
             return out + x
         short = seq_apply(self.shortcut.pool, x) if hasattr(self.shortcut, "pool") else x
-        return out + conv_bn(self.shortcut.conv, self.shortcut.bn, short, fast=fast)  # membrane input, not spikes
+        # membrane input, not spikes
+        return out + conv_bn(self.shortcut.conv, self.shortcut.bn, short, fast=fast, gemm=gemm)
 
 
 class AttResNet(NumericsAware, SpikingClassifier):

@@ -54,7 +54,7 @@ from torch import nn
 
 from ..layers import NumericsAware, expand_time, seq_apply, wants_fast
 from ..kernels.cpu import bf16
-from ..layers.blocks import channels_last, conv_bn, pointwise_gemm
+from ..layers.blocks import channels_last, conv_bn
 from ..neurons import ATan, neuron_factory
 from ._base import SpikingClassifier
 from .registry import IMAGENET_MEAN, IMAGENET_STD, cfg, register_model
@@ -102,11 +102,7 @@ def _conv_bn_spikes(conv: nn.Conv2d, bn: nn.BatchNorm2d, s: torch.Tensor, fast: 
     """``bn(conv(s))`` for spikes ``s``: over the nonzero spikes on the fast path where that pays. ``gemm``: a block
     on the fast numerics that keeps NCHW frames (``fast`` False, see :func:`_block_frames`) may run a small 1x1
     convolution as one GEMM (:func:`~spikeformer.layers.blocks.pointwise_gemm`), BatchNorm as the exact path."""
-    if gemm and not fast:
-        z = pointwise_gemm(conv, s)
-        if z is not None:
-            return seq_apply(bn, z)
-    return conv_bn(conv, bn, s, spikes_in=fast and _sparse_pays(conv, s), fast=fast)
+    return conv_bn(conv, bn, s, spikes_in=fast and _sparse_pays(conv, s), fast=fast, gemm=gemm)
 
 
 class SNConvBN(NumericsAware, nn.Sequential):
