@@ -128,8 +128,7 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
         return bf16.call_module(lambda c, xr: conv_frames(c, xr, fast, spikes_in), conv, x)
     if not fast:
         return seq_apply(conv, x)
-    if (x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4] <= POINTWISE_GEMM_MAX_ROWS and _pointwise(conv)
-            and x.device.type == "cpu" and not _hooked(conv) and not torch.compiler.is_compiling()):
+    if _small_pointwise(conv, x):
         return _pointwise_frames(conv, channels_last(x), spikes_in)
     if _small_map(conv, x):
         return seq_apply(conv, x.contiguous())
@@ -166,6 +165,14 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
 POINTWISE_GEMM_MAX_ROWS = 1024
 
 
+def _small_pointwise(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``conv`` over frames ``x [T, B, C, H, W]`` is a 1x1 convolution of at most
+    :data:`POINTWISE_GEMM_MAX_ROWS` pixels in all that may run as one GEMM: on CPU, no hooks, not traced."""
+    return (type(conv) is nn.Conv2d and x.dim() == 5
+            and x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4] <= POINTWISE_GEMM_MAX_ROWS and _pointwise(conv)
+            and x.device.type == "cpu" and not _hooked(conv) and not torch.compiler.is_compiling())
+
+
 def _pointwise_frames(conv: nn.Conv2d, x: torch.Tensor, spikes_in: bool) -> torch.Tensor:
     """A 1x1 convolution of channels-last frames ``x [T, B, C, H, W]`` as a product on their ``[T, B, H, W, C]``
     view: over the nonzero inputs where ``spikes_in`` and that applies, else ``F.linear``. Returns channels-last
@@ -185,9 +192,7 @@ def pointwise_gemm(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
     pixels, hooks, another device, a traced graph). For blocks on the fast numerics that run the exact operations by
     their own size or layout rules (:func:`conv_bn` ``gemm=True``, :func:`conv_bn_neuron`). Emulated bf16 autocast
     (``kernels/cpu/bf16.py``): the fp32 GEMM on the bf16-rounded operands, as the blocks' convolutions there."""
-    if not (type(conv) is nn.Conv2d and x.dim() == 5 and _pointwise(conv) and x.device.type == "cpu"
-            and x.shape[0] * x.shape[1] * x.shape[3] * x.shape[4] <= POINTWISE_GEMM_MAX_ROWS
-            and not _hooked(conv) and not torch.compiler.is_compiling()):
+    if not _small_pointwise(conv, x):
         return None
     layout = _is_channels_last_frames(x)
 

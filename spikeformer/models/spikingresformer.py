@@ -148,7 +148,7 @@ _BF16_PIXEL_WEIGHT = 4
 
 
 def _block_frames(block: nn.Module, x: torch.Tensor, channels: int) -> tuple[torch.Tensor, bool, bool]:
-    """``(x, fast)`` for a block whose widest convolution has ``channels`` output channels. Fast numerics keep the
+    """``(x, fast, gemm)`` for a block whose widest convolution has ``channels`` output channels. Fast numerics keep the
     frames channels-last where the maps have at least as many pixels as that; oneDNN reorders a channels-last
     convolution's weight and weight gradient at every call, which costs more than the layout saves once the
     weights outweigh the feature maps (on an AVX2 CPU: 512 channels on 7x7 maps, 1536 on 8x8), and there the
