@@ -134,15 +134,14 @@ def conv_frames(conv: nn.Conv2d, x: torch.Tensor, fast: bool, spikes_in: bool = 
         return seq_apply(conv, x.contiguous())
     x = channels_last(x)
     if spikes_in and not _hooked(conv):
-        out = None
         if conv.kernel_size == (3, 3):
             out = spike_conv3x3(conv, x.flatten(0, 1))
+            if out is not None:
+                return channels_last(out.unflatten(0, x.shape[:2]))
         elif _pointwise(conv) and x.device.type == "cpu":
-            tokens = x.permute(0, 1, 3, 4, 2)  # channels-last frames: a contiguous [T, B, H, W, C] view
-            lin = spike_linear(_LinearView(conv), tokens)
-            out = None if lin is None else lin.permute(0, 1, 4, 2, 3).flatten(0, 1)
-        if out is not None:
-            return channels_last(out.unflatten(0, x.shape[:2]))
+            out = _listed_pointwise(conv, x)
+            if out is not None:
+                return out
     if not _hooked(conv) and im2col.supports(conv, x.flatten(0, 1)):  # bf16 on AMX, small maps
         return channels_last(im2col.conv3x3(conv, x.flatten(0, 1)).unflatten(0, x.shape[:2]))
     if not _hooked(conv):
@@ -173,15 +172,24 @@ def _small_pointwise(conv: nn.Module, x: torch.Tensor) -> bool:
             and x.device.type == "cpu" and not _hooked(conv) and not torch.compiler.is_compiling())
 
 
+def _linear_frames(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A 1x1 convolution's product ``weight [out, in]`` on the ``[T, B, H, W, C]`` view of frames ``x``; returns
+    channels-last frames (a permuted view of the product's output: no copy)."""
+    return F.linear(x.permute(0, 1, 3, 4, 2), weight, bias).permute(0, 1, 4, 2, 3)
+
+
+def _listed_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """A 1x1 convolution of channels-last spike frames ``x`` over their nonzeros (:func:`spike_linear` on the
+    contiguous ``[T, B, H, W, C]`` view), channels-last frames out; ``None`` where listing does not apply."""
+    out = spike_linear(_LinearView(conv), x.permute(0, 1, 3, 4, 2))
+    return None if out is None else out.permute(0, 1, 4, 2, 3)
+
+
 def _pointwise_frames(conv: nn.Conv2d, x: torch.Tensor, spikes_in: bool) -> torch.Tensor:
-    """A 1x1 convolution of channels-last frames ``x [T, B, C, H, W]`` as a product on their ``[T, B, H, W, C]``
-    view: over the nonzero inputs where ``spikes_in`` and that applies, else ``F.linear``. Returns channels-last
-    frames (a permuted view of the product's output, no copy)."""
-    tokens = x.permute(0, 1, 3, 4, 2)
-    out = spike_linear(_LinearView(conv), tokens) if spikes_in else None
-    if out is None:
-        out = F.linear(tokens, conv.weight.flatten(1), conv.bias)
-    return out.permute(0, 1, 4, 2, 3)
+    """A 1x1 convolution of channels-last frames ``x [T, B, C, H, W]``: over the nonzero inputs where ``spikes_in``
+    and that applies, else one GEMM (:func:`_linear_frames`)."""
+    out = _listed_pointwise(conv, x) if spikes_in else None
+    return _linear_frames(x, conv.weight.flatten(1), conv.bias) if out is None else out
 
 
 def pointwise_gemm(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -197,7 +205,7 @@ def pointwise_gemm(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
     layout = _is_channels_last_frames(x)
 
     def gemm(xs: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        y = F.linear(xs.permute(0, 1, 3, 4, 2), weight, bias).permute(0, 1, 4, 2, 3)
+        y = _linear_frames(xs, weight, bias)
         return y if layout else y.contiguous()
 
     if bf16.active(x):

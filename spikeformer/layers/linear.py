@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.cpu.linear import linear as _linear
-from ..neurons._kernels_linear import token_linear
+from ..kernels.cpu.linear import linear as _linear, token_linear
 from .numerics import NumericsAware, set_numerics
 
 
