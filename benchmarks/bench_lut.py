@@ -5,7 +5,9 @@ For each shape and density, the forward plus the weight gradient (the input grad
 every path and is not timed):
 - dense: ``x @ W^T`` and ``g^T x`` (the BLAS), or oneDNN's convolution forward and weight gradient;
 - listed: the pass that lists the nonzeros, the sparse forward and the sparse weight gradient;
-- lookups: the pass that packs the 4-bit codes, the lookup forward and the lookup weight gradient.
+- lookups: the pass that packs the 4-bit codes, the lookup forward and the lookup weight gradient;
+- split (Linear layers, where ``kernels/cpu/split.py`` runs: AMX tiles): the pass that packs the input as bf16, the
+  forward as one bf16 GEMM on the weight's three bf16 pieces, the gradient's split and its three GEMMs.
 
 Shapes at batch 32, T=4 on CIFAR: SDT 2-512's q/k/v and MLP inputs (8192 tokens, 512 -> 512 and 512 -> 2048), its
 stem's 3x3 convolutions (256 -> 512 at 16x16, 512 -> 512 at 8x8), Spikformer 4-384's MLP (384 -> 1536) and stem
@@ -28,15 +30,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_sparse import _median_ms  # noqa: E402  (benchmarks/ is the script's folder)
 from spikeformer.engine.runtime import reuse_freed_memory  # noqa: E402
-from spikeformer.kernels.cpu import build, lut, sparse, weights  # noqa: E402
+from spikeformer.kernels.cpu import build, lut, sparse, split, weights  # noqa: E402
 
-LINEAR = [("SDT q/k/v 512->512", 8192, 512, 512), ("SDT MLP 512->2048", 8192, 512, 2048),
+LINEAR = [("Spikformer q/k/v 384->384", 8192, 384, 384), ("SDT q/k/v 512->512", 8192, 512, 512), ("SDT MLP 512->2048", 8192, 512, 2048),
           ("Spikformer MLP 384->1536", 8192, 384, 1536)]
 CONV = [("SDT stem 256->512 16x16", 128, 256, 16, 512), ("SDT rpe 512->512 8x8", 128, 512, 8, 512),
         ("Spikformer stem 192->384 16x16", 128, 192, 16, 384)]
 
 
-def linear(R: int, K: int, N: int, density: float, reps: int) -> tuple[float, float, float]:
+def linear(R: int, K: int, N: int, density: float, reps: int) -> tuple[float, float, float, float]:
     g0 = torch.Generator().manual_seed(0)
     x = (torch.rand(R, K, generator=g0) < density).float()
     w = torch.randn(N, K, generator=g0) * 0.05
@@ -59,7 +61,13 @@ def linear(R: int, K: int, N: int, density: float, reps: int) -> tuple[float, fl
         lut._products(R, K, codes, wtiles, None, out)
         lut._wgrad(R, K, codes_t, g)
 
-    return dense, _median_ms(listed, reps), _median_ms(lookups, reps)
+    def split_pair():
+        xs = split.pack(x)[0]
+        split.products(xs, split.pieces(w), None)
+        split.weight_grad(g, xs)
+
+    splits = _median_ms(split_pair, reps) if split.available() else float("nan")
+    return dense, _median_ms(listed, reps), _median_ms(lookups, reps), splits
 
 
 def conv(M: int, C: int, HW: int, Cout: int, density: float, reps: int) -> tuple[float, float, float]:
@@ -92,7 +100,7 @@ def conv(M: int, C: int, HW: int, Cout: int, density: float, reps: int) -> tuple
         lut._products(M * HW * HW, 9 * C, codes, wt, None, out)
         lut._wgrad(M * HW * HW, 9 * C, codes_t, g.permute(0, 2, 3, 1))
 
-    return _median_ms(dense_pair, reps), _median_ms(listed, reps), _median_ms(lookups, reps)
+    return _median_ms(dense_pair, reps), _median_ms(listed, reps), _median_ms(lookups, reps), float("nan")
 
 
 def main() -> None:
@@ -100,6 +108,7 @@ def main() -> None:
     ap.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.12, 0.2, 0.27])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-conv", action="store_true", help="Linear layers only")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -108,14 +117,19 @@ def main() -> None:
         raise SystemExit(f"the compiled kernels are unavailable: {build.build_error()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32; forward + weight gradient, "
           f"median of {a.reps}")
-    print("| product | density | dense ms | listed ms | lookups ms | listed vs dense | lookups vs dense |")
-    print("|---|---|---|---|---|---|---|")
-    cases = [(name, linear, shape) for name, *shape in LINEAR] + [(name, conv, shape) for name, *shape in CONV]
+    print("| product | density | dense ms | listed ms | lookups ms | split ms | listed vs dense | lookups vs dense | "
+          "split vs dense |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    cases = [(name, linear, shape) for name, *shape in LINEAR]
+    if not a.no_conv:
+        cases += [(name, conv, shape) for name, *shape in CONV]
     for name, fn, shape in cases:
         for d in a.densities:
-            dense, listed, lookups = fn(*shape, d, a.reps)
-            print(f"| {name} | {d:.2f} | {dense:.1f} | {listed:.1f} | {lookups:.1f} | {dense / listed:.2f}x | "
-                  f"{dense / lookups:.2f}x |", flush=True)
+            dense, listed, lookups, splits = fn(*shape, d, a.reps)
+            sp = "-" if splits != splits else f"{splits:.1f}"
+            spx = "-" if splits != splits else f"{dense / splits:.2f}x"
+            print(f"| {name} | {d:.2f} | {dense:.1f} | {listed:.1f} | {lookups:.1f} | {sp} | {dense / listed:.2f}x | "
+                  f"{dense / lookups:.2f}x | {spx} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ Rules (``A``: the other setting, ``B``: what this CPU uses now):
   AVX512 set; AMD AVX512 CPUs: the AVX2 set; Intel AVX512 CPUs: the AMD AVX512 set they used before they had their
   own), B this CPU's (``winograd.cpu_kind()``).
 - ``spikingresformer-bf16-layout``: ``models/spikingresformer.py`` ``_BF16_PIXEL_WEIGHT``, A 1 (the fp32 rule), B 4.
+- ``split-products``: ``kernels/cpu/split.py``, A off (spike counts by the table lookups), B this CPU's rule (on
+  with AMX tiles).
 """
 
 from __future__ import annotations
@@ -52,9 +54,18 @@ def _resformer_weight(weight: int):
     return apply
 
 
+def _split(this_cpu: bool):
+    from spikeformer.kernels.cpu import split
+
+    def apply():
+        split._forced = None if this_cpu else False
+    return apply
+
+
 RULES = {
     "winograd-limits": (_winograd(False), _winograd(True)),
     "spikingresformer-bf16-layout": (_resformer_weight(1), _resformer_weight(4)),
+    "split-products": (_split(False), _split(True)),
 }
 
 

@@ -23,7 +23,9 @@ Denser fp32 inputs of 0/1 spikes (at least :data:`LUT_MIN_DENSITY` nonzero, :dat
 table-lookup products instead (``kernels/cpu/lut.py``): four spikes form a 4-bit code that selects one of 16
 precomputed sums of four weight rows, at a cost that does not depend on the firing rate (forward plus weight gradient
 about 2x the dense pair on an AVX2 CPU). Spike counts are split into their 0/1 indicator and the listed counts above
-1; real-valued inputs fall through to the listing and then the dense product. A 3x3 convolution of such spikes whose
+1; real-valued inputs fall through to the listing and then the dense product. On a CPU with AMX tiles spike counts
+take the split products instead (``kernels/cpu/split.py``: three exact bf16 GEMMs summed in fp32), which beat the
+lookups and their listed rest there; 0/1 spikes keep the lookups. A 3x3 convolution of such spikes whose
 shape lets Winograd pay (``kernels/cpu/winograd.py``: from 96 channels, enough tiles and pixels) runs its forward by
 Winograd instead, 1.1-1.9x the lookups, and on maps of 16x16 and more its weight gradient too.
 
@@ -41,6 +43,7 @@ from torch import nn
 from ..kernels.cpu import bf16 as _bf16
 from ..kernels.cpu import lut as _lut
 from ..kernels.cpu import sparse as _native_sparse
+from ..kernels.cpu import split as _split
 from ..kernels.cpu import weights as _weights
 from ..kernels.cpu.winograd import same_padded_3x3
 from ..neurons import _native
@@ -218,7 +221,10 @@ def _spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     x2d = x.view(-1, x.shape[-1])
     d = _lookup_density(x2d, weight, max_density)
     if d is not None and d >= LUT_MIN_DENSITY:
-        out = _lut.lut_linear(x2d, weight, bias, torch.float32)
+        # spike counts on AMX tiles: the split products; 0/1 spikes (faster there by lookups) and elsewhere: lookups
+        out = _split.split_linear(x2d, weight, bias, spikes=False) if _split.available() else None
+        if out is None:
+            out = _lut.lut_linear(x2d, weight, bias, torch.float32)
         if out is not None:
             return out.view(*x.shape[:-1], weight.shape[0])
     if max_density is None and not _worth_listing(x2d, weight):

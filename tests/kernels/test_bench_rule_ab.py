@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from spikeformer.kernels.cpu import winograd
+from spikeformer.kernels.cpu import split, winograd
 from spikeformer.models import spikingresformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,3 +37,7 @@ def test_both_settings_run_and_the_cpu_setting_stays(bench, monkeypatch, capsys)
     assert {name: getattr(winograd, name) for name in saved} == saved
     bench.RULES["spikingresformer-bf16-layout"][1]()
     assert spikingresformer._BF16_PIXEL_WEIGHT == 4
+    bench.RULES["split-products"][0]()
+    assert split._forced is False and not split.available()
+    bench.RULES["split-products"][1]()
+    assert split._forced is None

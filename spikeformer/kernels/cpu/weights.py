@@ -52,14 +52,17 @@ def _make(w: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "winograd":  # [Cout, Cin, 3, 3] -> the transformed filters [36, Cin, Cout] (fp32)
         from .winograd import forward_filters
         return forward_filters(_make(w.float(), "conv3x3"))
+    if kind == "split":  # [N, K] fp32 -> its three bf16 pieces [3, N, K], smallest first (split.py)
+        from .split import pieces
+        return pieces(w)
     base, tiled = (kind[:-len("_tiles")], True) if kind.endswith("_tiles") else (kind, False)
     if base == "linear":  # [N, K] -> [K, N]
         A, B, C = w.shape[0], 1, w.shape[1]
     elif base == "conv3x3":  # [Cout, Cin, 3, 3] -> [3, 3, Cin, Cout]
         A, B, C = w.shape[0], w.shape[1], w.shape[2] * w.shape[3]
     else:
-        raise ValueError(f"unknown weight layout {kind!r}: 'linear', 'conv3x3', 'winograd', 'linear_tiles' or "
-                         "'conv3x3_tiles'")
+        raise ValueError(f"unknown weight layout {kind!r}: 'linear', 'conv3x3', 'winograd', 'split', "
+                         "'linear_tiles' or 'conv3x3_tiles'")
     if tiled and A % TILE:
         raise ValueError(f"layout {kind!r} needs a multiple of {TILE} outputs, got {A}")
     shape = (C, A) if base == "linear" else (*w.shape[2:], B, A)
@@ -81,7 +84,8 @@ def layout(weight: torch.Tensor, dtype: torch.dtype, kind: str) -> torch.Tensor:
     """``weight`` (detached, in ``dtype``) in the layout ``kind`` (``"linear"``: ``W^T``; ``"conv3x3"``:
     ``[3, 3, Cin, Cout]``; ``"winograd"``: a 3x3 convolution's transformed filters ``[36, Cin, Cout]``, fp32;
     ``"linear_tiles"`` / ``"conv3x3_tiles"``: the first two with each run of 16 outputs contiguous, ``[N / 16, K,
-    16]`` / ``[Cout / 16, 3, 3, Cin, 16]``, the lookup products' layout),
+    16]`` / ``[Cout / 16, 3, 3, Cin, 16]``, the lookup products' layout; ``"split"``: a Linear weight's three bf16
+    pieces ``[3, N, K]``, the split products' layout, ``kernels/cpu/split.py``),
     contiguous; the same tensor again on later calls in inference while ``weight`` is unchanged (one entry per
     weight and kind: a convolution whose input density moves across the listing / Winograd boundary keeps both).
     Call it where the caller's gradient mode holds (not inside an autograd Function's forward, which always runs
