@@ -141,19 +141,30 @@ def test_layers_take_split_products_for_counts_and_lookups_for_spikes(monkeypatc
     lin = nn.Linear(128, 32)
     spikes = (torch.rand(512, 128, generator=_gen(40)) < 0.3).float()
     counts = spikes + (torch.rand(512, 128, generator=_gen(41)) < 0.05).float()
+    assert SL.SPLIT_MIN_ROWS > 512
+    SL.spike_linear(lin, counts)
+    assert used == ["lut"]  # fewer rows than SPLIT_MIN_ROWS: the lookups
+    monkeypatch.setattr(SL, "SPLIT_MIN_ROWS", 512)
     for x in (spikes, counts):
         torch.testing.assert_close(SL.spike_linear(lin, x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
-    assert used == ["lut", "split"]
+    assert used == ["lut", "lut", "split"]
     with split.use(False):  # no AMX: the lookups take the counts too
         SL.spike_linear(lin, counts * 1.0)
-    assert used == ["lut", "split", "lut"]
+    assert used == ["lut", "lut", "split", "lut"]
 
 
-def test_inference_keeps_the_weight_pieces_until_the_weight_changes():
+def test_inference_keeps_the_weight_pieces_until_the_weight_changes(monkeypatch):
+    monkeypatch.setattr(SL, "SPLIT_MIN_ROWS", 512)
+    made = []
+    real = split.pieces
+    monkeypatch.setattr(split, "pieces", lambda t, *a: made.append(tuple(t.shape)) or real(t, *a))
     lin = nn.Linear(64, 16)
     x = _counts((512, 64), 50)
     with torch.no_grad():
         y1 = SL.spike_linear(lin, x)
+        SL.spike_linear(lin, x)
+        assert made == [(16, 64)]  # kept
         lin.weight.mul_(2)  # bumps the version counter: pieces made again
         y2 = SL.spike_linear(lin, x)
+        assert made == [(16, 64)] * 2
     torch.testing.assert_close(y2 - lin.bias, 2 * (y1 - lin.bias), rtol=1e-5, atol=1e-5)
