@@ -30,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import spikeformer  # noqa: E402
+from spikeformer.engine.runtime import reuse_freed_memory  # noqa: E402
 import _machine  # noqa: E402  (benchmarks/ is the script's folder)
 from bench_numerics import make_input  # noqa: E402
 
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     a = ap.parse_args()
 
+    reuse_freed_memory()  # as `spikeformer train` does: steps without page faults
     torch.manual_seed(0)
     model = spikeformer.create_model(a.model, T=a.T).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)

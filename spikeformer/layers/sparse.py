@@ -107,12 +107,16 @@ LUT_MIN_DENSITY = 0.12
 # ... and at least this many rows (tokens, or output pixels of a convolution): the kernel builds its tables per
 # block of 256 rows, which a small input does not amortise (there a dense GEMM is cheap anyway)
 LUT_MIN_ROWS = 512
-# On a CPU with AMX tiles, fp32 products of spike counts from this many rows take the split products
-# (kernels/cpu/split.py) instead of the lookups. Training steps, split against lookups, alternating in one process
-# (Intel Xeon, 2 cores): Spikformer 4-384 at 8192 rows (batch 32, T=4) 1.04-1.06x, at 4096 rows (batch 16) 1.03x;
-# QKFormer 10-384, whose counts reach its projections at 512 and 2048 rows, 0.98x. One layer's forward and backward
-# alone, 384 -> 384 and 384 -> 1536: 0.71-0.93x from 512 to 4096 rows, 1.00-1.09x at 8192.
+# On a CPU with AMX tiles, fp32 products of spike counts with at least this many rows and inputs take the split
+# products (kernels/cpu/split.py) instead of the lookups. Training steps, split against lookups, alternating in one
+# process (python benchmarks/bench_rule_ab.py --rule split-products; Intel Xeon, 2 cores, batch 32, T=4 unless
+# said): 384 inputs at 8192 rows: Spikformer 4-384 1.06x, 2-384 1.04x, QKFormer CIFAR 4-384 1.02x (at 256 inputs
+# or fewer its 192-input products lost); Spikformer 4-384 at batch 16 (4096 rows) 1.03x. Fewer inputs: Spikformer
+# 4-256 0.97x, Li et al.'s spikeformer_dvs_digits (32 inputs) 0.94x; fewer rows: QKFormer 10-384 (512 and 2048
+# rows) 0.98x. One layer's forward and backward alone, 384 -> 384 and 384 -> 1536: 0.71-0.93x from 512 to 4096
+# rows, 1.00-1.09x at 8192.
 SPLIT_MIN_ROWS = 4096
+SPLIT_MIN_IN = 384
 
 
 # Listing the nonzeros has a fixed cost per call (the list, its autograd Function, the kept weight layout) that a small
@@ -229,7 +233,7 @@ def _spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if d is not None and d >= LUT_MIN_DENSITY:
         # spike counts on AMX tiles: the split products from SPLIT_MIN_ROWS rows; 0/1 spikes (faster there by
         # lookups), fewer rows and other CPUs: the lookups
-        split = x2d.shape[0] >= SPLIT_MIN_ROWS and _split.available()
+        split = x2d.shape[0] >= SPLIT_MIN_ROWS and x2d.shape[1] >= SPLIT_MIN_IN and _split.available()
         out = _split.split_linear(x2d, weight, bias, spikes=False) if split else None
         if out is None:
             out = _lut.lut_linear(x2d, weight, bias, torch.float32)

@@ -141,20 +141,24 @@ def test_layers_take_split_products_for_counts_and_lookups_for_spikes(monkeypatc
     lin = nn.Linear(128, 32)
     spikes = (torch.rand(512, 128, generator=_gen(40)) < 0.3).float()
     counts = spikes + (torch.rand(512, 128, generator=_gen(41)) < 0.05).float()
-    assert SL.SPLIT_MIN_ROWS > 512
+    assert SL.SPLIT_MIN_ROWS > 512 and SL.SPLIT_MIN_IN > 128
     SL.spike_linear(lin, counts)
-    assert used == ["lut"]  # fewer rows than SPLIT_MIN_ROWS: the lookups
     monkeypatch.setattr(SL, "SPLIT_MIN_ROWS", 512)
+    SL.spike_linear(lin, counts)
+    assert used == ["lut", "lut"]  # fewer rows than SPLIT_MIN_ROWS, then fewer inputs than SPLIT_MIN_IN: lookups
+    monkeypatch.setattr(SL, "SPLIT_MIN_IN", 128)
+    used.clear()
     for x in (spikes, counts):
         torch.testing.assert_close(SL.spike_linear(lin, x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
-    assert used == ["lut", "lut", "split"]
+    assert used == ["lut", "split"]
     with split.use(False):  # no AMX: the lookups take the counts too
         SL.spike_linear(lin, counts * 1.0)
-    assert used == ["lut", "lut", "split", "lut"]
+    assert used == ["lut", "split", "lut"]
 
 
 def test_inference_keeps_the_weight_pieces_until_the_weight_changes(monkeypatch):
     monkeypatch.setattr(SL, "SPLIT_MIN_ROWS", 512)
+    monkeypatch.setattr(SL, "SPLIT_MIN_IN", 64)
     made = []
     real = split.pieces
     monkeypatch.setattr(split, "pieces", lambda t, *a: made.append(tuple(t.shape)) or real(t, *a))
