@@ -16,13 +16,21 @@ stem's 3x3 convolutions (256 -> 512 at 16x16, 512 -> 512 at 8x8), Spikformer 4-3
 
     python benchmarks/bench_lut.py
     python benchmarks/bench_lut.py --densities 0.05 0.12 0.27 --reps 5
+    python benchmarks/bench_lut.py --counts
+
+``--counts``: spike counts (0/1 spikes at 12 % plus 5 % more ones: values 0-2, as in Spikformer's residual stream)
+through one Linear layer's forward and backward (both gradients), the split products (``split.split_linear``)
+against the lookups with their listed rest (``lut.lut_linear``), alternating, at 512 to 8192 rows, 384 -> 384 and
+384 -> 1536 (where ``split.available()``, else nothing to compare).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import torch
 
@@ -103,18 +111,58 @@ def conv(M: int, C: int, HW: int, Cout: int, density: float, reps: int) -> tuple
     return _median_ms(dense_pair, reps), _median_ms(listed, reps), _median_ms(lookups, reps), float("nan")
 
 
+def counts(reps: int) -> None:
+    """The ``--counts`` table (see the module's docstring)."""
+    print("| rows | in -> out | split ms | lookups ms | lookups / split |")
+    print("|---|---|---|---|---|")
+    for R in (512, 1024, 2048, 4096, 8192):
+        for K, N in ((384, 384), (384, 1536)):
+            g0 = torch.Generator().manual_seed(R + N)
+            x = (torch.rand(R, K, generator=g0) < 0.12).float() + (torch.rand(R, K, generator=g0) < 0.05).float()
+            w = (torch.randn(N, K, generator=g0) * 0.05).requires_grad_()
+            xr = x.clone().requires_grad_()
+            g = torch.randn(R, N, generator=g0)
+
+            def by_split():
+                split.forget()
+                split.split_linear(xr, w, None).backward(g)
+
+            def by_lookups():
+                lut._last.clear()
+                lut.lut_linear(xr, w, None, torch.float32).backward(g)
+
+            times = {by_split: [], by_lookups: []}
+            for f in times:
+                f()
+            for _ in range(reps):
+                for f in times:
+                    t0 = time.perf_counter()
+                    f()
+                    times[f].append(time.perf_counter() - t0)
+            a, b = (statistics.median(times[f]) * 1e3 for f in (by_split, by_lookups))
+            print(f"| {R} | {K} -> {N} | {a:.2f} | {b:.2f} | {b / a:.2f}x |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.12, 0.2, 0.27])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-conv", action="store_true", help="Linear layers only")
+    ap.add_argument("--counts", action="store_true", help="spike counts: the split products against the lookups")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     reuse_freed_memory()
     if not build.available():
         raise SystemExit(f"the compiled kernels are unavailable: {build.build_error()}")
+    if a.counts:
+        if not split.available():
+            raise SystemExit("the split products do not run on this CPU (no AMX tiles, or no MKL bf16 GEMM)")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32; one Linear's forward and "
+              f"backward, median of {a.reps}, alternating")
+        counts(a.reps)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32; forward + weight gradient, "
           f"median of {a.reps}")
     print("| product | density | dense ms | listed ms | lookups ms | split ms | listed vs dense | lookups vs dense | "

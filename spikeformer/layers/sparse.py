@@ -113,8 +113,9 @@ LUT_MIN_ROWS = 512
 # said): 384 inputs at 8192 rows: Spikformer 4-384 1.06x, 2-384 1.04x, QKFormer CIFAR 4-384 1.02x (at 256 inputs
 # or fewer its 192-input products lost); Spikformer 4-384 at batch 16 (4096 rows) 1.03x. Fewer inputs: Spikformer
 # 4-256 0.97x, Li et al.'s spikeformer_dvs_digits (32 inputs) 0.94x; fewer rows: QKFormer 10-384 (512 and 2048
-# rows) 0.98x. One layer's forward and backward alone, 384 -> 384 and 384 -> 1536: 0.71-0.93x from 512 to 4096
-# rows, 1.00-1.09x at 8192.
+# rows) 0.98x. One layer's forward and backward alone (python benchmarks/bench_lut.py --counts), 384 -> 384 and
+# 384 -> 1536: 0.82-0.98x from 512 to 4096 rows, 1.00-1.01x at 8192: the layer alone does not show what the step
+# gains (see benchmarks/RESULTS.md, nineteenth session).
 SPLIT_MIN_ROWS = 4096
 SPLIT_MIN_IN = 384
 
