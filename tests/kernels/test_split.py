@@ -172,3 +172,19 @@ def test_inference_keeps_the_weight_pieces_until_the_weight_changes(monkeypatch)
         y2 = SL.spike_linear(lin, x)
         assert made == [(16, 64)] * 2
     torch.testing.assert_close(y2 - lin.bias, 2 * (y1 - lin.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_same_bits_on_every_call_and_thread_count():
+    # seeded runs repeat, and a resumed run equals the uninterrupted one: MKL's bf16 GEMM sums in a fixed order
+    x, w, g = _counts((1024, 384), 60), torch.randn(96, 384, generator=_gen(61)), torch.randn(1024, 96, generator=_gen(62))
+    xs, _ = split.pack(x)
+    w3 = split.pieces(w)
+    first = split.products(xs, w3, None), split.weight_grad(g, xs)
+    saved = torch.get_num_threads()
+    try:
+        for threads in (saved, 1, saved):
+            torch.set_num_threads(threads)
+            again = split.products(xs, w3, None), split.weight_grad(g, xs)
+            assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    finally:
+        torch.set_num_threads(saved)
