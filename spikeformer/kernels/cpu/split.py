@@ -12,8 +12,11 @@ the fp32 GEMM (``linear.mm``).
 The GEMM is MKL's ``cblas_gemm_bf16bf16f32`` (bf16 operands, fp32 output; PyTorch's own bf16 GEMMs round their
 output to bf16), which PyTorch's x86 builds carry; it runs on AMX where the CPU has it. Elsewhere (no AMX: on
 AVX512-BF16 alone a bf16 GEMM is only about 2x the fp32 one, so three of them lose; no MKL in the build) nothing here
-runs (:func:`available`) and the table lookups take these products. The choice is a rule on the CPU, so a seeded run
-gives the same weights in every process on one machine.
+runs (:func:`available`) and the table lookups take these products. The choice is a rule on the CPU, and MKL's sums
+run in a fixed order (the same bits on every call, with 1 or 2 threads: the tests), so a seeded run gives the same
+weights in every process on one machine. ``layers/sparse.py`` routes fp32 Linear layers over spike counts here from
+4096 rows and 384 inputs (its ``SPLIT_MIN_ROWS``, ``SPLIT_MIN_IN``: measured training steps); 0/1 spikes keep the
+lookups, which were as fast on this CPU.
 """
 
 from __future__ import annotations
