@@ -188,3 +188,35 @@ def test_same_bits_on_every_call_and_thread_count():
             assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
     finally:
         torch.set_num_threads(saved)
+
+
+def test_a_spikformer_step_through_the_split_products_equals_the_lookups(monkeypatch):
+    """A whole model: Spikformer's residual stream (spike counts) reaches its q/k/v and MLP projections; with the
+    size rules lowered to this small model the split products take them, and logits and gradients equal those of the
+    lookups up to the order of fp32 sums."""
+    import spikeformer
+
+    monkeypatch.setattr(SL, "SPLIT_MIN_ROWS", 0)
+    monkeypatch.setattr(SL, "SPLIT_MIN_IN", 0)
+    used = []
+    real = split.SplitLinear.apply
+    monkeypatch.setattr(split.SplitLinear, "apply", lambda *a: used.append(tuple(a[0].shape)) or real(*a))
+    torch.manual_seed(0)
+    model = spikeformer.create_model("spikformer_digits_1_64", T=2).train()
+    x = torch.rand(32, 1, 16, 16, generator=_gen(70))  # 1024 token rows: enough for the lookups (LUT_MIN_ROWS)
+    y = torch.randint(0, 10, (32,), generator=_gen(71))
+    results = {}
+    for on in (True, False):
+        with split.use(on):
+            split.forget()
+            model.zero_grad(set_to_none=True)
+            logits = model(x)
+            F.cross_entropy(logits, y).backward()
+            results[on] = logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        if on:
+            assert len(used) >= 2  # q/k/v (packed once) and the MLP's first layer
+            used_on = len(used)
+    assert len(used) == used_on  # none with the route off
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-4)
+    for name, grad in results[True][1].items():
+        torch.testing.assert_close(grad, results[False][1][name], rtol=1e-3, atol=1e-4, msg=name)
