@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeformer.kernels import cpu
-from spikeformer.kernels.cpu import lut, split
+from spikeformer.kernels.cpu import bf16, lut, split
 from spikeformer.layers import sparse as SL
 
 pytestmark = pytest.mark.skipif(not cpu.available() or split._mkl_gemm() is None,
@@ -181,8 +181,10 @@ def test_same_bits_on_every_call_and_thread_count():
     w3 = split.pieces(w)
     first = split.products(xs, w3, None), split.weight_grad(g, xs)
     saved = torch.get_num_threads()
+    # where the route runs (AMX tiles) also across thread counts; elsewhere MKL promises that only for a fixed count
+    counts = (saved, 1, saved) if bf16.amx() else (saved, saved)
     try:
-        for threads in (saved, 1, saved):
+        for threads in counts:
             torch.set_num_threads(threads)
             again = split.products(xs, w3, None), split.weight_grad(g, xs)
             assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
@@ -190,33 +192,34 @@ def test_same_bits_on_every_call_and_thread_count():
         torch.set_num_threads(saved)
 
 
-def test_a_spikformer_step_through_the_split_products_equals_the_lookups(monkeypatch):
+def test_a_spikformer_step_runs_its_projections_of_counts_through_the_split_products(monkeypatch):
     """A whole model: Spikformer's residual stream (spike counts) reaches its q/k/v and MLP projections; with the
-    size rules lowered to this small model the split products take them, and logits and gradients equal those of the
-    lookups up to the order of fp32 sums."""
+    size rules lowered to this small model the split products take them, each equal to the float64 product up to
+    fp32 rounding, and the step's gradients are finite. (Layer by layer: a spike one rounding from its threshold
+    could flip between two summation orders and move the logits.)"""
     import spikeformer
 
     monkeypatch.setattr(SL, "SPLIT_MIN_ROWS", 0)
     monkeypatch.setattr(SL, "SPLIT_MIN_IN", 0)
-    used = []
+    seen = []
     real = split.SplitLinear.apply
-    monkeypatch.setattr(split.SplitLinear, "apply", lambda *a: used.append(tuple(a[0].shape)) or real(*a))
+
+    def record(x2d, weight, bias, *rest):
+        out = real(x2d, weight, bias, *rest)
+        seen.append((x2d.detach().clone(), weight.detach().clone(), None if bias is None else bias.detach().clone(),
+                     out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(split.SplitLinear, "apply", record)
     torch.manual_seed(0)
     model = spikeformer.create_model("spikformer_digits_1_64", T=2).train()
     x = torch.rand(32, 1, 16, 16, generator=_gen(70))  # 1024 token rows: enough for the lookups (LUT_MIN_ROWS)
     y = torch.randint(0, 10, (32,), generator=_gen(71))
-    results = {}
-    for on in (True, False):
-        with split.use(on):
-            split.forget()
-            model.zero_grad(set_to_none=True)
-            logits = model(x)
-            F.cross_entropy(logits, y).backward()
-            results[on] = logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-        if on:
-            assert len(used) >= 2  # q/k/v (packed once) and the MLP's first layer
-            used_on = len(used)
-    assert len(used) == used_on  # none with the route off
-    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-4)
-    for name, grad in results[True][1].items():
-        torch.testing.assert_close(grad, results[False][1][name], rtol=1e-3, atol=1e-4, msg=name)
+    F.cross_entropy(model(x), y).backward()
+    assert len(seen) >= 2  # q/k/v (packed once) and the MLP's first layer
+    assert any(bool((x2d > 1).any()) for x2d, *_ in seen)  # counts, not only spikes
+    for x2d, w, b, out in seen:
+        ref = F.linear(x2d.double(), w.double(), None if b is None else b.double())
+        err32 = (F.linear(x2d, w, b).double() - ref).abs().max()
+        assert (out.double() - ref).abs().max() <= 4 * err32 + 1e-6
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
