@@ -110,8 +110,8 @@ LUT_MIN_ROWS = 512
 # On a CPU with AMX tiles, fp32 products of spike counts with at least this many rows and inputs take the split
 # products (kernels/cpu/split.py) instead of the lookups. Training steps, split against lookups, alternating in one
 # process (python benchmarks/bench_rule_ab.py --rule split-products; Intel Xeon, 2 cores, batch 32, T=4 unless
-# said): 384 inputs at 8192 rows: Spikformer 4-384 1.06x, 2-384 1.04x, QKFormer CIFAR 4-384 1.02x (at 256 inputs
-# or fewer its 192-input products lost); Spikformer 4-384 at batch 16 (4096 rows) 1.03x. Fewer inputs: Spikformer
+# said): 384 inputs at 8192 rows: Spikformer 4-384 1.06x, 2-384 1.04x, QKFormer CIFAR 4-384 1.02x (0.99x when its
+# 192-input products took the route too); Spikformer 4-384 at batch 16 (4096 rows) 1.03x. Fewer inputs: Spikformer
 # 4-256 0.97x, Li et al.'s spikeformer_dvs_digits (32 inputs) 0.94x; fewer rows: QKFormer 10-384 (512 and 2048
 # rows) 0.98x. One layer's forward and backward alone (python benchmarks/bench_lut.py --counts), 384 -> 384 and
 # 384 -> 1536: 0.82-0.98x from 512 to 4096 rows, 1.00-1.01x at 8192: the layer alone does not show what the step
