@@ -234,8 +234,8 @@ def _spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if d is not None and d >= LUT_MIN_DENSITY:
         # spike counts on AMX tiles: the split products from SPLIT_MIN_ROWS rows; 0/1 spikes (faster there by
         # lookups), fewer rows and other CPUs: the lookups
-        split = x2d.shape[0] >= SPLIT_MIN_ROWS and x2d.shape[1] >= SPLIT_MIN_IN and _split.available()
-        out = _split.split_linear(x2d, weight, bias, spikes=False) if split else None
+        split = x2d.shape[0] >= SPLIT_MIN_ROWS and x2d.shape[1] >= SPLIT_MIN_IN
+        out = _split.split_linear(x2d, weight, bias, spikes=False) if split else None  # None without AMX
         if out is None:
             out = _lut.lut_linear(x2d, weight, bias, torch.float32)
         if out is not None:

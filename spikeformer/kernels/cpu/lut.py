@@ -212,9 +212,8 @@ def lut_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     return NativeLutLinear.apply(x2d, weight, bias, packed, rest, wt)
 
 
-# The codes of the last Linear input (a strong reference keeps its memory from being reused while it is the key):
-# attention's q, k and v read the same tokens, which are then packed once
-_last: list = []
+# The codes of the last Linear input: attention's q, k and v read the same tokens, which are then packed once
+_last = build.LastInput()
 
 
 def _wants_weight_grad(weight: torch.Tensor) -> bool:
@@ -223,12 +222,8 @@ def _wants_weight_grad(weight: torch.Tensor) -> bool:
 
 def _codes_of(x2d: torch.Tensor, transposed: bool):
     """``(codes, rest)`` of ``x2d``, or ``None`` when it is not spikes or sparse enough spike counts."""
-    key = (x2d.data_ptr(), tuple(x2d.shape), x2d.stride(), x2d._version, transposed)
-    if _last and _last[0] == key:
-        return _last[2]
-    found = pack_counts(x2d, transposed)  # spikes, or counts: the 0/1 indicator by lookups, the rest listed
-    _last[:] = [key, x2d, found]
-    return found
+    # spikes, or counts: the 0/1 indicator by lookups, the rest listed
+    return _last.get(x2d, lambda: pack_counts(x2d, transposed), transposed)
 
 
 def lut_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

@@ -15,12 +15,6 @@ inline uint32_t bits(float f) {
   return u;
 }
 
-inline float value(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 }  // namespace
 
 extern "C" {
@@ -58,14 +52,12 @@ void sf_split3(int64_t R, int64_t C, const float* src, int64_t lds, uint16_t* ds
     uint16_t* m = h + piece;
     uint16_t* l = m + piece;
     for (int64_t c = 0; c < C; ++c) {
-      const float v = s[c];
-      const uint32_t uh = bits(v) & 0xFFFF0000u;
-      const float rest = v - value(uh);
-      const uint32_t um = bits(rest) & 0xFFFF0000u;
-      const float last = rest - value(um);
-      h[c] = static_cast<uint16_t>(uh >> 16);
-      m[c] = static_cast<uint16_t>(um >> 16);
-      l[c] = static_cast<uint16_t>(bits(last) >> 16);
+      const bf16 hi = static_cast<bf16>(bits(s[c]) >> 16);  // truncated: v's top bits
+      const float rest = s[c] - bf2f(hi);
+      const bf16 mid = static_cast<bf16>(bits(rest) >> 16);
+      h[c] = hi;
+      m[c] = mid;
+      l[c] = static_cast<bf16>(bits(rest - bf2f(mid)) >> 16);
     }
   }
 }

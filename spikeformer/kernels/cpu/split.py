@@ -157,24 +157,14 @@ class SplitLinear(torch.autograd.Function):
 
 
 def supports(x2d: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x2d.device.type == "cpu" and x2d.dtype == torch.float32 and x2d.dim() == 2 and x2d.numel() > 0
-            and x2d.stride(1) == 1 and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and weight.dim() == 2 and x2d.shape[1] == weight.shape[1] and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled("cpu") and available())
+    return (available() and x2d.device.type == "cpu" and x2d.dtype == torch.float32 and x2d.dim() == 2
+            and x2d.numel() > 0 and x2d.stride(1) == 1 and weight.device.type == "cpu"
+            and weight.dtype == torch.float32 and weight.dim() == 2 and x2d.shape[1] == weight.shape[1]
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu"))
 
 
-# The packed input of the last call (a strong reference keeps its memory from being reused while it is the key):
-# attention's q, k and v read the same tokens, which are then packed once
-_last: list = []
-
-
-def _packed(x2d: torch.Tensor) -> Optional[tuple[torch.Tensor, bool]]:
-    key = (x2d.data_ptr(), tuple(x2d.shape), x2d.stride(), x2d._version)
-    if _last and _last[0] == key:
-        return _last[2]
-    found = pack(x2d)
-    _last[:] = [key, x2d, found]
-    return found
+# The packed input of the last call: attention's q, k and v read the same tokens, which are then packed once
+_last = build.LastInput()
 
 
 def forget() -> None:
@@ -189,7 +179,7 @@ def split_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     ``spikes=False``, where it holds 0/1 spikes only (the caller has a faster product for those)."""
     if not supports(x2d, weight):
         return None
-    found = _packed(x2d)
+    found = _last.get(x2d, lambda: pack(x2d))
     if found is None or not (spikes or found[1]):
         return None
     xs = found[0]
