@@ -420,6 +420,53 @@ def test_small_pointwise_convolutions_run_as_one_gemm(monkeypatch, spikes_in):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,bias", [(3, True), (5, False)])
+def test_same_convolutions_on_1x1_maps_run_their_centre_tap(monkeypatch, kernel, bias):
+    """A stride-1 'same' convolution of 1x1 maps sees only padding off its centre tap: pointwise_gemm and the fast
+    conv_frames run it as the centre tap's product (no convolution call, any number of frames), values and input and
+    bias gradients the convolution's within rounding, the weight gradient the convolution's at the centre and exactly
+    zero elsewhere; under bf16 autocast bf16 out and fp32 parameter gradients, as the convolution gives. Larger maps
+    and other strides, paddings or groups keep the convolution."""
+    from spikeformer.layers import blocks as BLK
+
+    convs = []
+    real = nn.Conv2d._conv_forward
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, *a: convs.append(1) or real(self, *a))
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 40, kernel, padding=kernel // 2, bias=bias)
+    params = [conv.weight] + ([conv.bias] if bias else [])
+    c = kernel // 2
+    for T, B in ((2, 3), (4, BLK.POINTWISE_GEMM_MAX_ROWS // 2)):  # the second: more frames than the 1x1 row limit
+        x = _spikes((T, B, 24, 1, 1), 0.3, 9)
+        for run in (lambda xf: BLK.pointwise_gemm(conv, xf), lambda xf: BLK.conv_frames(conv, xf, fast=True)):
+            for autocast in (False, True):
+                xf, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+                convs.clear()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), bf16.emulation(False):
+                    y = run(xf)
+                    assert not convs
+                    ref = conv(xe.flatten(0, 1)).unflatten(0, (T, B))
+                assert y.shape == ref.shape == (T, B, 40, 1, 1) and y.dtype == ref.dtype
+                tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(y, ref, **tol)
+                g = torch.randn(ref.shape).to(ref.dtype)
+                got = torch.autograd.grad(y, [xf] + params, g)
+                want = torch.autograd.grad(ref, [xe] + params, g)
+                for a, b in zip(got, want):
+                    assert a.dtype == b.dtype
+                    torch.testing.assert_close(a, b, **(dict(rtol=2e-2, atol=5e-2) if autocast else dict(rtol=1e-4, atol=1e-4)))
+                off = torch.ones(kernel, kernel, dtype=torch.bool)
+                off[c, c] = False
+                assert got[1][:, :, off].abs().sum() == 0 and got[1][:, :, c, c].abs().sum() > 0
+    x = _spikes((2, 3, 24, 2, 2), 0.3, 10)
+    assert BLK.pointwise_gemm(conv, x) is None  # 2x2 maps: the other taps see pixels
+    x1 = _spikes((2, 3, 24, 1, 1), 0.3, 11)
+    for other in (nn.Conv2d(24, 40, 3, padding=1, stride=2), nn.Conv2d(24, 40, 3, padding=0),
+                  nn.Conv2d(24, 40, 3, padding=1, groups=2), nn.Conv2d(24, 40, 3, padding=1, padding_mode="circular"),
+                  nn.Conv2d(24, 40, (3, 2), padding=(1, 1))):
+        assert BLK.pointwise_gemm(other, x1) is None
+
+
 @pytest.mark.keep_size_rule
 def test_small_products_stay_dense():
     """Below MIN_LIST_ROWS rows or MIN_LIST_MACS multiply-adds spike_linear leaves the product to the dense GEMM (its
