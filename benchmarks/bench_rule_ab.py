@@ -14,6 +14,8 @@ Rules (``A``: the other setting, ``B``: what this CPU uses now):
 - ``spikingresformer-bf16-layout``: ``models/spikingresformer.py`` ``_BF16_PIXEL_WEIGHT``, A 1 (the fp32 rule), B 4.
 - ``split-products``: ``kernels/cpu/split.py``, A off (spike counts by the table lookups), B this CPU's rule (on
   with AMX tiles).
+- ``centre-tap``: ``layers/blocks.py`` ``_centre_tap_only``, A off ('same' convolutions of 1x1 maps run the whole
+  kernel), B on (their centre tap's product).
 """
 
 from __future__ import annotations
@@ -63,10 +65,20 @@ def _split(this_cpu: bool):
     return apply
 
 
+def _centre_tap(on: bool):
+    from spikeformer.layers import blocks
+    rule = blocks._centre_tap_only
+
+    def apply():
+        blocks._centre_tap_only = rule if on else (lambda conv: False)
+    return apply
+
+
 RULES = {
     "winograd-limits": (_winograd(False), _winograd(True)),
     "spikingresformer-bf16-layout": (_resformer_weight(1), _resformer_weight(4)),
     "split-products": (_split(False), _split(True)),
+    "centre-tap": (_centre_tap(False), _centre_tap(True)),
 }
 
 

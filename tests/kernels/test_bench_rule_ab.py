@@ -5,8 +5,10 @@ import os
 import sys
 
 import pytest
+import torch
 
 from spikeformer.kernels.cpu import split, winograd
+from spikeformer.layers import blocks
 from spikeformer.models import spikingresformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,3 +43,9 @@ def test_both_settings_run_and_the_cpu_setting_stays(bench, monkeypatch, capsys)
     assert split._forced is False and not split.available()
     bench.RULES["split-products"][1]()
     assert split._forced is None
+    rule = blocks._centre_tap_only
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    bench.RULES["centre-tap"][0]()
+    assert not blocks._centre_tap_only(conv)
+    bench.RULES["centre-tap"][1]()
+    assert blocks._centre_tap_only is rule and rule(conv)
