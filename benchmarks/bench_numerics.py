@@ -148,7 +148,8 @@ def main() -> None:
     print()
     print(f"1-min load average at end {os.getloadavg()[0]:.1f}; fast slower than exact: "
           + (", ".join(slower) if slower else "none")
-          + ("; below 1.00x but running exact's operations (the measurement's noise): " + ", ".join(same) if same else ""))
+          + ("; below 1.00x but running exact's operations (the measurement's noise): " + ", ".join(same)
+             if same else ""))
 
 
 if __name__ == "__main__":

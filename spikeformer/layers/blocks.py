@@ -244,7 +244,8 @@ def _listed_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor
 
 def _pointwise_frames(conv: nn.Conv2d, x: torch.Tensor, spikes_in: bool) -> torch.Tensor:
     """A 1x1 convolution of channels-last frames ``x [T, B, C, H, W]``: over the nonzero inputs where ``spikes_in``
-    and that applies, else one GEMM (:func:`_linear_frames`); a 'same' convolution on 1x1 maps: its centre tap's GEMM."""
+    and that applies, else one GEMM (:func:`_linear_frames`); a 'same' convolution on 1x1 maps: its centre tap's
+    GEMM."""
     out = _listed_pointwise(conv, x) if spikes_in and _pointwise(conv) else None
     return _pixel_frames(x, conv.weight, conv.bias) if out is None else out
 
@@ -252,8 +253,7 @@ def _pointwise_frames(conv: nn.Conv2d, x: torch.Tensor, spikes_in: bool) -> torc
 def pointwise_gemm(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
     """``conv(x)`` for a 1x1 convolution over frames ``x [T, B, C, H, W]`` of at most
     :data:`POINTWISE_GEMM_MAX_ROWS` pixels in all, or a 'same' convolution on 1x1 maps (its centre tap), as one GEMM
-    in ``x``'s layout (channels-last frames give
-    channels-last frames without a copy; NCHW frames are copied to and from the channel-last view, which costs less
+    in ``x``'s layout (channels-last frames give channels-last frames without a copy; NCHW frames are copied to and from the channel-last view, which costs less
     than the convolution's fixed overhead at these sizes); ``None`` where that does not apply (another kernel, more
     pixels, hooks, another device, a traced graph). For blocks on the fast numerics that run the exact operations by
     their own size or layout rules (:func:`conv_bn` ``gemm=True``, :func:`conv_bn_neuron`). Emulated bf16 autocast
